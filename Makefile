@@ -1,0 +1,37 @@
+# vidfeat developer commands. `make demo` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# timm needs torchvision; these two releases are the ones pinned for dev and CI.
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: venv test demo ffmpeg bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PINS)
+	$(PY) -m pip install -q -e '.[test,plot]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# The ffmpeg CLI only makes test fixtures; vidfeat itself decodes with PyAV.
+ffmpeg:
+	@command -v ffmpeg >/dev/null 2>&1 || { \
+	  echo "installing ffmpeg (test fixtures only)"; \
+	  { apt-get update -qq && apt-get install -y -qq ffmpeg >/dev/null; } || \
+	  echo "warning: could not install ffmpeg; tests that need it will be skipped"; }
+
+test: venv ffmpeg
+	$(PY) -m pytest -q
+
+demo: venv
+	$(PY) -m vidfeat.demo
+
+bench: venv
+	$(PY) bench/model_vs_hf.py
+	$(PY) bench/extract.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache demo_out
