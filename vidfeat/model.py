@@ -1,0 +1,338 @@
+"""TimeSformer: divided space-time attention for video.
+
+Bertasius, Wang, Torresani, "Is Space-Time Attention All You Need for Video Understanding?",
+ICML 2021, https://arxiv.org/abs/2102.05095. Official code: facebookresearch/TimeSformer.
+
+The parameter names follow the official ``vit.py`` (``cls_token``, ``pos_embed``, ``time_embed``,
+``blocks.{i}.temporal_attn`` ...), so an official state dict loads with only its ``model.`` prefix
+removed (see ``vidfeat.weights``). The maths is the official one; the implementation differs:
+
+* attention runs through ``F.scaled_dot_product_attention`` (fused flash / memory-efficient kernels
+  on a GPU, bf16 autocast friendly);
+* divided blocks keep the CLS token ``(B, 1, D)`` and the patch tokens ``(B, T, N, D)`` apart instead
+  of one ``(B, 1 + N*T, D)`` sequence, which saves the concatenations and one of the two
+  space/time transposes of every block. Attention has no positional bias, so token order inside
+  a sequence does not change the result.
+
+Axis letters, used in every einops pattern and shape comment:
+``b`` batch, ``t`` frames, ``n`` patches per frame, ``h`` heads, ``d`` channels.
+Input layout: ``(B, C, T, H, W)``, normalised float (see ``vidfeat.transforms``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from timm.layers import DropPath, Mlp, trunc_normal_
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+__all__ = ["TimeSformerConfig", "TimeSformer", "ATTENTION_TYPES", "resize_pos_embed", "resize_time_embed"]
+
+AttentionType = Literal["divided_space_time", "space_only", "joint_space_time"]
+ATTENTION_TYPES: tuple[str, ...] = ("divided_space_time", "space_only", "joint_space_time")
+
+
+# ---------------------------------------------------------------------------------------------
+# config
+
+
+@dataclass
+class TimeSformerConfig:
+    """Architecture of one TimeSformer. Every field is stored in model cards and checkpoints."""
+
+    img_size: int = 224  # training input size (square); pos_embed holds (img_size / patch_size)^2 patches
+    patch_size: int = 16  # square patches
+    in_chans: int = 3
+    num_frames: int = 8  # frames per clip; time_embed holds this many rows
+    num_classes: int = 400  # 0: no head, forward() returns the embedding
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    attention_type: str = "divided_space_time"
+    drop_rate: float = 0.0  # dropout after embeddings, in the MLP and after attention projections
+    attn_drop_rate: float = 0.0  # dropout on attention weights
+    drop_path_rate: float = 0.0  # stochastic depth, linear over blocks (official training uses 0.1)
+    layer_norm_eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if self.attention_type not in ATTENTION_TYPES:
+            raise ValueError(f"attention_type must be one of {ATTENTION_TYPES}, got {self.attention_type!r}")
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+        if self.img_size % self.patch_size:
+            raise ValueError(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
+        if min(self.img_size, self.patch_size, self.num_frames, self.depth, self.embed_dim) <= 0:
+            raise ValueError("img_size, patch_size, num_frames, depth and embed_dim must be positive")
+
+    @property
+    def grid_size(self) -> int:
+        """Patches along each side of a frame at ``img_size``."""
+        return self.img_size // self.patch_size
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TimeSformerConfig":
+        known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"unknown TimeSformer config keys: {', '.join(unknown)}")
+        return cls(**known)
+
+
+# ---------------------------------------------------------------------------------------------
+# embedding resizing (nearest neighbour, exactly as the official code and Hugging Face do at run time)
+
+
+def resize_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Resize ``(1, 1 + P*P, D)`` position embeddings to a ``grid = (gh, gw)`` patch grid.
+
+    The CLS row is kept; the P x P patch rows are resized with nearest-neighbour interpolation.
+    """
+    cls_pos, patch_pos = pos_embed[:, :1], pos_embed[:, 1:]
+    side = math.isqrt(patch_pos.shape[1])
+    if side * side != patch_pos.shape[1]:
+        raise ValueError(f"pos_embed holds {patch_pos.shape[1]} patches, not a square grid")
+    if (side, side) == tuple(grid):
+        return pos_embed
+    patch_pos = rearrange(patch_pos, "1 (gh gw) d -> 1 d gh gw", gh=side, gw=side)
+    patch_pos = F.interpolate(patch_pos, size=tuple(grid), mode="nearest")
+    patch_pos = rearrange(patch_pos, "1 d gh gw -> 1 (gh gw) d")
+    return torch.cat((cls_pos, patch_pos), dim=1)
+
+
+def resize_time_embed(time_embed: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """Resize ``(1, T, D)`` time embeddings to ``num_frames`` rows (nearest neighbour)."""
+    if time_embed.shape[1] == num_frames:
+        return time_embed
+    resized = F.interpolate(rearrange(time_embed, "1 t d -> 1 d t"), size=num_frames, mode="nearest")
+    return rearrange(resized, "1 d t -> 1 t d")
+
+
+# ---------------------------------------------------------------------------------------------
+# attention and blocks
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over the second axis of ``(batch, tokens, D)``, fused via SDPA."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool, attn_drop: float, proj_drop: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (b, n, d)
+        q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.num_heads)
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        x = rearrange(x, "b h n d -> b n (h d)")  # (b, n, d)
+        return self.proj_drop(self.proj(x))
+
+
+class Block(nn.Module):
+    """One TimeSformer block.
+
+    ``divided_space_time``: temporal attention over the T frames of each patch position (CLS
+    excluded), projected by ``temporal_fc``; then spatial attention within each frame with the CLS
+    token replicated into every frame and averaged back out; then the MLP.
+    ``space_only`` / ``joint_space_time``: a plain pre-norm ViT block over whatever sequence it is
+    given (per-frame sequences, or all frames' patches at once).
+    """
+
+    def __init__(self, config: TimeSformerConfig, drop_path: float) -> None:
+        super().__init__()
+        dim, eps = config.embed_dim, config.layer_norm_eps
+        attn_args = dict(
+            dim=dim,
+            num_heads=config.num_heads,
+            qkv_bias=config.qkv_bias,
+            attn_drop=config.attn_drop_rate,
+            proj_drop=config.drop_rate,
+        )
+        self.divided = config.attention_type == "divided_space_time"
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = Attention(**attn_args)
+        if self.divided:
+            self.temporal_norm1 = nn.LayerNorm(dim, eps=eps)
+            self.temporal_attn = Attention(**attn_args)
+            self.temporal_fc = nn.Linear(dim, dim)
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(in_features=dim, hidden_features=int(dim * config.mlp_ratio), drop=config.drop_rate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """space_only / joint_space_time: ``x`` is ``(batch, 1 + tokens, D)``."""
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def forward_divided(self, cls: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """divided_space_time: ``cls`` is ``(b, 1, d)``, ``x`` the patch tokens ``(b, t, n, d)``."""
+        b, t, n, _ = x.shape
+
+        # temporal attention: each patch position attends over its t frames
+        xt = rearrange(x, "b t n d -> (b n) t d")
+        res = self.drop_path(self.temporal_attn(self.temporal_norm1(xt)))
+        x = x + self.temporal_fc(rearrange(res, "(b n) t d -> b t n d", b=b, n=n))
+
+        # spatial attention: each frame's patches plus a copy of the CLS token
+        xs = torch.cat((repeat(cls, "b 1 d -> (b t) 1 d", t=t), rearrange(x, "b t n d -> (b t) n d")), dim=1)
+        res = self.drop_path(self.attn(self.norm1(xs)))  # ((b t), 1 + n, d)
+        cls_res = rearrange(res[:, :1], "(b t) 1 d -> b t d", b=b).mean(dim=1, keepdim=True)  # (b, 1, d)
+        cls = cls + cls_res
+        x = x + rearrange(res[:, 1:], "(b t) n d -> b t n d", b=b)
+
+        # MLP, token-wise: applied to CLS and patches separately (same result, no concatenation)
+        cls = cls + self.drop_path(self.mlp(self.norm2(cls)))
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return cls, x
+
+
+# ---------------------------------------------------------------------------------------------
+# the model
+
+
+class PatchEmbed(nn.Module):
+    """Frames to patch tokens: ``(b, c, t, H, W)`` -> ``(b, t, n, d)`` and the patch grid."""
+
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        b, _, _, height, width = x.shape
+        if height % self.patch_size or width % self.patch_size:
+            raise ValueError(f"frame size {height}x{width} is not a multiple of the patch size {self.patch_size}")
+        x = self.proj(rearrange(x, "b c t h w -> (b t) c h w"))  # ((b t), d, gh, gw)
+        grid = (x.shape[-2], x.shape[-1])
+        return rearrange(x, "(b t) d gh gw -> b t (gh gw) d", b=b), grid
+
+
+class TimeSformer(nn.Module):
+    """TimeSformer video transformer.
+
+    ``forward_features(x)`` returns the CLS embedding after the final norm ``(B, D)``;
+    ``forward_head(features)`` the logits ``(B, num_classes)``; ``forward(x)`` chains the two.
+    Inputs may have another frame count or frame size than the config's: the position and time
+    embeddings are then resized at run time with nearest-neighbour interpolation (as the official
+    code and Hugging Face do).
+    """
+
+    def __init__(self, config: TimeSformerConfig) -> None:
+        super().__init__()
+        self.config = config
+        dim = config.embed_dim
+        self.num_features = dim
+        self.grad_checkpointing = False
+        self.patch_embed = PatchEmbed(config.patch_size, config.in_chans, dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, config.grid_size**2 + 1, dim))
+        if config.attention_type != "space_only":
+            self.time_embed = nn.Parameter(torch.zeros(1, config.num_frames, dim))
+        self.pos_drop = nn.Dropout(config.drop_rate)
+        dpr = torch.linspace(0, config.drop_path_rate, config.depth).tolist()  # stochastic depth decay rule
+        self.blocks = nn.ModuleList([Block(config, drop_path=p) for p in dpr])
+        self.norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.head = nn.Linear(dim, config.num_classes) if config.num_classes > 0 else nn.Identity()
+        init_weights(self)
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward pass (long clips in less memory)."""
+        self.grad_checkpointing = enable
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the head (fine-tuning on another label set)."""
+        self.config.num_classes = num_classes
+        device = self.norm.weight.device
+        self.head = nn.Linear(self.num_features, num_classes, device=device) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:
+            trunc_normal_(self.head.weight, std=0.02)
+            nn.init.zeros_(self.head.bias)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {"pos_embed", "cls_token", "time_embed"}
+
+    def _run(self, block: Block, *args: torch.Tensor):
+        fn = block.forward_divided if block.divided else block.forward
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, T, H, W)`` normalised frames -> ``(B, D)`` CLS embedding after the final norm."""
+        x, grid = self.patch_embed(x)  # (b, t, n, d)
+        b, t = x.shape[:2]
+        pos = resize_pos_embed(self.pos_embed, grid)
+        cls = self.cls_token + pos[:, :1]  # (1, 1, d)
+        x = x + pos[:, 1:].unsqueeze(1)
+        kind = self.config.attention_type
+
+        if kind == "space_only":
+            # every frame is its own image: (b t) sequences of CLS + n patches, no time embedding
+            tokens = torch.cat((cls.expand(b * t, -1, -1), rearrange(x, "b t n d -> (b t) n d")), dim=1)
+            tokens = self.pos_drop(tokens)
+            for block in self.blocks:
+                tokens = self._run(block, tokens)
+            cls = rearrange(tokens[:, 0], "(b t) d -> b t d", b=b).mean(dim=1)  # official: average over frames
+            return self.norm(cls)
+
+        x = x + resize_time_embed(self.time_embed, t).unsqueeze(2)
+        cls = self.pos_drop(cls.expand(b, -1, -1))
+        x = self.pos_drop(x)
+        if kind == "joint_space_time":
+            tokens = torch.cat((cls, rearrange(x, "b t n d -> b (t n) d")), dim=1)
+            for block in self.blocks:
+                tokens = self._run(block, tokens)
+            return self.norm(tokens[:, 0])
+
+        for block in self.blocks:
+            cls, x = self._run(block, cls, x)
+        return self.norm(cls[:, 0])
+
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """``(B, D)`` features -> ``(B, num_classes)`` logits (or the features with ``pre_logits``)."""
+        return features if pre_logits else self.head(features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+# ---------------------------------------------------------------------------------------------
+# init
+
+
+def init_weights(model: TimeSformer) -> None:
+    """Random init as in the official code: truncated normal (std 0.02) for linear layers and
+    embeddings, unit LayerNorms, and zero ``temporal_fc`` so each temporal branch starts as the
+    identity (the paper's recipe for starting from an image model)."""
+    trunc_normal_(model.pos_embed, std=0.02)
+    trunc_normal_(model.cls_token, std=0.02)
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            trunc_normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+    for block in model.blocks:
+        if block.divided:
+            nn.init.zeros_(block.temporal_fc.weight)
+            nn.init.zeros_(block.temporal_fc.bias)

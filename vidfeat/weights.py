@@ -1,0 +1,493 @@
+"""Checkpoint formats, conversion and ``load_model``.
+
+Every format is mapped onto one state dict layout (the official ``vit.py`` names, which
+``vidfeat.model.TimeSformer`` uses) and loaded strictly:
+
+* official ``.pyth``/``.pth`` from facebookresearch/TimeSformer: ``{epoch, model_state,
+  optimizer_state, cfg}`` with ``model.``-prefixed keys; the architecture is read from the
+  tensor shapes (heads = width / 64, as in every official model);
+* a Hugging Face ``TimesformerForVideoClassification`` directory (``config.json`` +
+  ``model.safetensors`` or ``pytorch_model.bin``), or a hub id downloaded with huggingface_hub;
+* a timm ViT image checkpoint, inflated as in the paper: spatial attention copied into the
+  temporal attention, ``temporal_fc`` zero (identity at start), zero time embeddings;
+* ours: ``model.safetensors`` + ``card.toml`` (a run directory of ``vidfeat train`` is one too).
+
+Pickled checkpoints are only ever read with ``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file as load_safetensors
+from safetensors.torch import save_file as save_safetensors
+
+from .cards import ModelCard, Preprocess, WeightsInfo, find_card, sha256_file, weights_home
+from .errors import WeightsError
+from .model import TimeSformer, TimeSformerConfig, resize_pos_embed, resize_time_embed
+
+__all__ = ["load_model", "load_checkpoint", "save_checkpoint", "checkpoint_filter_fn", "to_official", "to_hf"]
+
+StateDict = dict[str, torch.Tensor]
+
+# Clip sampling of the official models, by frame count: frames taken from a 30 fps video.
+_OFFICIAL_FPS = {8: 30 / 32, 16: 30 / 16, 64: 30 / 4, 96: 30 / 4}
+
+# Hugging Face layer names -> official names (inside ``encoder.layer.{i}.`` / ``blocks.{i}.``).
+_HF_LAYER = {
+    "layernorm_before": "norm1",
+    "attention.attention.qkv": "attn.qkv",
+    "attention.output.dense": "attn.proj",
+    "temporal_layernorm": "temporal_norm1",
+    "temporal_attention.attention.qkv": "temporal_attn.qkv",
+    "temporal_attention.output.dense": "temporal_attn.proj",
+    "temporal_dense": "temporal_fc",
+    "layernorm_after": "norm2",
+    "intermediate.dense": "mlp.fc1",
+    "output.dense": "mlp.fc2",
+}
+_HF_TOP = {
+    "embeddings.cls_token": "cls_token",
+    "embeddings.position_embeddings": "pos_embed",
+    "embeddings.time_embeddings": "time_embed",
+    "embeddings.patch_embeddings.projection": "patch_embed.proj",
+    "layernorm": "norm",
+    "classifier": "head",
+}
+_HF_LAYER_RE = re.compile(r"^encoder\.layer\.(\d+)\.(.+)\.(weight|bias)$")
+
+
+# ---------------------------------------------------------------------------------------------
+# key mapping
+
+
+def _strip_prefix(state: StateDict, prefix: str) -> StateDict:
+    if state and all(k.startswith(prefix) for k in state):
+        return {k[len(prefix) :]: v for k, v in state.items()}
+    return state
+
+
+def _from_hf(state: StateDict) -> StateDict:
+    """Hugging Face Timesformer names -> official names."""
+    out = {}
+    for key, value in state.items():
+        bare = key.removeprefix("timesformer.")
+        match = _HF_LAYER_RE.match(bare)
+        if match:
+            index, name, kind = match.groups()
+            if name in _HF_LAYER:
+                out[f"blocks.{index}.{_HF_LAYER[name]}.{kind}"] = value
+                continue
+        stem, _, kind = bare.rpartition(".")
+        if bare in _HF_TOP:  # parameters without .weight/.bias
+            out[_HF_TOP[bare]] = value
+        elif stem in _HF_TOP:
+            out[f"{_HF_TOP[stem]}.{kind}"] = value
+        else:
+            out[key] = value  # left for the strict check to report
+    return out
+
+
+def to_hf(state: StateDict) -> StateDict:
+    """Official names -> Hugging Face ``TimesformerForVideoClassification`` names."""
+    layer = {v: k for k, v in _HF_LAYER.items()}
+    top = {v: k for k, v in _HF_TOP.items()}
+    out = {}
+    for key, value in state.items():
+        match = re.match(r"^blocks\.(\d+)\.(.+)\.(weight|bias)$", key)
+        if match:
+            index, name, kind = match.groups()
+            out[f"timesformer.encoder.layer.{index}.{layer[name]}.{kind}"] = value
+            continue
+        stem, _, kind = key.rpartition(".")
+        if key in top:
+            out[f"timesformer.{top[key]}"] = value
+        elif stem == "head":
+            out[f"classifier.{kind}"] = value
+        else:
+            out[f"timesformer.{top[stem]}.{kind}"] = value
+    return out
+
+
+def to_official(state: StateDict) -> StateDict:
+    """Our names -> the official ``.pyth`` ``model_state`` names (``model.`` prefix)."""
+    return {f"model.{k}": v for k, v in state.items()}
+
+
+def _inflate_image_vit(state: StateDict) -> StateDict:
+    """timm ViT image weights -> divided space-time TimeSformer weights (the paper's init).
+
+    Each block's spatial attention and its norm are copied into the temporal attention and
+    temporal norm; ``temporal_fc`` is zero so that every temporal branch starts as the identity.
+    The time embedding is left to ``load_model`` (zeros, as in the official code).
+    """
+    out = {k: v for k, v in state.items() if not k.startswith("fc_norm.")}
+    blocks = sorted({int(m.group(1)) for k in state if (m := re.match(r"^blocks\.(\d+)\.", k))})
+    dim = state["cls_token"].shape[-1]
+    for i in blocks:
+        for kind in ("weight", "bias"):
+            for src, dst in (("attn.qkv", "temporal_attn.qkv"), ("attn.proj", "temporal_attn.proj"), ("norm1", "temporal_norm1")):
+                if f"blocks.{i}.{src}.{kind}" in state:
+                    out[f"blocks.{i}.{dst}.{kind}"] = state[f"blocks.{i}.{src}.{kind}"].clone()
+        out[f"blocks.{i}.temporal_fc.weight"] = torch.zeros(dim, dim)
+        out[f"blocks.{i}.temporal_fc.bias"] = torch.zeros(dim)
+    out["time_embed"] = torch.zeros(1, 8, dim)  # resized to the frame count by load_model
+    return out
+
+
+def checkpoint_filter_fn(state: StateDict) -> tuple[StateDict, str]:
+    """Any supported state dict -> (official-named state dict, detected format).
+
+    Formats: ``official`` (with or without the ``model.`` prefix), ``hf``, ``timm`` (an image
+    ViT, inflated). ``module.`` prefixes from DDP wrappers are dropped.
+    """
+    state = _strip_prefix(state, "module.")
+    if any(k.startswith(("timesformer.", "embeddings.patch_embeddings")) for k in state):
+        return _from_hf(state), "hf"
+    state = _strip_prefix(state, "model.")
+    if "cls_token" not in state or "pos_embed" not in state:
+        raise WeightsError(
+            "not a TimeSformer or ViT checkpoint: no cls_token/pos_embed "
+            f"(first keys: {', '.join(list(state)[:5]) or 'none'})"
+        )
+    has_temporal = any(".temporal_attn." in k for k in state)
+    if "time_embed" not in state and not has_temporal:
+        return _inflate_image_vit(state), "timm"
+    return state, "official"
+
+
+def infer_config(state: StateDict, **overrides) -> TimeSformerConfig:
+    """Read the architecture from official-named tensors (heads = width / 64, as the official models)."""
+    try:
+        dim = state["cls_token"].shape[-1]
+        patch = state["patch_embed.proj.weight"].shape[-1]
+        grid = math.isqrt(state["pos_embed"].shape[1] - 1)
+        depth = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"^blocks\.(\d+)\.", k)))
+        hidden = state["blocks.0.mlp.fc1.weight"].shape[0]
+    except (KeyError, ValueError) as exc:
+        raise WeightsError(f"cannot read the architecture from the checkpoint: missing {exc}") from exc
+    if any(".temporal_attn." in k for k in state):
+        kind = "divided_space_time"
+    elif "time_embed" in state:
+        kind = "joint_space_time"
+    else:
+        kind = "space_only"
+    values = dict(
+        img_size=grid * patch,
+        patch_size=patch,
+        in_chans=state["patch_embed.proj.weight"].shape[1],
+        num_frames=state["time_embed"].shape[1] if "time_embed" in state else 8,
+        num_classes=state["head.weight"].shape[0] if "head.weight" in state else 0,
+        embed_dim=dim,
+        depth=depth,
+        num_heads=max(1, dim // 64),
+        mlp_ratio=hidden / dim,
+        qkv_bias="blocks.0.attn.qkv.bias" in state,
+        attention_type=kind,
+    )
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return TimeSformerConfig(**values)
+
+
+def _hf_config(path: Path) -> tuple[TimeSformerConfig, list[str], Preprocess]:
+    cfg = json.loads((path / "config.json").read_text())
+    if cfg.get("model_type") != "timesformer":
+        raise WeightsError(f"{path}/config.json is a {cfg.get('model_type')!r} model, not timesformer")
+    image_size = cfg.get("image_size", 224)
+    labels = cfg.get("id2label") or {}
+    classes = [labels[k] for k in sorted(labels, key=int)] if labels else []
+    config = TimeSformerConfig(
+        img_size=image_size if isinstance(image_size, int) else image_size[0],
+        patch_size=cfg.get("patch_size", 16) if isinstance(cfg.get("patch_size", 16), int) else cfg["patch_size"][0],
+        in_chans=cfg.get("num_channels", 3),
+        num_frames=cfg.get("num_frames", 8),
+        num_classes=len(classes),
+        embed_dim=cfg.get("hidden_size", 768),
+        depth=cfg.get("num_hidden_layers", 12),
+        num_heads=cfg.get("num_attention_heads", 12),
+        mlp_ratio=cfg.get("intermediate_size", 3072) / cfg.get("hidden_size", 768),
+        qkv_bias=cfg.get("qkv_bias", True),
+        attention_type=cfg.get("attention_type", "divided_space_time"),
+        layer_norm_eps=cfg.get("layer_norm_eps", 1e-6),
+    )
+    mean, std = (0.45,) * 3, (0.225,) * 3
+    pre_path = path / "preprocessor_config.json"
+    if pre_path.is_file():
+        pre = json.loads(pre_path.read_text())
+        mean, std = pre.get("image_mean", mean), pre.get("image_std", std)
+    return config, classes, _default_preprocess(config, mean=mean, std=std)
+
+
+def _default_preprocess(config: TimeSformerConfig, **kwargs) -> Preprocess:
+    fps = _OFFICIAL_FPS.get(config.num_frames, config.num_frames / (256 / 30))
+    return Preprocess(
+        num_frames=config.num_frames, fps=fps, short_side=config.img_size, crop_size=config.img_size, **kwargs
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# reading files
+
+
+def _torch_load(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as exc:
+        raise WeightsError(f"checkpoint not found: {path}") from exc
+    except Exception as exc:  # noqa: BLE001 - torch raises many kinds here (UnpicklingError, RuntimeError...)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(
+            f"cannot read {path} with torch.load(weights_only=True): {reason}. vidfeat never unpickles "
+            "arbitrary objects. If this file is a checkpoint you trust, convert it once to a plain state "
+            "dict: python -c \"import torch; c = torch.load('IN', weights_only=False); "
+            "torch.save(c.get('model_state', c), 'OUT.pth')\" and load OUT.pth"
+        ) from exc
+
+
+def _read_state(path: Path) -> StateDict:
+    if path.suffix == ".safetensors":
+        try:
+            return load_safetensors(str(path))
+        except Exception as exc:  # noqa: BLE001
+            raise WeightsError(f"cannot read safetensors file {path}: {exc}") from exc
+    obj = _torch_load(path)
+    if isinstance(obj, dict):
+        for key in ("model_state", "state_dict", "model"):  # official wrapper, lightning, others
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"{path} holds no state dict of tensors")
+    return dict(obj)
+
+
+def load_checkpoint(source: str | Path) -> tuple[ModelCard, StateDict]:
+    """Resolve ``source`` to (card, official-named state dict) without building a model.
+
+    ``source``: a card name or alias (``base``, ``timesformer_base_8x224.k400``), a card ``.toml``,
+    a directory (ours, a training run, or Hugging Face), a checkpoint file, or a hub id.
+    """
+    path = Path(source)
+    if path.is_dir():
+        if (path / "card.toml").is_file():
+            return _load_ours(ModelCard.from_toml(path / "card.toml"))
+        if (path / "config.json").is_file():
+            return _load_hf_dir(path)
+        raise WeightsError(f"{path} is a directory without card.toml (vidfeat) or config.json (Hugging Face)")
+    if path.is_file():
+        if path.suffix == ".toml":
+            return _load_ours(ModelCard.from_toml(path))
+        if path.suffix == ".safetensors":
+            for card_path in (path.with_suffix(".toml"), path.parent / "card.toml"):
+                if card_path.is_file():
+                    card = ModelCard.from_toml(card_path)
+                    card.weights = replace(card.weights, file=path.name)
+                    return _load_ours(card)
+        return _card_from_state(_read_state(path), name=path.stem, source=str(path))
+    card = find_card(str(source))
+    if card is not None:
+        return _load_card(card)
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", str(source)):
+        return _load_hf_dir(_hub_download(str(source)))
+    raise WeightsError(
+        f"unknown model {source!r}: not a file, a directory, a bundled model ({_card_names()}) or a hub id"
+    )
+
+
+def _card_names() -> str:
+    from .cards import bundled_cards
+
+    return ", ".join(n for c in bundled_cards() for n in c.names())
+
+
+def _card_from_state(state: StateDict, *, name: str, source: str) -> tuple[ModelCard, StateDict]:
+    state, fmt = checkpoint_filter_fn(state)
+    config = infer_config(state)
+    card = ModelCard(
+        name=name,
+        config=config,
+        preprocess=_default_preprocess(config),
+        classes=[f"class_{i}" for i in range(config.num_classes)],
+        weights=WeightsInfo(file=Path(source).name, format=fmt),
+        description=f"loaded from {source}",
+    )
+    return card, state
+
+
+def _load_ours(card: ModelCard) -> tuple[ModelCard, StateDict]:
+    path = card.weights_path()
+    if path is None:
+        raise WeightsError(f"model {card.name!r}: weights file {card.weights.file!r} not found beside {card.path}")
+    _verify_sha256(card, path)
+    state, _ = checkpoint_filter_fn(_read_state(path))
+    return card, state
+
+
+def _load_card(card: ModelCard) -> tuple[ModelCard, StateDict]:
+    """A bundled card: its local weights file if present, else its Hugging Face copy."""
+    path = card.weights_path()
+    if path is not None:
+        _verify_sha256(card, path)
+        state, _ = checkpoint_filter_fn(_read_state(path))
+        return card, state
+    if card.weights.hf_hub_id:
+        try:
+            hf_card, state = _load_hf_dir(_hub_download(card.weights.hf_hub_id))
+        except WeightsError as exc:
+            raise WeightsError(f"{exc}\nOr download {card.weights.url} to {weights_home() / card.weights.file}") from exc
+        return replace(card, classes=hf_card.classes or card.classes), state
+    raise WeightsError(
+        f"the weights of {card.name!r} are not on this machine. Download {card.weights.url or 'them'} "
+        f"and put the file at {weights_home() / card.weights.file} (or set VIDFEAT_HOME), or pass its path"
+    )
+
+
+def _verify_sha256(card: ModelCard, path: Path) -> None:
+    if card.weights.sha256:
+        digest = sha256_file(path)
+        if digest != card.weights.sha256:
+            raise WeightsError(
+                f"sha256 mismatch for {path}: the card {card.name!r} expects {card.weights.sha256}, "
+                f"the file has {digest}. The file is corrupt or not the one the card describes"
+            )
+
+
+def _load_hf_dir(path: Path) -> tuple[ModelCard, StateDict]:
+    config, classes, preprocess = _hf_config(path)
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (path / name).is_file():
+            state = _read_state(path / name)
+            break
+    else:
+        raise WeightsError(f"{path} has config.json but no model.safetensors or pytorch_model.bin")
+    state, _ = checkpoint_filter_fn(state)
+    if "head.weight" not in state:
+        config.num_classes = 0
+    card = ModelCard(
+        name=path.name,
+        config=config,
+        preprocess=preprocess,
+        classes=classes if config.num_classes else [],
+        weights=WeightsInfo(file=str(path), format="hf"),
+        description=f"Hugging Face Timesformer from {path}",
+    )
+    return card, state
+
+
+def _hub_download(repo_id: str) -> Path:
+    hint = (
+        f"download the model files of {repo_id!r} (config.json and model.safetensors or pytorch_model.bin) "
+        "on a machine with internet access and pass their directory instead of the hub id"
+    )
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as exc:
+        raise WeightsError(f"huggingface_hub is not installed (pip install 'vidfeat[hub]'); or {hint}") from exc
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.bin"]))
+    except Exception as exc:  # noqa: BLE001 - offline, not found, auth: all end the same way
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(f"cannot download {repo_id!r} from the Hugging Face hub ({first}); {hint}") from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# building the model
+
+
+def _adapt(state: StateDict, config: TimeSformerConfig) -> StateDict:
+    """Resize pos/time embeddings to the config (nearest neighbour, as the official code does at run time)."""
+    state = dict(state)
+    if "pos_embed" in state:
+        state["pos_embed"] = resize_pos_embed(state["pos_embed"], (config.grid_size, config.grid_size))
+    if "time_embed" in state and config.attention_type != "space_only":
+        state["time_embed"] = resize_time_embed(state["time_embed"], config.num_frames)
+    return state
+
+
+def _load_strict(model: TimeSformer, state: StateDict, name: str, fresh: tuple[str, ...] = ()) -> None:
+    """Load ``state`` strictly, or raise one WeightsError naming every missing, unexpected and
+    mis-shaped key. ``fresh``: parameters the caller declared new (a replaced head)."""
+    expected = {k: v for k, v in model.state_dict().items() if k not in fresh}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = sorted(
+        f"{k} {tuple(state[k].shape)} (model: {tuple(expected[k].shape)})"
+        for k in set(expected) & set(state)
+        if state[k].shape != expected[k].shape
+    )
+    problems = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
+        if items:
+            shown = ", ".join(items[:8]) + (f" and {len(items) - 8} more" if len(items) > 8 else "")
+            problems.append(f"{label}: {shown}")
+    if problems:
+        raise WeightsError(f"checkpoint {name!r} does not fit the model; " + "; ".join(problems))
+    model.load_state_dict(state, strict=not fresh)
+
+
+def load_model(
+    source: str | Path,
+    *,
+    num_frames: int | None = None,
+    image_size: int | None = None,
+    num_classes: int | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+) -> TimeSformer:
+    """Build a TimeSformer from any supported checkpoint (see ``load_checkpoint``).
+
+    ``num_frames`` / ``image_size`` run the model at another frame count or input size than its
+    checkpoint: the time / position embeddings are resized once, here, exactly as the official
+    code and Hugging Face resize them at run time, so outputs stay equal to theirs.
+    ``num_classes`` replaces a head of another size by a new random one (fine-tuning; 0 removes it).
+    The returned model is in eval mode and carries ``model.card`` (preprocessing and class names).
+    """
+    card, state = load_checkpoint(source)
+    card = copy.deepcopy(card)
+    config = card.config
+    if num_frames is not None:
+        config.num_frames = num_frames
+        card.preprocess.num_frames = num_frames
+    if image_size is not None:
+        ratio = card.preprocess.short_side / card.preprocess.crop_size
+        config.img_size = image_size
+        card.preprocess = replace(
+            card.preprocess, crop_size=image_size, short_side=max(image_size, round(image_size * ratio))
+        )
+    config.__post_init__()
+    state = _adapt(state, config)
+    new_head = num_classes is not None and num_classes != config.num_classes
+    if new_head:
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}
+        config.num_classes = num_classes
+        card.classes = [f"class_{i}" for i in range(num_classes)]
+    model = TimeSformer(config)  # a new head keeps its random init
+    _load_strict(model, state, card.name, fresh=("head.weight", "head.bias") if new_head else ())
+    card.config = model.config
+    model.card = card
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def save_checkpoint(model: TimeSformer, out_dir: Path, *, card: ModelCard | None = None, name: str | None = None) -> Path:
+    """Write ``out_dir/model.safetensors`` + ``out_dir/card.toml`` (+ classes.txt); returns out_dir.
+
+    The card's sha256 is that of the written weights.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    card = copy.deepcopy(card or model.card)
+    card.config = copy.deepcopy(model.config)
+    if name:
+        card.name = name
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    weights = out_dir / "model.safetensors"
+    save_safetensors(state, str(weights), metadata={"format": "vidfeat", "name": card.name})
+    card.weights = replace(card.weights, file=weights.name, sha256=sha256_file(weights), format="safetensors")
+    card.to_toml(out_dir / "card.toml")
+    return out_dir
