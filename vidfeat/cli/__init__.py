@@ -1,0 +1,55 @@
+"""The ``vidfeat`` command line: one module per command group, each thin.
+
+Commands parse and validate their arguments (``click.UsageError``), call one library function
+and print. Library errors (``vidfeat.errors.VidfeatError``) are shown as one line without a
+traceback; set ``VIDFEAT_RAISE_ERRORS=1`` to see the traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from .. import __version__
+from ..errors import VidfeatError
+
+EXIT_FATAL = 1  # bad arguments, bad weights, unwritable output (click uses 2 for usage errors)
+
+
+class VidfeatGroup(click.Group):
+    """Maps library errors to one-line click errors."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except VidfeatError as exc:
+            if os.environ.get("VIDFEAT_RAISE_ERRORS"):
+                raise
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.group(cls=VidfeatGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="vidfeat")
+def main() -> None:
+    """vidfeat: long videos to per-clip TimeSformer embeddings and class scores.
+
+    \b
+    Examples:
+      vidfeat extract videos/ -o feats.h5
+      vidfeat info feats.h5
+      vidfeat models
+      vidfeat train train/kinetics_finetune.toml --set data.train=train.csv
+    """
+
+
+def run() -> None:  # pragma: no cover - console entry for `python -m vidfeat`
+    main(prog_name="vidfeat")
+
+
+# Command modules register themselves on `main`.
+from . import models  # noqa: E402,F401
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(run())
