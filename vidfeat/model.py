@@ -242,7 +242,8 @@ class TimeSformer(nn.Module):
         if config.attention_type != "space_only":
             self.time_embed = nn.Parameter(torch.zeros(1, config.num_frames, dim))
         self.pos_drop = nn.Dropout(config.drop_rate)
-        dpr = torch.linspace(0, config.drop_path_rate, config.depth).tolist()  # stochastic depth decay rule
+        # stochastic depth decay rule: 0 for the first block up to drop_path_rate for the last
+        dpr = [config.drop_path_rate * i / max(1, config.depth - 1) for i in range(config.depth)]
         self.blocks = nn.ModuleList([Block(config, drop_path=p) for p in dpr])
         self.norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
         self.head = nn.Linear(dim, config.num_classes) if config.num_classes > 0 else nn.Identity()

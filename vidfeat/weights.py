@@ -400,13 +400,15 @@ def _hub_download(repo_id: str) -> Path:
 # building the model
 
 
-def _adapt(state: StateDict, config: TimeSformerConfig) -> StateDict:
-    """Resize pos/time embeddings to the config (nearest neighbour, as the official code does at run time)."""
+def _resize_embeddings(state: StateDict, *, num_frames: int | None, image_size: int | None, patch: int) -> StateDict:
+    """Resize pos/time embeddings to a requested frame count / input size (nearest neighbour, as
+    the official code and Hugging Face do at run time). Nothing else is resized: a checkpoint that
+    does not fit its card is an error, not something to interpolate away."""
     state = dict(state)
-    if "pos_embed" in state:
-        state["pos_embed"] = resize_pos_embed(state["pos_embed"], (config.grid_size, config.grid_size))
-    if "time_embed" in state and config.attention_type != "space_only":
-        state["time_embed"] = resize_time_embed(state["time_embed"], config.num_frames)
+    if image_size is not None and "pos_embed" in state:
+        state["pos_embed"] = resize_pos_embed(state["pos_embed"], (image_size // patch, image_size // patch))
+    if num_frames is not None and "time_embed" in state:
+        state["time_embed"] = resize_time_embed(state["time_embed"], num_frames)
     return state
 
 
@@ -461,7 +463,7 @@ def load_model(
             card.preprocess, crop_size=image_size, short_side=max(image_size, round(image_size * ratio))
         )
     config.__post_init__()
-    state = _adapt(state, config)
+    state = _resize_embeddings(state, num_frames=num_frames, image_size=image_size, patch=config.patch_size)
     new_head = num_classes is not None and num_classes != config.num_classes
     if new_head:
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
