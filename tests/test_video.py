@@ -1,0 +1,493 @@
+"""Streaming decode into clips (vidfeat.video) on real encoded videos.
+
+Every fixture frame shows its own index (tests/videos.py), so each test checks that the frame
+sampled for a target time is the frame shown at that time, with the exact frame times.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import shutil
+import stat
+import tempfile
+import tracemalloc
+from collections.abc import Callable
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from videos import (
+    ffmpeg_first_frame,
+    frame_index_of,
+    make_audio_only,
+    make_corrupt_middle,
+    make_empty,
+    make_still_image,
+    make_text,
+    make_truncated_header,
+    make_truncated_tail,
+    make_unreadable,
+    make_video,
+    make_zero_length_stream,
+    red_band_edge,
+    tag_rotate_with_ffmpeg,
+)
+from vidfeat.clips import SHOW_TOLERANCE, ClipSampling
+from vidfeat.errors import VideoError
+from vidfeat.video import Clip, ClipReader, VideoInfo, probe
+
+CODEC_NAMES = {"libx264": "h264", "libx265": "hevc", "libvpx-vp9": "vp9", "mpeg4": "mpeg4"}
+
+
+def read(
+    path: Path, sampling: ClipSampling, short_side: int | None = None, threads: int = 0
+) -> tuple[ClipReader, list[Clip]]:
+    with ClipReader(path, sampling, short_side=short_side, threads=threads) as reader:
+        return reader, list(reader)
+
+
+def expected_clip(
+    times: list[float], sampling: ClipSampling, end: float, index: int
+) -> tuple[list[int], int]:
+    """Frame indexes a clip must show (the frame shown at each target), and valid_frames."""
+    valid = sampling.valid_frames(index, end)
+    targets = sampling.clip_targets(index)[:valid]
+    shown = [max(0, bisect.bisect_right(times, t + SHOW_TOLERANCE) - 1) for t in targets]
+    return shown + [shown[-1]] * (sampling.num_frames - valid), valid
+
+
+def check_clips(
+    reader: ClipReader, clips: list[Clip], times: list[float], sampling: ClipSampling
+) -> None:
+    """Clips match the tiling contract for frames written at ``times`` (first frame = 0)."""
+    times = [t - times[0] for t in times]
+    end = reader.duration_sec
+    assert end is not None and end > times[-1] - 1e-9 or reader.status == "partial"
+    assert [clip.index for clip in clips] == list(range(sampling.num_clips(end)))
+    for clip in clips:
+        shown, valid = expected_clip(times, sampling, end, clip.index)
+        assert clip.frames.dtype == np.uint8 and clip.frames.ndim == 4
+        assert clip.frames.shape[0] == sampling.num_frames and clip.frames.shape[3] == 3
+        assert clip.valid_frames == valid
+        assert [frame_index_of(frame) for frame in clip.frames] == shown, f"clip {clip.index}"
+        assert clip.start_sec == pytest.approx(times[shown[0]], abs=1e-6)
+        assert clip.end_sec == pytest.approx(times[shown[valid - 1]], abs=1e-6)
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+# --- good videos -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("codec", "ext", "fps"),
+    [
+        ("libx264", "mp4", 24),
+        ("libx264", "mp4", 25),
+        ("libx264", "mp4", 30),
+        ("libx264", "mp4", 60),
+        ("libx264", "mp4", Fraction(30000, 1001)),
+        ("libx264", "mkv", 25),
+        ("libx264", "ts", 30),  # MPEG-TS starts at an offset: the timeline still starts at 0
+        ("libx265", "mp4", 25),
+        ("libvpx-vp9", "webm", 25),
+        ("mpeg4", "mp4", 30),
+    ],
+)
+def test_clips_sample_the_frame_shown_at_each_target(
+    tmp_path: Path, codec: str, ext: str, fps: int | Fraction
+) -> None:
+    path = tmp_path / f"video.{ext}"
+    times = make_video(path, seconds=3, fps=fps, codec=codec)
+    sampling = ClipSampling(8, 5)  # clip 1.6 s, stride 0.8 s: 3 clips, the last one padded
+    reader, clips = read(path, sampling)
+    assert reader.info == VideoInfo(
+        duration_sec=pytest.approx(len(times) / fps, abs=0.05),
+        fps=pytest.approx(float(fps), rel=1e-3),
+        width=64,
+        height=48,
+        rotation=0,
+        codec=CODEC_NAMES[codec],
+        pix_fmt="yuv420p",
+    )
+    assert (reader.status, reader.error) == ("ok", "")
+    assert reader.duration_sec == pytest.approx(len(times) / fps, abs=1e-6)
+    assert len(clips) == 3  # target 3.0 s is past the end but at 29.97 fps (3.003 s)
+    assert clips[-1].valid_frames == (8 if len(times) / fps > 3 else 7)
+    check_clips(reader, clips, times, sampling)
+
+
+def test_targets_between_frames_and_a_custom_stride(tmp_path: Path) -> None:
+    path = tmp_path / "video.mp4"
+    times = make_video(path, seconds=2, fps=60)
+    sampling = ClipSampling(5, 7, stride_sec=0.3)
+    reader, clips = read(path, sampling, threads=1)
+    check_clips(reader, clips, times, sampling)
+    assert len(clips) == sampling.num_clips(2.0) == 6
+
+
+@pytest.mark.parametrize("ext", ["mp4", "mkv"])
+def test_variable_frame_rate(tmp_path: Path, ext: str) -> None:
+    times = [0.0, 0.04, 0.1, 0.5, 0.52, 0.54, 1.0, 2.3, 2.34, 2.38, 2.9, 3.0, 3.05, 3.3]
+    path = tmp_path / f"vfr.{ext}"
+    assert make_video(path, frame_times=times) == times
+    sampling = ClipSampling(8, 5)
+    reader, clips = read(path, sampling)
+    assert reader.duration_sec is not None and reader.duration_sec > times[-1]
+    check_clips(reader, clips, times, sampling)
+    # A 1.3 s freeze: every target inside it shows frame 6 (t = 1.0).
+    assert [frame_index_of(f) for f in clips[1].frames[1:7]] == [6, 6, 6, 6, 6, 6]
+
+
+def test_timeline_starts_at_the_first_frame(tmp_path: Path) -> None:
+    path = tmp_path / "late.mkv"
+    times = make_video(path, frame_times=[5.0 + i / 25 for i in range(50)])
+    sampling = ClipSampling(8, 4)
+    reader, clips = read(path, sampling)
+    assert clips[0].start_sec == 0.0
+    assert reader.duration_sec == pytest.approx(2.0)
+    check_clips(reader, clips, times, sampling)
+
+
+def test_a_sub_second_video_gives_one_padded_clip(tmp_path: Path) -> None:
+    path = tmp_path / "short.mp4"
+    times = make_video(path, num_frames=7)  # 0.28 s
+    sampling = ClipSampling(8, 8)  # targets every 0.125 s
+    reader, clips = read(path, sampling)
+    assert len(clips) == 1
+    assert clips[0].valid_frames == 3
+    assert [frame_index_of(f) for f in clips[0].frames] == [0, 3, 6, 6, 6, 6, 6, 6]
+    assert (clips[0].start_sec, clips[0].end_sec) == (0.0, pytest.approx(0.24))
+    assert reader.duration_sec == pytest.approx(0.28)
+    check_clips(reader, clips, times, sampling)
+
+
+def test_a_single_frame_video(tmp_path: Path) -> None:
+    path = tmp_path / "one.mp4"
+    make_video(path, num_frames=1)
+    reader, clips = read(path, ClipSampling(4, 2))
+    assert len(clips) == 1 and clips[0].valid_frames == 1
+    assert [frame_index_of(f) for f in clips[0].frames] == [0, 0, 0, 0]
+    assert reader.duration_sec == pytest.approx(0.04)
+    assert reader.status == "ok"
+
+
+@pytest.mark.parametrize("rotation", [90, 180, 270])
+def test_rotation_is_applied(tmp_path: Path, rotation: int) -> None:
+    path = tmp_path / f"rotated{rotation}.mp4"
+    times = make_video(path, seconds=1, size=(64, 48), rotation=rotation)
+    sampling = ClipSampling(4, 4)
+    reader, clips = read(path, sampling)
+    assert (reader.info.rotation, reader.info.width, reader.info.height) == (rotation, 64, 48)
+    assert clips[0].frames.shape == (4, 48, 64, 3)
+    assert all(red_band_edge(frame) == "top" for clip in clips for frame in clip.frames)
+    check_clips(reader, clips, times, sampling)
+    _, small = read(path, sampling, short_side=24)
+    assert small[0].frames.shape == (4, 24, 32, 3)
+    assert red_band_edge(small[0].frames[0]) == "top"
+
+
+@pytest.mark.parametrize("rotation", [90, 180, 270])
+def test_rotation_matches_ffmpeg_display(tmp_path: Path, rotation: int) -> None:
+    """Independent oracle: the ffmpeg CLI's auto-rotated picture."""
+    path = tmp_path / f"rotated{rotation}.mp4"
+    make_video(path, num_frames=3, size=(64, 48), rotation=rotation)
+    shown = ffmpeg_first_frame(path)
+    _, clips = read(path, ClipSampling(2, 25))
+    ours = clips[0].frames[0]
+    assert ours.shape == shown.shape == (48, 64, 3)
+    assert red_band_edge(shown) == "top"
+    assert np.abs(ours.astype(int) - shown.astype(int)).mean() < 3
+
+
+def test_rotate_tag_written_by_ffmpeg(tmp_path: Path) -> None:
+    plain = tmp_path / "coded.mp4"
+    make_video(plain, num_frames=3, size=(64, 48), rotation=90, display_matrix=False)
+    tagged = tmp_path / "tagged.mp4"
+    tag_rotate_with_ffmpeg(plain, tagged, 90)
+    shown = ffmpeg_first_frame(tagged)
+    reader, clips = read(tagged, ClipSampling(2, 25))
+    ours = clips[0].frames[0]
+    assert reader.info.rotation in (90, 270)
+    assert (reader.info.height, reader.info.width) == ours.shape[:2] == shown.shape[:2]
+    assert red_band_edge(ours) == red_band_edge(shown)
+    assert np.abs(ours.astype(int) - shown.astype(int)).mean() < 3
+
+
+@pytest.mark.parametrize(
+    ("codec", "ext", "pix_fmt", "size"),
+    [
+        ("libx264", "mp4", "yuv444p", (97, 61)),  # odd size (4:2:0 cannot be odd)
+        ("libx264", "mp4", "yuv420p10le", (64, 48)),
+        ("libx264", "mp4", "yuv444p10le", (97, 61)),
+        ("libx265", "mp4", "yuv420p10le", (64, 48)),
+        ("libvpx-vp9", "webm", "yuv444p", (65, 49)),
+    ],
+)
+def test_pixel_formats_and_odd_sizes(
+    tmp_path: Path, codec: str, ext: str, pix_fmt: str, size: tuple[int, int]
+) -> None:
+    path = tmp_path / f"video.{ext}"
+    times = make_video(path, seconds=1, codec=codec, pix_fmt=pix_fmt, size=size)
+    sampling = ClipSampling(4, 4)
+    reader, clips = read(path, sampling)
+    assert (reader.info.pix_fmt, reader.info.width, reader.info.height) == (pix_fmt, *size)
+    assert clips[0].frames.shape == (4, size[1], size[0], 3)
+    assert red_band_edge(clips[0].frames[0]) == "top"
+    band = clips[0].frames[0, :4].reshape(-1, 3).mean(axis=0)
+    assert band[0] > 200 and band[1] < 60 and band[2] < 60  # red stays red: RGB order
+    check_clips(reader, clips, times, sampling)
+    _, resized = read(path, sampling, short_side=40)
+    width = round(size[0] * 40 / size[1])
+    assert resized[0].frames.shape == (4, 40, width, 3)
+    assert frame_index_of(resized[0].frames[1]) == 6  # shown at 0.25 s: t = 0.24 s
+
+
+def test_default_short_side_is_224(tmp_path: Path) -> None:
+    path = tmp_path / "video.mp4"
+    make_video(path, num_frames=10, size=(64, 48))
+    with ClipReader(path, ClipSampling(2, 25)) as reader:
+        clips = list(reader)
+    assert clips[0].frames.shape == (2, 224, 299, 3)  # 64 * 224 / 48 = 298.7
+    assert [frame_index_of(f) for f in clips[0].frames] == [0, 1]
+
+
+def test_portrait_short_side_is_the_width(tmp_path: Path) -> None:
+    path = tmp_path / "portrait.mp4"
+    make_video(path, num_frames=10, size=(48, 64))
+    _, clips = read(path, ClipSampling(2, 25), short_side=24)
+    assert clips[0].frames.shape == (2, 32, 24, 3)
+
+
+def test_file_names_with_spaces_and_non_ascii(tmp_path: Path) -> None:
+    folder = tmp_path / "my videos été"
+    folder.mkdir()
+    path = folder / "clip #1 日本語 – final.mp4"
+    times = make_video(path, seconds=1)
+    sampling = ClipSampling(4, 4)
+    assert probe(path).codec == "h264"
+    reader, clips = read(path, sampling)
+    check_clips(reader, clips, times, sampling)
+    reader, clips = read(Path(str(path)), sampling)  # str and PathLike both work
+    assert reader.status == "ok"
+
+
+def test_only_sampled_frames_are_converted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "video.mp4"
+    make_video(path, seconds=2, fps=60)
+    converted = 0
+    original = ClipReader._to_rgb
+
+    def counting(self: ClipReader, frame: object) -> None:
+        nonlocal converted
+        converted += getattr(frame, "rgb") is None
+        original(self, frame)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ClipReader, "_to_rgb", counting)
+    _, clips = read(path, ClipSampling(4, 2))  # 2 frames per second of 60
+    used = {frame_index_of(f) for clip in clips for f in clip.frames}
+    assert converted == len(used) == 4
+
+
+def test_memory_is_bounded_by_one_clip_window(tmp_path: Path) -> None:
+    def peak(seconds: int) -> tuple[int, int, int]:
+        path = tmp_path / f"long{seconds}.mp4"
+        make_video(path, seconds=seconds)
+        sampling = ClipSampling(8, 8)
+        most_buffered = clips = 0
+        tracemalloc.start()
+        try:
+            with ClipReader(path, sampling, short_side=None) as reader:
+                for clip in reader:
+                    clips += 1
+                    most_buffered = max(most_buffered, reader.buffered_frames)
+            return tracemalloc.get_traced_memory()[1], most_buffered, clips
+        finally:
+            tracemalloc.stop()
+
+    short_peak, _, short_clips = peak(8)
+    long_peak, most_buffered, long_clips = peak(60)
+    assert long_clips == 119 and short_clips == 15
+    assert most_buffered <= 8 + 2
+    frame_bytes = 64 * 48 * 3
+    assert long_peak < 1.5 * short_peak
+    assert long_peak < 40 * frame_bytes  # all 1500 frames would be 13.8 MB
+
+
+# --- lifecycle -------------------------------------------------------------------------------
+
+
+def test_reader_iterates_once_and_closes(tmp_path: Path) -> None:
+    path = tmp_path / "video.mp4"
+    make_video(path, seconds=2)
+    before = open_fds()
+    reader = ClipReader(path, ClipSampling(4, 4))
+    assert open_fds() > before
+    clips = list(reader)
+    assert open_fds() == before  # closed once iteration ends
+    assert len(clips) == 3
+    with pytest.raises(RuntimeError, match="once"):
+        list(reader)
+
+
+def test_leaving_a_with_block_early_closes(tmp_path: Path) -> None:
+    path = tmp_path / "video.mp4"
+    make_video(path, seconds=4)
+    before = open_fds()
+    with ClipReader(path, ClipSampling(4, 4)) as reader:
+        for clip in reader:
+            break
+    assert clip.index == 0
+    assert open_fds() == before
+    assert reader.buffered_frames == 0
+    with pytest.raises(RuntimeError):
+        list(reader)
+
+
+def test_probe(tmp_path: Path) -> None:
+    path = tmp_path / "video.mp4"
+    make_video(path, seconds=2, fps=30, size=(96, 64), rotation=90)
+    before = open_fds()
+    assert probe(path) == VideoInfo(
+        duration_sec=pytest.approx(2.0),
+        fps=pytest.approx(30.0),
+        width=96,
+        height=64,
+        rotation=90,
+        codec="h264",
+        pix_fmt="yuv420p",
+    )
+    assert open_fds() == before
+
+
+def test_invalid_arguments(tmp_path: Path) -> None:
+    path = tmp_path / "video.mp4"
+    make_video(path, num_frames=3)
+    with pytest.raises(ValueError, match="short_side"):
+        ClipReader(path, ClipSampling(2, 2), short_side=0)
+    with pytest.raises(ValueError, match="threads"):
+        ClipReader(path, ClipSampling(2, 2), threads=-1)
+
+
+# --- bad inputs ------------------------------------------------------------------------------
+
+
+def _make_directory(path: Path) -> None:
+    path.mkdir()
+
+
+BAD_FILES: list[tuple[str, str, Callable[[Path], object], str]] = [
+    ("missing", "missing.mp4", lambda path: None, "file not found"),
+    ("directory", "folder.mp4", _make_directory, "is a directory"),
+    ("empty", "empty.mp4", make_empty, "empty file"),
+    ("text", "notes.mp4", make_text, "not a readable video file"),
+    ("truncated header", "cut.mp4", make_truncated_header, "not a readable video file"),
+    ("audio only", "sound.m4a", make_audio_only, "audio only"),
+    ("png", "picture.png", make_still_image, "still image"),
+    ("png named mp4", "picture.mp4", make_still_image, "still image"),
+    ("jpeg named mp4", "photo.mp4", lambda p: make_still_image(p, "mjpeg"), "still image"),
+    ("zero-length stream", "nothing.mkv", make_zero_length_stream, "no frames"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "maker", "reason"),
+    [pytest.param(name, maker, reason, id=kind) for kind, name, maker, reason in BAD_FILES],
+)
+def test_bad_files_raise_video_error(
+    tmp_path: Path, name: str, maker: Callable[[Path], object], reason: str
+) -> None:
+    path = tmp_path / name
+    maker(path)
+    before = open_fds()
+    with pytest.raises(VideoError, match=reason) as error:
+        ClipReader(path, ClipSampling(4, 4))
+    assert "\n" not in str(error.value)
+    with pytest.raises(VideoError, match=reason):
+        probe(path)
+    assert open_fds() == before  # containers closed on failure too
+
+
+def _open_as_nobody(path: Path) -> str:
+    """Open ``path`` in a child process running as user ``nobody``; the outcome as text."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: never return into pytest
+        try:
+            os.close(read_end)
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                ClipReader(path, ClipSampling(4, 4)).close()
+                outcome = "opened"
+            except VideoError as error:
+                outcome = f"VideoError: {error}"
+            os.write(write_end, outcome.encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        outcome = pipe.read().decode()
+    os.waitpid(pid, 0)
+    return outcome
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        path = tmp_path / "secret.mp4"
+        make_unreadable(path)
+        with pytest.raises(VideoError, match="permission denied"):
+            ClipReader(path, ClipSampling(4, 4))
+        return
+    # Root reads any file: read it as `nobody` from a folder that user can enter.
+    folder = Path(tempfile.mkdtemp(prefix="vidfeat-perm-"))
+    try:
+        folder.chmod(stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
+        path = folder / "secret.mp4"
+        make_unreadable(path)
+        assert _open_as_nobody(path) == "VideoError: permission denied"
+        path.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+        assert _open_as_nobody(path) == "opened"  # the same file, readable: the control case
+    finally:
+        shutil.rmtree(folder)
+
+
+def test_truncated_tail_keeps_the_decoded_clips(tmp_path: Path) -> None:
+    path = tmp_path / "download.mp4"
+    times = make_truncated_tail(path, seconds=4.0, keep_fraction=0.6)
+    sampling = ClipSampling(4, 4)  # clip 1 s, stride 0.5 s
+    reader, clips = read(path, sampling)
+    assert reader.status == "partial"
+    assert reader.duration_sec is not None and reader.duration_sec < 3.0
+    assert reader.error == f"decoded {reader.duration_sec:.1f} s of 4.0 s"
+    assert clips, "the decoded part still gives clips"
+    check_clips(reader, clips, times, sampling)
+
+
+def test_corruption_mid_file_keeps_the_clips_before_it(tmp_path: Path) -> None:
+    path = tmp_path / "damaged.mp4"
+    times = make_corrupt_middle(path, seconds=4.0, at=0.7)
+    sampling = ClipSampling(4, 4)
+    reader, clips = read(path, sampling)
+    assert reader.status == "partial"
+    assert reader.error.startswith("decoding stopped at ")
+    assert "Invalid data" in reader.error and "\n" not in reader.error
+    assert reader.duration_sec is not None and 0.5 < reader.duration_sec < 3.9
+    check_clips(reader, clips, times, sampling)
+
+
+def test_partial_status_is_set_only_after_iteration(tmp_path: Path) -> None:
+    path = tmp_path / "damaged.mp4"
+    make_corrupt_middle(path, seconds=4.0, at=0.7)
+    reader = ClipReader(path, ClipSampling(4, 4))
+    assert (reader.status, reader.duration_sec) == ("ok", None)
+    clips = list(reader)
+    assert [clip.index for clip in clips] == list(range(len(clips)))
+    assert reader.status == "partial"
