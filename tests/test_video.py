@@ -154,6 +154,17 @@ def test_timeline_starts_at_the_first_frame(tmp_path: Path) -> None:
     check_clips(reader, clips, times, sampling)
 
 
+def test_frames_without_timestamps_follow_the_stream_rate(tmp_path: Path) -> None:
+    path = tmp_path / "raw.h264"  # an elementary stream: no PTS, no DTS, no duration
+    times = make_video(path, num_frames=30, container_format="h264")
+    sampling = ClipSampling(4, 4)
+    reader, clips = read(path, sampling)
+    assert reader.info.duration_sec is None
+    assert reader.duration_sec == pytest.approx(1.2)
+    assert reader.status == "ok"
+    check_clips(reader, clips, times, sampling)
+
+
 def test_a_sub_second_video_gives_one_padded_clip(tmp_path: Path) -> None:
     path = tmp_path / "short.mp4"
     times = make_video(path, num_frames=7)  # 0.28 s
