@@ -63,3 +63,21 @@ def save_official(path: Path, model: TimeSformer, epoch: int = 15) -> Path:
     }
     torch.save(checkpoint, path)
     return path
+
+
+def save_tiny_model(path: Path, *, num_frames: int = 8, fps: float = 4.0, size: int = 32, seed: int = 0) -> Path:
+    """A random vidfeat checkpoint directory (card + safetensors) small enough for pipeline tests."""
+    from vidfeat.cards import ModelCard, Preprocess
+    from vidfeat.weights import save_checkpoint
+
+    config = TimeSformerConfig(
+        img_size=size, patch_size=8, num_frames=num_frames, num_classes=6, embed_dim=64, depth=2, num_heads=2
+    )
+    model = randomize_(TimeSformer(config), seed=seed, std=0.05)
+    card = ModelCard(
+        name="random.tiny",
+        config=config,
+        preprocess=Preprocess(num_frames=num_frames, fps=fps, short_side=size, crop_size=size),
+        classes=[f"class {chr(97 + i)}" for i in range(6)],
+    )
+    return save_checkpoint(model, path, card=card)

@@ -1,0 +1,308 @@
+"""`vidfeat extract` end to end: outputs, exact times, bad inputs, resume after SIGKILL, Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from checkpoints import save_tiny_model
+from videos import (
+    make_audio_only,
+    make_corrupt_middle,
+    make_empty,
+    make_still_image,
+    make_text,
+    make_truncated_header,
+    make_truncated_tail,
+    make_video,
+    make_zero_length_stream,
+)
+from vidfeat.cli import main
+from vidfeat.clips import ClipSampling
+from vidfeat.store import open_features, verify
+from vidfeat.transforms import normalize, spatial_crops
+from vidfeat.video import ClipReader
+from vidfeat.weights import load_model
+
+torch.set_num_threads(2)
+FPS = 4.0  # the tiny model samples 8 frames at 4 fps: 2 s clips, 1 s stride
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def good_videos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("videos")
+    (root / "a").mkdir()
+    (root / "b").mkdir()
+    make_video(root / "a" / "clip.mp4", seconds=3.0, fps=25)
+    make_video(root / "b" / "clip.mp4", seconds=4.2, fps=30, size=(80, 48))  # same name, other folder
+    make_video(root / "naïve name é.MP4", seconds=0.6, fps=24)  # sub-second, upper-case extension
+    make_video(root / "vfr.mkv", frame_times=[0, 0.05, 0.3, 0.32, 1.0, 1.4, 1.45, 2.2, 2.9], size=(64, 64))
+    (root / "notes.txt").write_text("not a video, not listed")
+    return root
+
+
+def run(args, **kwargs):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False, **kwargs)
+
+
+def extract_args(inputs, out, model_dir, *extra):
+    return ["extract", *inputs, "-o", out, "--model", model_dir, "--workers", "0", "--quiet", *extra]
+
+
+def assert_same_file(a: Path, b: Path, atol=0.0):
+    """Identical content (float tolerance for embeddings), attrs except the creation stamp."""
+    with h5py.File(a) as fa, h5py.File(b) as fb:
+        ignore = {"created", "vidfeat_version", "torch_version"}
+        assert {k: str(v) for k, v in fa.attrs.items() if k not in ignore} == {
+            k: str(v) for k, v in fb.attrs.items() if k not in ignore
+        }
+        names = []
+        fa.visit(lambda n: names.append(n) if isinstance(fa[n], h5py.Dataset) else None)
+        assert names and sorted(names) == sorted(
+            n for n in _datasets(fb)
+        ), "same datasets"
+        for name in names:
+            x, y = fa[name][()], fb[name][()]
+            if x.dtype.kind in "fc" and atol:
+                np.testing.assert_allclose(x.astype(np.float64), y.astype(np.float64), atol=atol, err_msg=name)
+            else:
+                np.testing.assert_array_equal(x, y, err_msg=name)
+
+
+def _datasets(f):
+    out = []
+    f.visit(lambda n: out.append(n) if isinstance(f[n], h5py.Dataset) else None)
+    return out
+
+
+def test_extract_layout_times_and_values(tmp_path, good_videos, model_dir):
+    out = tmp_path / "feats.h5"
+    result = run(extract_args([good_videos], out, model_dir))
+    assert result.exit_code == 0, result.output
+    assert verify(out) == []
+    model = load_model(model_dir)
+    sampling = ClipSampling(8, FPS)
+    with open_features(out) as f:
+        assert list(f.videos.path) == ["a/clip.mp4", "b/clip.mp4", "naïve name é.MP4", "vfr.mkv"]
+        assert set(f.videos.status) == {"ok"}
+        assert f.classes == model.card.classes
+        assert f.attrs["model"] == "random.tiny" and f.attrs["stride_sec"] == 1.0
+        assert f.h5["clips/embedding"].dtype == np.float16 and f.embeddings.shape == (len(f), 64)
+        # 3.0 s video, 2 s clips every 1 s: clips at 0 and 1 (clip 1 reaches the end)
+        a = f.clips("a/clip.mp4")
+        np.testing.assert_array_equal(a.start_sec, [0.0, 1.0])
+        np.testing.assert_allclose(a.end_sec, [1.72, 2.72])  # frame shown at 0+7/4=1.75 s is frame 43 (1.72 s)
+        np.testing.assert_array_equal(a.valid_frames, [8, 8])
+        # 0.6 s video: one padded clip, 3 real frames (targets 0, 0.25, 0.5)
+        short = f.clips("naïve name é.MP4")
+        assert len(short) == 1 and short.valid_frames[0] == 3
+        np.testing.assert_allclose(short.end_sec, [0.5])
+        # variable frame rate: the frame shown at each target, by PTS
+        vfr = f.clips("vfr.mkv")
+        np.testing.assert_allclose(vfr.start_sec, [0.0, 1.0])
+        # the last frame (2.9 s) lasts 0.04 s, so the video ends at 2.94 and clip 1 (1-3 s) reaches it;
+        # targets 1.75 and 2.75 show the frames stamped 1.45 and 2.2
+        np.testing.assert_allclose(vfr.end_sec, [1.45, 2.2])
+        np.testing.assert_array_equal(vfr.valid_frames, [8, 8])
+        # embeddings and logits equal the model run directly on the decoded clips
+        with ClipReader(good_videos / "b" / "clip.mp4", sampling, short_side=32) as reader:
+            frames = [c.frames for c in reader]
+        crops = torch.from_numpy(np.stack([spatial_crops(fr, 32, 1)[0] for fr in frames]))
+        with torch.no_grad():
+            feats = model.forward_features(normalize(crops, model.card.preprocess.mean, model.card.preprocess.std))
+            logits = model.forward_head(feats)
+        b = f.clips("b/clip.mp4")
+        np.testing.assert_allclose(b.embedding.astype(np.float32), feats.numpy(), atol=2e-3, rtol=2e-3)
+        np.testing.assert_allclose(b.logits, logits.numpy(), atol=1e-5, rtol=1e-5)
+        top = f.topk(b.first_row, k=2)
+        assert top[0][0] == model.card.classes[int(logits[0].argmax())] and top[0][1] >= top[1][1]
+
+
+def test_workers_and_batch_size_do_not_change_the_file(tmp_path, good_videos, model_dir):
+    run(extract_args([good_videos], tmp_path / "one.h5", model_dir, "--batch-size", "1"))
+    result = run(["extract", good_videos, "-o", tmp_path / "two.h5", "--model", model_dir, "--workers", "2",
+                  "--batch-size", "5", "--quiet"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert_same_file(tmp_path / "one.h5", tmp_path / "two.h5", atol=1e-3)
+
+
+def test_three_crops_and_float32(tmp_path, good_videos, model_dir):
+    out = tmp_path / "f.h5"
+    result = run(extract_args([good_videos / "b"], out, model_dir, "--crops", "3", "--embedding-dtype", "float32"))
+    assert result.exit_code == 0, result.output
+    with open_features(out) as f:
+        assert f.attrs["crops"] == 3 and f.embeddings.dtype == np.float32
+        assert list(f.videos.path) == ["clip.mp4"]
+
+
+BAD = {
+    "empty.mp4": (make_empty, "failed", "empty"),
+    "text.mp4": (make_text, "failed", "not a readable video"),
+    "header.mp4": (make_truncated_header, "failed", "not a readable video"),
+    "audio.mp4": (make_audio_only, "failed", "audio"),
+    "still.mp4": (lambda p: make_still_image(p, codec="png"), "failed", "image"),
+    "zero.mkv": (make_zero_length_stream, "failed", ""),
+}
+
+
+def test_bad_inputs_each_get_a_status_and_reason_and_the_run_goes_on(tmp_path, model_dir):
+    root = tmp_path / "in"
+    root.mkdir()
+    make_video(root / "good.mp4", seconds=2.5)
+    for name, (maker, _, _) in BAD.items():
+        maker(root / name)
+    tail = root / "tail.mp4"
+    make_video(tail, seconds=8.0, faststart=True)
+    make_truncated_tail(tail, keep_fraction=0.4)
+    mid = root / "middle.mp4"
+    make_video(mid, seconds=6.0, faststart=True)
+    make_corrupt_middle(mid)
+    out = tmp_path / "feats.h5"
+    proc = subprocess.run(
+        [sys.executable, "-m", "vidfeat", *map(str, extract_args([root], out, model_dir))],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 3, proc.stderr
+    assert "Traceback" not in proc.stderr
+    with open_features(out) as f:
+        table = {r["path"]: r for r in f.videos.records()}
+    assert table["good.mp4"]["status"] == "ok" and table["good.mp4"]["clip_count"] == 2
+    for name, (_, status, reason) in BAD.items():
+        row = table[name]
+        assert row["status"] == status and row["clip_count"] == 0, row
+        assert reason in row["error"].lower() and row["error"], row
+        assert "\n" not in row["error"]
+        assert f"vidfeat: failed: {name}: {row['error']}" in proc.stderr
+    assert table["tail.mp4"]["status"] == "partial" and 0 < table["tail.mp4"]["clip_count"] < 7
+    assert table["middle.mp4"]["status"] in {"ok", "partial"}  # FFmpeg may conceal the damage
+    assert verify(out) == []
+
+
+def test_settings_mismatch_refused_unless_overwrite(tmp_path, good_videos, model_dir):
+    out = tmp_path / "f.h5"
+    assert run(extract_args([good_videos / "a"], out, model_dir)).exit_code == 0
+    result = run(extract_args([good_videos / "a"], out, model_dir, "--stride", "0.5"))
+    assert result.exit_code == 1 and "--overwrite" in result.output and "Traceback" not in result.output
+    result = run(extract_args([good_videos / "a"], out, model_dir, "--stride", "0.5", "--overwrite"))
+    assert result.exit_code == 0, result.output
+    with open_features(out) as f:
+        assert f.attrs["stride_sec"] == 0.5
+        np.testing.assert_allclose(f.clips("clip.mp4").start_sec, [0.0, 0.48, 1.0])  # frames shown at 0, 0.5, 1
+
+
+def test_rerun_skips_done_videos_and_adds_new_ones(tmp_path, good_videos, model_dir):
+    root = tmp_path / "in"
+    root.mkdir()
+    make_video(root / "one.mp4", seconds=2.0)
+    out = tmp_path / "f.h5"
+    assert run(extract_args([root], out, model_dir)).exit_code == 0
+    make_video(root / "two.mp4", seconds=2.0)
+    proc = subprocess.run([sys.executable, "-m", "vidfeat", *map(str, extract_args([root], out, model_dir))],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "1 already done" in proc.stderr and "1 ok" in proc.stderr
+    with open_features(out) as f:
+        assert list(f.videos.path) == ["one.mp4", "two.mp4"]
+
+
+def test_list_from_stdin_and_bad_arguments(tmp_path, good_videos, model_dir):
+    out = tmp_path / "f.h5"
+    listing = f"{good_videos / 'a' / 'clip.mp4'}\n# a comment\n{good_videos / 'vfr.mkv'}\n"
+    result = run(["extract", "--list", "-", "-o", out, "--model", model_dir, "--workers", "0", "--quiet"], input=listing)
+    assert result.exit_code == 0, result.output
+    with open_features(out) as f:
+        assert list(f.videos.path) == ["a/clip.mp4", "vfr.mkv"]
+    assert run(["extract", "-o", out]).exit_code == 2  # no input: usage error
+    result = run(["extract", tmp_path / "nope", "-o", out, "--model", model_dir])
+    assert result.exit_code == 1 and "input not found" in result.output
+    result = run(["extract", good_videos, "-o", out, "--model", tmp_path / "nope.pth"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+
+
+def test_unwritable_output_is_a_clear_error(tmp_path, good_videos, model_dir):
+    result = run(extract_args([good_videos / "a"], tmp_path / "missing-dir" / "f.h5", model_dir))
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "missing-dir" in result.output
+
+
+def test_info_and_verify(tmp_path, good_videos, model_dir):
+    out = tmp_path / "f.h5"
+    run(extract_args([good_videos], out, model_dir))
+    result = run(["info", out, "--json"])
+    assert result.exit_code == 0
+    info = json.loads(result.output)
+    assert json.dumps(info)  # plain JSON
+    result = run(["verify", out])
+    assert result.exit_code == 0 and "ok" in result.output
+    with h5py.File(out, "r+") as f:
+        f["clips/end_sec"][0] = 1e6  # a time far outside the video
+    result = run(["verify", out])
+    assert result.exit_code == 1 and "fault" in result.output
+
+
+def _cli(out, model_dir, root):
+    return [sys.executable, "-m", "vidfeat", *map(str, extract_args([root], out, model_dir, "--commit-every", "0"))]
+
+
+@pytest.fixture(scope="module")
+def many_videos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("many")
+    for i in range(14):
+        make_video(root / f"v{i:02d}.mp4", seconds=2.0 + (i % 4), fps=25)
+    return root
+
+
+def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(tmp_path, many_videos, model_dir):
+    reference = tmp_path / "reference.h5"
+    assert subprocess.run(_cli(reference, model_dir, many_videos), capture_output=True, timeout=300).returncode == 0
+    out = tmp_path / "killed.h5"
+    rng = random.Random(1234)
+    kills = 0
+    for _ in range(4):
+        proc = subprocess.Popen(_cli(out, model_dir, many_videos), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(2.0, 6.0))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    assert kills >= 1, "the runs were too fast to be killed; make the workload longer"
+    final = subprocess.run(_cli(out, model_dir, many_videos), capture_output=True, text=True, timeout=300)
+    assert final.returncode == 0, final.stderr
+    assert_same_file(reference, out, atol=1e-3)
+    assert not Path(str(out) + ".parts").exists()
+
+
+def test_ctrl_c_leaves_a_valid_file_of_what_finished(tmp_path, many_videos, model_dir):
+    out = tmp_path / "f.h5"
+    proc = subprocess.Popen(_cli(out, model_dir, many_videos), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    parts = Path(str(out) + ".parts")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any(parts.glob("*.h5")) and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode in (130, 0), stderr
+    assert "Traceback" not in stderr
+    assert verify(out) == []
+    with open_features(out) as f:
+        done = len(f.videos)
+    assert 1 <= done <= 14
+    if proc.returncode == 130:
+        assert "interrupted" in stderr

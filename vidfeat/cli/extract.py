@@ -1,0 +1,143 @@
+"""``vidfeat extract``, ``vidfeat info`` and ``vidfeat verify``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from ..extract import DEFAULT_MODEL, ExtractOptions, extract
+from ..inputs import discover, read_list
+from ..progress import Progress
+from ..store import summarize, verify
+from . import main
+
+
+@main.command(name="extract")
+@click.argument("inputs", nargs=-1, type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The HDF5 file to write.")
+@click.option("--list", "list_file", help="A file with one video path per line ('-' reads stdin).")
+@click.option("--model", "--weights", "model", default=DEFAULT_MODEL, show_default=True,
+              help="A model name (vidfeat models), a checkpoint file, a Hugging Face or vidfeat directory, or a hub id.")  # fmt: skip
+@click.option("--fps", type=click.FloatRange(min=0, min_open=True), help="Frames sampled per second (default: the model's).")
+@click.option("--num-frames", type=click.IntRange(min=1), help="Frames per clip (default: the model's).")
+@click.option("--stride", type=click.FloatRange(min=0, min_open=True), help="Seconds between clip starts (default: half a clip).")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Clips per model step (default: as many as fit).")
+@click.option("--device", help="cpu, cuda or cuda:N (default: cuda if available).")
+@click.option("--dtype", type=click.Choice(["bf16", "fp32"]), help="Model precision (default: bf16 on GPU, fp32 on CPU).")
+@click.option("--workers", type=click.IntRange(min=0), help="Decode processes (default: cores - 1; 0 = in-process).")
+@click.option("--crops", type=click.Choice(["1", "3"]), default="1", show_default=True,
+              help="Spatial views per clip, averaged (3 = the official test protocol).")  # fmt: skip
+@click.option("--embedding-dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
+@click.option("--commit-every", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="Seconds between commits of finished videos to disk (a kill loses at most this much work).")  # fmt: skip
+@click.option("--overwrite", is_flag=True, help="Replace an output made with another model or setting.")
+@click.option("--retry-failed", is_flag=True, help="Try again the videos that failed in an earlier run.")
+@click.option("--quiet", is_flag=True, help="No progress display (failures are still printed).")
+def extract_cmd(inputs, output, list_file, model, fps, num_frames, stride, batch_size, device, dtype, workers, crops,
+                embedding_dtype, commit_every, overwrite, retry_failed, quiet) -> None:  # fmt: skip
+    """Extract per-clip embeddings and class scores of every video in INPUTS into one HDF5 file.
+
+    INPUTS are folders (searched recursively for video files), video files, or --list. Videos
+    are named by their path relative to the inputs' common folder. Rerunning the same command
+    resumes: finished videos are kept and skipped, even after a crash or a kill.
+
+    Exit status: 0 every video ok; 3 some videos failed or are partial (listed on stderr and in
+    the file, see `vidfeat info`); 1 a fatal error (bad argument, weights or output); 130 stopped
+    by Ctrl-C (the file then holds every video that finished).
+
+    \b
+    Examples:
+      vidfeat extract videos/ -o feats.h5
+      vidfeat extract videos/ -o feats.h5 --model large --crops 3
+      vidfeat extract --list todo.txt -o feats.h5 --workers 14 --batch-size 32
+      find /data -name '*.mp4' | vidfeat extract --list - -o feats.h5
+      vidfeat extract videos/ -o feats.h5 --model runs/my-finetune --fps 4 --stride 2
+    """
+    paths = list(inputs)
+    if list_file:
+        paths += read_list(list_file)
+    if not paths:
+        raise click.UsageError("give at least one folder or video, or --list FILE")
+    if output.exists() and output.is_dir():
+        raise click.UsageError(f"-o {output} is a directory; give the .h5 file to write")
+    videos, root = discover(paths)
+    options = ExtractOptions(
+        model=model,
+        fps=fps,
+        num_frames=num_frames,
+        stride_sec=stride,
+        batch_size=batch_size,
+        device=device,
+        dtype=dtype,
+        workers=workers,
+        crops=int(crops),
+        embedding_dtype=embedding_dtype,
+        commit_seconds=commit_every,
+        overwrite=overwrite,
+        retry_failed=retry_failed,
+    )
+    progress = Progress(enabled=not quiet, workers=workers or 1)
+    if not quiet:
+        progress.console.print(f"{len(videos)} videos under {root} -> {output}")
+    report = extract(videos, output, options, progress)
+    c = report.counts
+    message = (
+        f"{output}: {c['ok']} ok, {c['partial']} partial, {c['failed']} failed this run, "
+        f"{report.skipped} already done; {report.clips} clips"
+    )
+    if report.interrupted:
+        message += " (interrupted: rerun the same command to finish)"
+    click.echo(message, err=True)
+    sys.exit(report.exit_code)
+
+
+@main.command(name="info")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def info_cmd(path: Path, as_json: bool) -> None:
+    """Show a features file: model and settings, counts by status, failed videos with reasons.
+
+    \b
+    Examples:
+      vidfeat info feats.h5
+      vidfeat info feats.h5 --json | jq '.failed'
+    """
+    summary = summarize(path)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, default=str))
+        return
+    click.echo(_format_summary(summary))
+
+
+def _format_summary(summary: dict) -> str:
+    lines = [f"{k}: {v}" for k, v in summary.items() if not isinstance(v, (list, dict))]
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            lines.append(f"{key}: " + ", ".join(f"{k} {v}" for k, v in value.items()))
+    for key, value in summary.items():
+        if isinstance(value, list) and value:
+            lines.append(f"{key}:")
+            lines.extend(f"  {row}" if not isinstance(row, dict) else "  " + "  ".join(str(v) for v in row.values()) for row in value)
+    return "\n".join(lines)
+
+
+@main.command(name="verify")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def verify_cmd(path: Path) -> None:
+    """Check a features file's internal consistency; exit 1 on any fault.
+
+    Checks shapes, clip offsets and counts, NaN/inf, clip times inside video durations.
+
+    \b
+    Examples:
+      vidfeat verify feats.h5 && echo ok
+    """
+    faults = verify(path)
+    for fault in faults:
+        click.echo(f"fault: {fault}", err=True)
+    if faults:
+        raise click.ClickException(f"{path}: {len(faults)} fault(s)")
+    click.echo(f"{path}: ok")

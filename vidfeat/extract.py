@@ -1,0 +1,389 @@
+"""The extraction pipeline: videos -> decode workers -> batched model -> one writer.
+
+::
+
+    decode workers (DataLoader processes)        main process
+    ---------------------------------------      -------------------------------------------------
+    ClipReader: PyAV decode, sample by PTS,  ->  batch clips across videos (pinned uint8)
+    resize only sampled frames, crop (uint8)     -> device (non-blocking) -> normalise -> bf16 SDPA
+    one item per clip + one end-of-video item    -> CLS embedding + logits (averaged over crops)
+                                                 -> a finished video goes to FeatureWriter
+                                                    (chunk files, atomic, resumable)
+
+Memory is bounded: a worker holds one clip window of the video it decodes, and the loader keeps
+``prefetch`` items per worker. The model step for batch k+1 is queued before the results of
+batch k are read back, so the GPU does not wait for Python. Videos finish out of order; the
+writer sorts them when it assembles the final file.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from .cards import ModelCard
+from .clips import ClipSampling
+from .errors import VideoError, VidfeatError
+from .inputs import VideoFile
+from .model import TimeSformer
+from .progress import Progress
+from .store import FeatureWriter, VideoResult
+from .transforms import normalize, spatial_crops
+from .video import ClipReader
+from .weights import load_model
+
+__all__ = ["ExtractOptions", "ExtractReport", "extract", "DEFAULT_MODEL"]
+
+DEFAULT_MODEL = "tiny-motion"
+
+
+@dataclass
+class ExtractOptions:
+    model: str = DEFAULT_MODEL  # anything load_model takes
+    fps: float | None = None  # None: the card's
+    num_frames: int | None = None  # None: the card's
+    stride_sec: float | None = None  # None: half a clip
+    batch_size: int | None = None  # clips per model step; None: as large as fits
+    device: str | None = None  # None: cuda if available, else cpu
+    dtype: str | None = None  # "bf16" | "fp32"; None: bf16 on cuda, fp32 on cpu
+    workers: int | None = None  # decode processes; 0 decodes in the main process
+    crops: int = 1  # 1 centre crop, or 3 crops along the long side (averaged)
+    embedding_dtype: str = "float16"
+    commit_seconds: float = 10.0  # commit finished videos to disk at least this often (0: each video)
+    overwrite: bool = False
+    retry_failed: bool = False
+
+
+@dataclass
+class ExtractReport:
+    output: Path
+    total: int = 0  # videos in the input
+    skipped: int = 0  # already done by an earlier run
+    counts: dict[str, int] = field(default_factory=lambda: {"ok": 0, "partial": 0, "failed": 0})
+    clips: int = 0
+    interrupted: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        """0: every video of this run ok; 3: some failed or partial (see docs); 130: interrupted."""
+        if self.interrupted:
+            return 130
+        return 3 if self.counts["failed"] or self.counts["partial"] else 0
+
+
+# ---------------------------------------------------------------------------------------------
+# decode side (runs in DataLoader workers)
+
+
+@dataclass
+class ClipItem:
+    video: int  # index into the run's job list
+    index: int  # clip index within the video
+    crops: torch.Tensor  # (n, t, s, s, c) uint8
+    start_sec: float
+    end_sec: float
+    valid_frames: int
+
+    def pin_memory(self) -> "ClipItem":  # called by the DataLoader's pin-memory thread
+        self.crops = self.crops.pin_memory()
+        return self
+
+
+@dataclass
+class VideoEnd:
+    video: int
+    status: str  # ok | partial | failed
+    error: str
+    clips: int  # how many ClipItems this video sent
+    duration_sec: float
+    fps: float
+    width: int
+    height: int
+    decode_sec: float
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def decode_video(video: int, path: Path, sampling: ClipSampling, card: ModelCard, crops: int, threads: int):
+    """Yield the ClipItems of one video, then its VideoEnd. Never raises for a bad video."""
+    start = time.perf_counter()
+    sent, info = 0, None
+    status, error, duration = "failed", "", math.nan
+    try:
+        with ClipReader(path, sampling, short_side=card.preprocess.short_side, threads=threads) as reader:
+            info = reader.info
+            for clip in reader:
+                views = spatial_crops(clip.frames, card.preprocess.crop_size, crops)
+                yield ClipItem(video, clip.index, torch.from_numpy(views), clip.start_sec, clip.end_sec, clip.valid_frames)
+                sent += 1
+            status, error, duration = reader.status, reader.error, reader.duration_sec
+    except VideoError as exc:
+        error = _one_line(exc)
+    except Exception as exc:  # noqa: BLE001 - a bug or an exotic file must not end the run
+        error = f"internal error: {type(exc).__name__}: {_one_line(exc)}"
+        if os.environ.get("VIDFEAT_RAISE_ERRORS"):
+            traceback.print_exc()
+    if status == "failed" and sent:  # died after some clips: keep them
+        status = "partial"
+    yield VideoEnd(
+        video=video,
+        status=status,
+        error=error,
+        clips=sent,
+        duration_sec=float(duration) if duration is not None else math.nan,
+        fps=float(info.fps) if info and info.fps else math.nan,
+        width=int(info.width) if info else 0,
+        height=int(info.height) if info else 0,
+        decode_sec=time.perf_counter() - start,
+    )
+
+
+class ClipStream(IterableDataset):
+    """Every job's clips; with several workers, worker w decodes jobs w, w + n, w + 2n, ..."""
+
+    def __init__(self, jobs: list[Path], sampling: ClipSampling, card: ModelCard, crops: int, threads: int) -> None:
+        self.jobs, self.sampling, self.card, self.crops, self.threads = jobs, sampling, card, crops, threads
+
+    def __iter__(self):
+        worker = get_worker_info()
+        shard = range(len(self.jobs)) if worker is None else range(worker.id, len(self.jobs), worker.num_workers)
+        for i in shard:
+            yield from decode_video(i, self.jobs[i], self.sampling, self.card, self.crops, self.threads)
+
+
+# ---------------------------------------------------------------------------------------------
+# model side
+
+
+class ModelRunner:
+    """Runs batches of uint8 crops through the model; one batch in flight while the next is built.
+
+    ``submit`` queues the work (asynchronous on CUDA) and starts the copy of its results into
+    pinned host memory; ``collect`` waits for that batch only. On CUDA out-of-memory the batch size
+    is halved and the batch retried, so the default batch size is "as large as fits".
+    """
+
+    def __init__(self, model: TimeSformer, device: torch.device, dtype: torch.dtype, crops: int, batch_size: int):
+        self.model, self.device, self.dtype, self.crops = model, device, dtype, crops
+        self.batch_size = batch_size
+        self.pre = model.card.preprocess
+        self.model_sec = 0.0
+
+    def _forward(self, clips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = normalize(clips.to(self.device, non_blocking=True), self.pre.mean, self.pre.std)
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            feats = self.model.forward_features(x)
+            logits = self.model.forward_head(feats)
+        return feats.float(), logits.float()
+
+    @torch.inference_mode()
+    def submit(self, crops: list[torch.Tensor]):
+        """``crops``: one ``(n, t, s, s, c)`` uint8 tensor per clip."""
+        clips = torch.cat(crops) if len(crops) > 1 else crops[0]  # (clips * n, t, s, s, c)
+        start = time.perf_counter()
+        while True:
+            try:
+                parts = [self._forward(part) for part in clips.split(self.batch_size * self.crops)]
+                break
+            except torch.OutOfMemoryError:
+                if self.batch_size == 1:
+                    raise
+                self.batch_size = max(1, self.batch_size // 2)
+                torch.cuda.empty_cache()
+        feats = torch.cat([p[0] for p in parts]).view(len(crops), self.crops, -1).mean(dim=1)
+        logits = torch.cat([p[1] for p in parts]).view(len(crops), self.crops, -1).mean(dim=1)
+        if self.device.type == "cuda":
+            host = (torch.empty(feats.shape, pin_memory=True), torch.empty(logits.shape, pin_memory=True))
+            host[0].copy_(feats, non_blocking=True)
+            host[1].copy_(logits, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            return host, event, start
+        self.model_sec += time.perf_counter() - start
+        return (feats, logits), None, start
+
+    def collect(self, handle) -> tuple[np.ndarray, np.ndarray]:
+        (feats, logits), event, start = handle
+        if event is not None:
+            event.synchronize()
+            self.model_sec += time.perf_counter() - start
+        return feats.numpy(), logits.numpy()
+
+
+def _auto_batch_size(model: TimeSformer, device: torch.device, crops: int) -> int:
+    """Clips per model step. CPU: 4. CUDA: half the free memory over a per-clip activation
+    estimate (bf16 MLP activations of one block dominate); out-of-memory halves it later."""
+    if device.type != "cuda":
+        return 4
+    c = model.config
+    tokens = model.card.preprocess.num_frames * (c.img_size // c.patch_size) ** 2
+    per_clip = tokens * c.embed_dim * (c.mlp_ratio + 4) * 2 * crops * 2  # bytes, 2x margin
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(max(1, min(256, free * 0.5 // per_clip)))
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+
+
+def _settings(card: ModelCard, sampling: ClipSampling, options: ExtractOptions) -> dict:
+    """The root attributes that define the result (a rerun must match them to resume)."""
+    pre = card.preprocess
+    return {
+        "model": card.name,
+        "weights_sha256": card.weights.sha256,
+        "attention_type": card.config.attention_type,
+        "num_frames": sampling.num_frames,
+        "fps": sampling.fps,
+        "stride_sec": sampling.stride_sec,
+        "input_size": pre.crop_size,
+        "short_side": pre.short_side,
+        "mean": list(pre.mean),
+        "std": list(pre.std),
+        "crops": options.crops,
+        "embedding_dtype": options.embedding_dtype,
+    }
+
+
+def _resolve_device(options: ExtractOptions) -> tuple[torch.device, torch.dtype]:
+    device = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise VidfeatError("--device cuda: no CUDA device is available")
+    name = options.dtype or ("bf16" if device.type == "cuda" else "fp32")
+    return device, {"bf16": torch.bfloat16, "fp32": torch.float32}[name]
+
+
+def _default_workers() -> int:
+    return max(1, min(16, (os.cpu_count() or 2) - 1))
+
+
+def extract(videos: list[VideoFile], output: Path, options: ExtractOptions, progress: Progress | None = None) -> ExtractReport:
+    """Extract every video in ``videos`` into ``output`` (resuming what an earlier run finished)."""
+    device, dtype = _resolve_device(options)
+    model = load_model(options.model, num_frames=options.num_frames, device=device)
+    card = model.card
+    sampling = ClipSampling(card.preprocess.num_frames, options.fps or card.preprocess.fps, options.stride_sec)
+    workers = _default_workers() if options.workers is None else options.workers
+    threads = max(1, (os.cpu_count() or 2) // max(1, workers))
+    progress = progress or Progress(enabled=False)
+    report = ExtractReport(output=output, total=len(videos))
+
+    writer = FeatureWriter(
+        output,
+        settings=_settings(card, sampling, options),
+        classes=card.classes,
+        embedding_dim=model.num_features,
+        embedding_dtype=options.embedding_dtype,
+        overwrite=options.overwrite,
+        retry_failed=options.retry_failed,
+        flush_seconds=options.commit_seconds,
+    )
+    with writer:
+        todo: list[tuple[VideoFile, os.stat_result]] = []
+        for v in videos:
+            try:
+                st = os.stat(v.path)
+            except OSError as exc:  # vanished between listing and now
+                reason = f"cannot stat: {exc.strerror or exc}"
+                writer.add(VideoResult(path=v.name, status="failed", error=reason, size_bytes=0, mtime=0.0))
+                report.counts["failed"] += 1
+                progress.failure(v.name, "failed", reason)
+                continue
+            if writer.is_done(v.name, st.st_size, st.st_mtime):
+                report.skipped += 1
+            else:
+                todo.append((v, st))
+        progress.start(total=len(todo), total_bytes=sum(st.st_size for _, st in todo), skipped=report.skipped)
+        try:
+            if todo:
+                batch = options.batch_size or _auto_batch_size(model, device, options.crops)
+                runner = ModelRunner(model, device, dtype, options.crops, batch)
+                _run(todo, sampling, card, options, workers, threads, runner, writer, report, progress)
+        except KeyboardInterrupt:
+            report.interrupted = True
+        finally:
+            progress.close()
+        writer.finalize()
+    return report
+
+
+def _run(todo, sampling, card, options, workers, threads, runner, writer, report, progress) -> None:
+    stream = ClipStream([v.path for v, _ in todo], sampling, card, options.crops, threads)
+    loader = DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=workers,
+        pin_memory=runner.device.type == "cuda",
+        prefetch_factor=4 if workers else None,
+        persistent_workers=False,
+        in_order=False,
+    )
+    clips: dict[int, list] = {}  # video -> [(index, emb, logits, start, end, valid)]
+    ends: dict[int, VideoEnd] = {}
+    batch: list[ClipItem] = []
+    in_flight = None  # (items, handle)
+
+    def finish_ready() -> None:
+        for vid in [v for v, end in ends.items() if len(clips.get(v, [])) == end.clips]:
+            end = ends.pop(vid)
+            rows = sorted(clips.pop(vid, []), key=lambda r: r[0])
+            v, st = todo[vid]
+            result = VideoResult(
+                path=v.name,
+                status=end.status,
+                error=end.error,
+                size_bytes=st.st_size,
+                mtime=st.st_mtime,
+                duration_sec=end.duration_sec,
+                fps=end.fps,
+                width=end.width,
+                height=end.height,
+                embedding=np.stack([r[1] for r in rows]) if rows else np.zeros((0, runner.model.num_features), np.float32),
+                logits=np.stack([r[2] for r in rows]) if rows else np.zeros((0, len(card.classes)), np.float32),
+                start_sec=np.array([r[3] for r in rows], np.float64),
+                end_sec=np.array([r[4] for r in rows], np.float64),
+                valid_frames=np.array([r[5] for r in rows], np.int32),
+            )
+            writer.add(result)
+            report.counts[end.status] += 1
+            report.clips += len(rows)
+            if end.status != "ok":
+                progress.failure(v.name, end.status, end.error)
+            progress.video_done(st.st_size, end.duration_sec, len(rows), end.decode_sec, runner.model_sec)
+
+    def drain(flight) -> None:
+        items, handle = flight
+        feats, logits = runner.collect(handle)
+        for item, f, lg in zip(items, feats, logits):
+            clips.setdefault(item.video, []).append((item.index, f, lg, item.start_sec, item.end_sec, item.valid_frames))
+
+    for item in loader:
+        if isinstance(item, VideoEnd):
+            ends[item.video] = item
+        else:
+            batch.append(item)
+        if len(batch) >= runner.batch_size:
+            handle = runner.submit([b.crops for b in batch])
+            if in_flight:
+                drain(in_flight)
+            in_flight, batch = (batch, handle), []
+        finish_ready()
+    if batch:
+        handle = runner.submit([b.crops for b in batch])
+        if in_flight:
+            drain(in_flight)
+        in_flight = (batch, handle)
+    if in_flight:
+        drain(in_flight)
+    finish_ready()
