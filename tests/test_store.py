@@ -1,0 +1,734 @@
+"""The output file: round trip, deterministic order, resume, settings checks, crash safety, verify."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vidfeat import store
+from vidfeat.errors import SettingsMismatch, StoreError
+from vidfeat.store import FeatureWriter, VideoResult, open_features, parts_path, summarize, verify
+
+D, C = 16, 5
+CLASSES = [f"class {i}" for i in range(C - 1)] + ["ünïcode class"]
+SETTINGS = {
+    "model": "timesformer_base_8x224.k400",
+    "weights_sha256": "ab12" * 16,
+    "num_frames": 8,
+    "fps": 0.9375,
+    "stride_sec": 4.2666,
+    "input_size": 224,
+    "mean": [0.45, 0.45, 0.45],
+    "std": [0.225, 0.225, 0.225],
+    "crops": 1,
+}
+# Names chosen to exercise the sort order ('-' < '.' < '/' in code points) and UTF-8.
+PATHS = [
+    "a.mp4", "a-b.mp4", "a/b.mp4", "a/c/d.mkv", "b/1.mp4", "b/10.mp4", "b/2.mp4", "clips/x.webm",
+    "été/vidéo.mp4", "日本/動画.mp4", "z.avi", "Z.avi", "nested/deep/er/v.mp4", "short.mp4",
+]
+FAILED = {"z.avi"}
+PARTIAL = {"b/10.mp4"}
+
+
+def make_result(path: str, version: int = 0, status: str | None = None) -> VideoResult:
+    """A deterministic result for ``path``; ``version`` changes its mtime and values."""
+    seed = zlib.crc32(path.encode())
+    rng = np.random.default_rng(seed + 1000 * version)
+    status = status or ("failed" if path in FAILED else "partial" if path in PARTIAL else "ok")
+    n = 0 if status == "failed" else 1 + seed % 4
+    start = np.arange(n) * 4.2666
+    duration = float("nan") if path == "short.mp4" else n * 4.2666 + 4.0
+    return VideoResult(
+        path=path,
+        status=status,
+        error={"ok": "", "partial": "decoding stopped at 3.2 s: invalid data", "failed": "no video stream"}[status],
+        size_bytes=1000 + seed % 1000,
+        mtime=1.7e9 + seed % 1000 + version + 0.25,
+        duration_sec=duration,
+        fps=None if status == "failed" else 30.0,
+        width=0 if status == "failed" else 320,
+        height=0 if status == "failed" else 240,
+        embedding=rng.standard_normal((n, D)).astype(np.float32),
+        logits=(rng.standard_normal((n, C)) * 3).astype(np.float32),
+        start_sec=start,
+        end_sec=start + 7.5,
+        valid_frames=np.full(n, 8, np.int32) if n < 2 else np.r_[np.full(n - 1, 8), 3].astype(np.int32),
+    )
+
+
+def open_writer(out: Path, **kwargs) -> FeatureWriter:
+    kwargs.setdefault("settings", SETTINGS)
+    kwargs.setdefault("classes", CLASSES)
+    kwargs.setdefault("embedding_dim", D)
+    kwargs.setdefault("flush_videos", 3)
+    return FeatureWriter(out, **kwargs)
+
+
+def write_all(out: Path, paths=PATHS, **kwargs) -> Path:
+    with open_writer(out, **kwargs) as writer:
+        for path in paths:
+            writer.add(make_result(path))
+        return writer.finalize()
+
+
+def content(path: Path) -> dict:
+    """Everything a file holds except the attrs that record when and with what it was made."""
+    out = {}
+    with h5py.File(path, "r") as f:
+        out["attrs"] = {
+            k: json.dumps(store._canon(v)) for k, v in f.attrs.items() if k not in store.VOLATILE_ATTRS
+        }
+
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset):
+                data = obj.asstr()[()].tolist() if h5py.check_string_dtype(obj.dtype) else obj[()]
+                out[name] = (obj.dtype.str, obj.shape, data)
+
+        f.visititems(visit)
+    return out
+
+
+def assert_same_content(a: Path, b: Path) -> None:
+    ca, cb = content(a), content(b)
+    assert ca.keys() == cb.keys()
+    assert ca["attrs"] == cb["attrs"]
+    for name in ca:
+        if name == "attrs":
+            continue
+        (dta, sha, da), (dtb, shb, db) = ca[name], cb[name]
+        assert (dta, sha) == (dtb, shb), name
+        if isinstance(da, list):
+            assert da == db, name
+        else:
+            assert np.array_equal(da, db, equal_nan=da.dtype.kind == "f"), name
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """The file of one uninterrupted run, videos added in PATHS order."""
+    return write_all(tmp_path_factory.mktemp("reference") / "feats.h5")
+
+
+# round trip and format
+
+
+def test_round_trip_keeps_every_value(reference):
+    with open_features(reference) as f:
+        attrs = f.attrs
+        for key, value in SETTINGS.items():
+            assert attrs[key] == value
+        assert attrs["format"] == "vidfeat" and attrs["format_version"] == store.FORMAT_VERSION
+        assert attrs["vidfeat_version"] and "created" in attrs and "torch_version" in attrs
+        assert f.classes == CLASSES
+        assert list(f.videos.path) == sorted(PATHS)
+        assert len(f) == sum(make_result(p).num_clips for p in PATHS) == f.embeddings.shape[0]
+        for path in PATHS:
+            want = make_result(path)
+            got = f.clips(path)
+            assert len(got) == want.num_clips
+            np.testing.assert_array_equal(got.embedding, want.embedding.astype(np.float16))
+            np.testing.assert_array_equal(got.logits, want.logits)
+            np.testing.assert_array_equal(got.start_sec, want.start_sec)
+            np.testing.assert_array_equal(got.end_sec, want.end_sec)
+            np.testing.assert_array_equal(got.valid_frames, want.valid_frames)
+            v = f.videos.index(path)
+            assert f.videos.status[v] == want.status and f.videos.error[v] == want.error
+            assert f.videos.size_bytes[v] == want.size_bytes and f.videos.mtime[v] == want.mtime
+            assert np.array_equal(f.videos.duration_sec[v], want.duration_sec, equal_nan=True)
+            assert np.array_equal(f.videos.fps[v], np.float64("nan") if want.fps is None else want.fps, equal_nan=True)
+            assert (f.videos.width[v], f.videos.height[v]) == (want.width, want.height)
+            if len(got):
+                assert f.video_of(got.first_row) == path
+        row = f.clips("a/b.mp4").first_row
+        logits = make_result("a/b.mp4").logits[0].astype(np.float64)
+        p = np.exp(logits - logits.max())
+        p /= p.sum()
+        top = f.topk(row, k=3)
+        assert [name for name, _ in top] == [CLASSES[i] for i in np.argsort(-p)[:3]]
+        np.testing.assert_allclose([prob for _, prob in top], np.sort(p)[::-1][:3], rtol=1e-12)
+        with pytest.raises(KeyError):
+            f.clips("missing.mp4")
+    assert verify(reference) == []
+
+
+def test_file_follows_the_hdf5_contract_for_plain_h5py(reference):
+    with h5py.File(reference, "r") as f:
+        assert set(f) == {"videos", "clips", "classes"}
+        for name in ("path", "status", "error"):
+            info = h5py.check_string_dtype(f[f"videos/{name}"].dtype)
+            assert info is not None and info.encoding == "utf-8" and info.length is None
+        assert f["videos/size_bytes"].dtype == np.int64 and f["videos/mtime"].dtype == np.float64
+        assert f["videos/clip_offset"].dtype == np.int64 and f["videos/clip_count"].dtype == np.int64
+        assert f["clips/embedding"].dtype == np.float16 and f["clips/logits"].dtype == np.float32
+        assert f["clips/video"].dtype == np.int64 and f["clips/valid_frames"].dtype == np.int32
+        assert f["clips/start_sec"].dtype == np.float64
+        assert f["clips/embedding"].chunks is not None and f["clips/embedding"].maxshape == (None, D)
+        offsets, counts, video = f["videos/clip_offset"][()], f["videos/clip_count"][()], f["clips/video"][()]
+        np.testing.assert_array_equal(video, np.repeat(np.arange(len(counts)), counts))
+        np.testing.assert_array_equal(offsets, np.cumsum(counts) - counts)
+        failed = f["videos/status"].asstr()[()] == "failed"
+        assert (counts[failed] == 0).all() and failed.sum() == len(FAILED)
+
+
+def test_float32_embeddings_on_request(tmp_path):
+    out = write_all(tmp_path / "f32.h5", paths=PATHS[:3], embedding_dtype="float32")
+    with open_features(out) as f:
+        assert f.embeddings.dtype == np.float32
+        np.testing.assert_array_equal(f.clips("a.mp4").embedding, make_result("a.mp4").embedding)
+        assert f.load_embeddings(np.float64).dtype == np.float64
+
+
+def test_empty_run_gives_a_valid_empty_file(tmp_path):
+    out = write_all(tmp_path / "empty.h5", paths=[])
+    with open_features(out) as f:
+        assert len(f) == 0 and len(f.videos) == 0 and f.embeddings.shape == (0, D)
+    assert verify(out) == []
+    assert summarize(out)["status"] == {"ok": 0, "partial": 0, "failed": 0}
+
+
+def test_summarize_counts_and_reasons(reference):
+    info = summarize(reference)
+    json.dumps(info)  # `vidfeat info --json`
+    assert info["settings"]["model"] == SETTINGS["model"] and "created" not in info["settings"]
+    assert info["status"] == {"ok": len(PATHS) - 2, "partial": 1, "failed": 1}
+    assert info["videos"] == len(PATHS) and info["classes"] == C and info["embedding_dim"] == D
+    assert info["clips"] == sum(make_result(p).num_clips for p in PATHS)
+    assert info["failed"] == [{"path": "z.avi", "error": "no video stream", "clips": 0}]
+    assert [p["path"] for p in info["partial"]] == ["b/10.mp4"]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(path="/abs/x.mp4"), "relative"),
+        (dict(path="a/../x.mp4"), "relative"),
+        (dict(status="done"), "status"),
+        (dict(embedding=np.zeros((1, D + 1), np.float32)), "embedding has shape"),
+        (dict(logits=np.zeros((1, C - 1), np.float32)), "logits has shape"),
+        (dict(status="failed"), "no clips"),
+        (dict(valid_frames=np.array([1.5])), "integers"),
+    ],
+)
+def test_inconsistent_results_are_refused(tmp_path, change, message):
+    base = dict(vars(make_result("a.mp4")))
+    base.update(embedding=base["embedding"][:1], logits=base["logits"][:1], start_sec=base["start_sec"][:1],
+                end_sec=base["end_sec"][:1], valid_frames=base["valid_frames"][:1])
+    base.update(change)
+    with open_writer(tmp_path / "f.h5") as writer:
+        with pytest.raises(ValueError, match=message):
+            writer.add(VideoResult(**base))
+
+
+def test_multiline_errors_become_one_line(tmp_path):
+    result = make_result("z.avi")
+    result.error = "ffmpeg said:\nInvalid data\r\nfound"
+    with open_writer(tmp_path / "f.h5") as writer:
+        writer.add(result)
+        out = writer.finalize()
+    with open_features(out) as f:
+        assert f.videos.error[0] == "ffmpeg said: Invalid data found"
+
+
+# order and resume
+
+
+@settings(max_examples=12, deadline=None)
+@given(order=st.permutations(PATHS), flush=st.integers(1, 6), split=st.integers(0, len(PATHS)))
+def test_file_is_the_same_whatever_the_order_and_resume_history(tmp_path_factory, reference, order, flush, split):
+    out = tmp_path_factory.mktemp("order") / "feats.h5"
+    with open_writer(out, flush_videos=flush) as writer:  # stopped after `split` videos
+        for path in order[:split]:
+            writer.add(make_result(path))
+    with open_writer(out, flush_videos=flush) as writer:
+        for path in order:
+            if not writer.is_done(path, make_result(path).size_bytes, make_result(path).mtime):
+                writer.add(make_result(path))
+        writer.finalize()
+    assert_same_content(out, reference)
+    assert not parts_path(out).exists()
+
+
+def test_resume_skips_done_videos_and_merges_with_the_final_file(tmp_path, reference):
+    out = tmp_path / "feats.h5"
+    write_all(out, paths=PATHS[:5])
+    with open_writer(out) as writer:
+        for path in PATHS:
+            want = make_result(path)
+            assert writer.is_done(path, want.size_bytes, want.mtime) == (path in PATHS[:5])
+            assert not writer.is_done(path, want.size_bytes + 1, want.mtime)
+            assert not writer.is_done(path, want.size_bytes, want.mtime + 1)
+        for path in PATHS[5:9]:
+            writer.add(make_result(path))
+            assert writer.is_done(path, make_result(path).size_bytes, make_result(path).mtime)  # buffered counts
+    # not finalized: the final file still holds 5 videos, the parts hold 4 more
+    with open_features(out) as f:
+        assert len(f.videos) == 5
+    with open_writer(out) as writer:
+        done = [p for p in PATHS if writer.is_done(p, make_result(p).size_bytes, make_result(p).mtime)]
+        assert done == PATHS[:9]
+        for path in PATHS[9:]:
+            writer.add(make_result(path))
+        writer.finalize()
+    assert_same_content(out, reference)
+
+
+def test_newer_result_for_a_path_replaces_the_older(tmp_path):
+    out = write_all(tmp_path / "feats.h5", paths=PATHS[:4])
+    newer = make_result("a/b.mp4", version=1)
+    with open_writer(out) as writer:
+        assert not writer.is_done(newer.path, newer.size_bytes, newer.mtime)
+        writer.add(make_result("a/b.mp4", version=2))  # replaced again within the run
+        writer.add(newer)
+        writer.finalize()
+    with open_features(out) as f:
+        assert list(f.videos.path) == sorted(PATHS[:4])
+        assert f.videos.mtime[f.videos.index("a/b.mp4")] == newer.mtime
+        np.testing.assert_array_equal(f.clips("a/b.mp4").logits, newer.logits)
+        np.testing.assert_array_equal(f.clips("a.mp4").logits, make_result("a.mp4").logits)
+    assert verify(out) == []
+
+
+def test_failed_videos_are_done_unless_retry_failed(tmp_path):
+    out = write_all(tmp_path / "feats.h5", paths=["z.avi", "a.mp4"])
+    failed = make_result("z.avi")
+    with open_writer(out) as writer:
+        assert writer.is_done("z.avi", failed.size_bytes, failed.mtime)
+    with open_writer(out, retry_failed=True) as writer:
+        assert not writer.is_done("z.avi", failed.size_bytes, failed.mtime)
+        assert writer.is_done("a.mp4", make_result("a.mp4").size_bytes, make_result("a.mp4").mtime)
+        writer.add(make_result("z.avi", status="ok"))
+        writer.finalize()
+    with open_features(out) as f:
+        assert f.videos.status.tolist() == ["ok", "ok"] and len(f.clips("z.avi")) > 0
+
+
+def test_finalize_after_an_interrupted_run_keeps_what_finished(tmp_path, reference):
+    out = tmp_path / "feats.h5"
+    with pytest.raises(KeyboardInterrupt):
+        with open_writer(out, flush_videos=100) as writer:
+            try:
+                for i, path in enumerate(PATHS):
+                    if i == 6:
+                        raise KeyboardInterrupt  # Ctrl-C while the 7th video is in flight
+                    writer.add(make_result(path))
+            except KeyboardInterrupt:
+                writer.finalize()
+                raise
+    with open_features(out) as f:
+        assert list(f.videos.path) == sorted(PATHS[:6])
+    assert verify(out) == [] and not parts_path(out).exists()
+    write_all(out)  # the rerun adds the rest (and re-adds the first six: same values)
+    assert_same_content(out, reference)
+
+
+def test_leaving_the_block_on_an_error_commits_the_buffer(tmp_path):
+    out = tmp_path / "feats.h5"
+    with pytest.raises(RuntimeError):
+        with open_writer(out, flush_videos=100) as writer:
+            writer.add(make_result("a.mp4"))
+            raise RuntimeError("decoder crashed")
+    with open_writer(out) as writer:
+        assert writer.is_done("a.mp4", make_result("a.mp4").size_bytes, make_result("a.mp4").mtime)
+        with pytest.raises(StoreError, match="closed"):
+            writer.close()
+            writer.add(make_result("b/1.mp4"))
+
+
+def test_assembly_in_small_blocks_gives_the_same_file(tmp_path, reference, monkeypatch):
+    monkeypatch.setattr(store, "_BLOCK_BYTES", 200)  # a few rows per copy step
+    monkeypatch.setattr(store, "_DATASET_CHUNK_BYTES", 64)
+    out = tmp_path / "feats.h5"
+    write_all(out, paths=PATHS[::2])
+    write_all(out, paths=PATHS[1::2])  # merge: the previous final file plus new chunks
+    assert_same_content(out, reference)
+    assert verify(out) == []
+
+
+# settings
+
+
+def test_other_settings_are_refused_and_overwrite_replaces(tmp_path):
+    out = write_all(tmp_path / "feats.h5", paths=PATHS[:3])
+    other = {**SETTINGS, "model": "timesformer_large_96x224.k400", "weights_sha256": "cd34" * 16}
+    with pytest.raises(SettingsMismatch) as err:
+        open_writer(out, settings=other)
+    message = str(err.value)
+    assert "feats.h5 was made with model timesformer_base_8x224.k400 (weights sha256 ab12ab12ab12…)" in message
+    assert "--overwrite" in message and "-o" in message and "\n" not in message
+    with pytest.raises(SettingsMismatch, match="num_frames=8 there, 16 now"):
+        open_writer(out, settings={**SETTINGS, "num_frames": 16})
+    with pytest.raises(SettingsMismatch, match=r'/classes\[4\]="ünïcode class" there, "other" now'):
+        open_writer(out, classes=CLASSES[:-1] + ["other"])
+    with pytest.raises(SettingsMismatch, match=r"/classes=\[5 items\] there, \[6 items\] now"):
+        open_writer(out, classes=CLASSES + ["other"])
+    with pytest.raises(SettingsMismatch, match='/clips/embedding dtype="float16" there, "float32" now'):
+        open_writer(out, embedding_dtype="float32")
+    with pytest.raises(SettingsMismatch, match="/clips/embedding width=16 there, 32 now"):
+        open_writer(out, embedding_dim=32)
+    with pytest.raises(SettingsMismatch, match="crops"):
+        open_writer(out, settings={k: v for k, v in SETTINGS.items() if k != "crops"})
+    with open_writer(out, settings=other, overwrite=True) as writer:
+        assert not writer.is_done("a.mp4", make_result("a.mp4").size_bytes, make_result("a.mp4").mtime)
+        writer.add(make_result("b/1.mp4"))
+        writer.finalize()
+    with open_features(out) as f:
+        assert f.attrs["model"] == other["model"] and list(f.videos.path) == ["b/1.mp4"]
+
+
+def test_unfinished_parts_with_other_settings_are_refused(tmp_path):
+    out = tmp_path / "feats.h5"
+    with open_writer(out) as writer:
+        writer.add(make_result("a.mp4"))
+    with pytest.raises(SettingsMismatch, match="unfinished work .* resume"):
+        open_writer(out, settings={**SETTINGS, "stride_sec": 2.0})
+    with open_writer(out, settings={**SETTINGS, "stride_sec": 2.0}, overwrite=True) as writer:
+        assert not writer.is_done("a.mp4", make_result("a.mp4").size_bytes, make_result("a.mp4").mtime)
+        assert writer.committed_chunks == []
+
+
+def test_settings_needs_the_contract_keys(tmp_path):
+    with pytest.raises(ValueError, match="weights_sha256"):
+        open_writer(tmp_path / "f.h5", settings={k: v for k, v in SETTINGS.items() if k != "weights_sha256"})
+    with pytest.raises(ValueError, match="created"):
+        open_writer(tmp_path / "f.h5", settings={**SETTINGS, "created": "yesterday"})
+
+
+def test_a_foreign_file_is_not_overwritten_silently(tmp_path):
+    out = tmp_path / "feats.h5"
+    with h5py.File(out, "w") as f:
+        f["x"] = 1
+    with pytest.raises(StoreError, match="not a vidfeat file.*--overwrite"):
+        open_writer(out)
+    with pytest.raises(StoreError, match="not a vidfeat file"):
+        open_features(out)
+    out.write_bytes(b"not hdf5 at all")
+    with pytest.raises(StoreError, match="cannot read output"):
+        open_writer(out)
+
+
+def test_a_second_writer_is_refused(tmp_path):
+    out = tmp_path / "feats.h5"
+    with open_writer(out):
+        with pytest.raises(StoreError, match="another vidfeat process"):
+            open_writer(out)
+    with open_writer(out):  # released
+        pass
+
+
+# crash safety
+
+
+def test_leftover_temporary_files_are_removed(tmp_path, reference):
+    out = tmp_path / "feats.h5"
+    with open_writer(out) as writer:
+        writer.add(make_result(PATHS[0]))
+    parts = parts_path(out)
+    (parts / "chunk-000002.h5.tmp").write_bytes(b"\x89HDF half written")
+    (parts / "assembling.h5.tmp").write_bytes(b"half")
+    with open_writer(out) as writer:
+        assert sorted(p.name for p in parts.iterdir()) == ["chunk-000001.h5", "lock", "settings.json"]
+        for path in PATHS[1:]:
+            writer.add(make_result(path))
+        writer.finalize()
+    assert_same_content(out, reference)
+
+
+def _child_main() -> None:
+    """Run in a subprocess by the SIGKILL test: add the videos not yet done, slowly, then finalize."""
+    out, seed = Path(sys.argv[1]), int(sys.argv[2])
+    order = list(PATHS)
+    random.Random(seed).shuffle(order)
+    with open_writer(out, flush_videos=2) as writer:
+        print("ready", flush=True)
+        for path in order:
+            result = make_result(path)
+            if not writer.is_done(path, result.size_bytes, result.mtime):
+                time.sleep(0.03)  # "decoding"
+                writer.add(result)
+        writer.finalize()
+
+
+def test_sigkill_at_random_moments_then_resume_gives_the_same_file(tmp_path, reference):
+    out = tmp_path / "feats.h5"
+    rng = random.Random(1234)
+    tests = str(Path(__file__).parent)
+    code = f"import sys; sys.path.insert(0, {tests!r}); import test_store; test_store._child_main()"
+    killed = 0
+    for attempt in range(8):
+        child = subprocess.Popen(
+            [sys.executable, "-c", code, str(out), str(attempt)], stdout=subprocess.PIPE, text=True
+        )
+        assert child.stdout.readline() == "ready\n"
+        time.sleep(rng.uniform(0.0, 0.4))
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        child.stdout.close()
+        killed += child.returncode == -signal.SIGKILL
+        if out.exists():  # never a half-written final file
+            assert verify(out) == []
+    assert killed >= 1  # the first attempt needs > 0.4 s of "decoding" after "ready"
+    write_all(out)
+    assert_same_content(out, reference)
+    assert not parts_path(out).exists()
+
+
+_FILE_OPS = ("fsync", "replace", "unlink", "rmdir")
+
+
+def _count_file_ops(patch, kill_at: int | None, when: str) -> list[int]:
+    """Count the operations that commit work; SIGKILL this process at op number ``kill_at``.
+
+    The ops: ``os.fsync/replace/unlink/rmdir`` (killed before or after the op) and, with
+    ``when="before"``, closing an HDF5 file, so that kills also leave a chunk or the final file
+    written but never closed. ``patch(obj, name, value)`` installs the wrappers.
+    """
+    count = [0]
+
+    def counted(real):
+        def wrapped(*args, **kwargs):
+            count[0] += 1
+            if count[0] == kill_at and when == "before":
+                os.kill(os.getpid(), signal.SIGKILL)
+            result = real(*args, **kwargs)
+            if count[0] == kill_at and when == "after":
+                os.kill(os.getpid(), signal.SIGKILL)
+            return result
+
+        return wrapped
+
+    for name in _FILE_OPS:
+        patch(os, name, counted(getattr(os, name)))
+    if when == "before":
+        patch(h5py.File, "close", counted(h5py.File.close))
+    return count
+
+
+_CRASH_START = PATHS[:4]  # in the final file before the job
+_CRASH_ADDS = PATHS[7:11] + ["a/b.mp4"]  # four new videos and a newer result for a/b.mp4
+
+
+def _crash_result(path: str) -> VideoResult:
+    return make_result(path, version=1 if path == "a/b.mp4" else 0)
+
+
+def _crash_job(out: Path, resume: bool = False) -> None:
+    """Add _CRASH_ADDS (skipping those done if ``resume``) to the file and finalize."""
+    with open_writer(out, flush_videos=2) as writer:
+        for path in _CRASH_ADDS:
+            result = _crash_result(path)
+            if not (resume and writer.is_done(path, result.size_bytes, result.mtime)):
+                writer.add(result)
+        writer.finalize()
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_sigkill_at_every_file_operation_then_resume_gives_the_same_file(tmp_path, monkeypatch, when):
+    start = tmp_path / "start.h5"
+    write_all(start, paths=_CRASH_START)
+    expected = tmp_path / "expected" / "feats.h5"
+    expected.parent.mkdir()
+    shutil.copy(start, expected)
+    with monkeypatch.context() as m:
+        count = _count_file_ops(m.setattr, None, when)
+        _crash_job(expected)
+    total = count[0]
+    assert total >= (30 if when == "before" else 15)
+    for kill_at in range(1, total + 1):
+        out = tmp_path / f"kill{kill_at}" / "feats.h5"
+        out.parent.mkdir()
+        shutil.copy(start, out)
+        pid = os.fork()
+        if pid == 0:  # child: never returns into pytest
+            try:
+                _count_file_ops(setattr, kill_at, when)  # dies with the child
+                _crash_job(out)
+            finally:
+                os._exit(3)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, kill_at
+        assert verify(out) == [], kill_at  # the old or the new final file, never a broken one
+        _crash_job(out, resume=True)  # rerun the same command
+        assert_same_content(out, expected)
+        assert not parts_path(out).exists()
+
+
+def test_disk_full_keeps_committed_chunks(tmp_path, reference, monkeypatch):
+    out = tmp_path / "feats.h5"
+    real_fsync = os.fsync
+    full = [False]
+
+    def fsync(fd):
+        if full[0]:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(StoreError) as err:
+        with open_writer(out, flush_videos=2) as writer:
+            for path in PATHS[:4]:
+                writer.add(make_result(path))
+            full[0] = True
+            for path in PATHS[4:]:
+                writer.add(make_result(path))
+    message = str(err.value)
+    assert "No space left on device" in message and "4 videos committed before are kept" in message
+    assert "\n" not in message
+    parts = parts_path(out)
+    assert sorted(p.name for p in parts.iterdir()) == ["chunk-000001.h5", "chunk-000002.h5", "lock", "settings.json"]
+    full[0] = False  # space freed: rerun
+    with open_writer(out) as writer:
+        done = [p for p in PATHS if writer.is_done(p, make_result(p).size_bytes, make_result(p).mtime)]
+        assert done == PATHS[:4]
+        for path in PATHS[4:]:
+            writer.add(make_result(path))
+        writer.flush()
+        full[0] = True
+        with pytest.raises(StoreError, match="cannot assemble .* No space left"):
+            writer.finalize()
+        assert not out.exists() and not (parts / "assembling.h5.tmp").exists()
+        full[0] = False
+        writer.finalize()
+    assert_same_content(out, reference)
+
+
+def test_a_real_write_error_from_hdf5_is_a_store_error(tmp_path):
+    """RLIMIT_FSIZE makes writes past 64 KiB fail (EFBIG) in a forked child: a real HDF5 error."""
+    out = tmp_path / "feats.h5"
+    report = tmp_path / "report.txt"
+    big = make_result("big.mp4")
+    n = 3000
+    big.embedding, big.logits = np.ones((n, D), np.float32), np.zeros((n, C), np.float32)
+    big.start_sec, big.end_sec, big.valid_frames = np.zeros(n), np.ones(n), np.ones(n, np.int32)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, 64 << 10))
+            with open_writer(out, flush_videos=1, embedding_dtype="float32") as writer:
+                writer.add(make_result("a.mp4"))
+                try:
+                    writer.add(big)
+                except StoreError as exc:
+                    report.write_text(str(exc))
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert report.read_text().startswith("cannot write chunk-000002.h5")
+    assert "1 videos committed before are kept" in report.read_text()
+    with open_writer(out, embedding_dtype="float32") as writer:
+        assert writer.is_done("a.mp4", make_result("a.mp4").size_bytes, make_result("a.mp4").mtime)
+        assert not writer.is_done("big.mp4", big.size_bytes, big.mtime)
+        assert [p.name for p in writer.committed_chunks] == ["chunk-000001.h5"]
+
+
+def test_unwritable_output_directory(tmp_path, monkeypatch):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    with pytest.raises(StoreError, match="file.txt is not a directory"):
+        open_writer(blocker / "feats.h5")
+    with pytest.raises(StoreError, match="does not exist"):
+        open_writer(tmp_path / "missing" / "feats.h5")
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+
+    with monkeypatch.context() as m:  # what a read-only directory does to a non-root user
+        m.setattr(Path, "mkdir", refuse)
+        with pytest.raises(StoreError, match=r"cannot write in .*: Permission denied; choose another -o"):
+            open_writer(tmp_path / "feats.h5")
+
+
+def test_read_only_directory_for_real(tmp_path):
+    locked = tmp_path / "ro"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        try:
+            (locked / "probe").write_text("x")
+        except PermissionError:
+            pass
+        else:
+            pytest.skip("this user can write in a read-only directory (root)")
+        with pytest.raises(StoreError, match="Permission denied"):
+            open_writer(locked / "feats.h5")
+    finally:
+        locked.chmod(0o700)
+
+
+def test_an_unfinished_output_is_named_so(tmp_path):
+    out = tmp_path / "feats.h5"
+    with open_writer(out) as writer:
+        writer.add(make_result("a.mp4"))
+    for read in (open_features, summarize, verify):
+        with pytest.raises(StoreError, match="not finished yet .* 1 committed chunks.*resume"):
+            read(out)
+
+
+# verify
+
+
+def _with(path: Path, tmp_path: Path, edit) -> Path:
+    copy = tmp_path / "broken.h5"
+    shutil.copy(path, copy)
+    with h5py.File(copy, "r+") as f:
+        edit(f)
+    return copy
+
+
+def _set(name: str, index, value):
+    def edit(f):
+        data = f[name][()]
+        data[index] = value
+        f[name][...] = data
+
+    return edit
+
+
+def _drop_class(f):
+    names = f["classes"].asstr()[()][:-1]
+    del f["classes"]
+    f.create_dataset("classes", data=names.astype(object), dtype=h5py.string_dtype())
+
+
+@pytest.mark.parametrize(
+    "edit, fault",
+    [
+        (_set("clips/embedding", (3, 2), np.nan), "clips/embedding: rows with NaN or inf: 3"),
+        (_set("clips/logits", (0, 0), np.inf), "clips/logits: rows with NaN or inf: 0"),
+        (_set("videos/clip_offset", 2, 99), "clip_offset not contiguous"),
+        (_set("videos/clip_count", 0, 9), "clip_count sums to"),
+        (_set("clips/video", 4, 0), "clips/video does not match"),
+        (_set("clips/end_sec", 1, 1e6), "times beyond the video's duration_sec"),
+        (_set("clips/start_sec", 1, 1e3), "start_sec > end_sec"),
+        (_set("clips/valid_frames", 2, 0), "valid_frames outside [1, 8]"),
+        (_set("clips/valid_frames", 2, 9), "valid_frames outside [1, 8]"),
+        (_set("videos/status", -2, "failed"), "failed videos with clips"),  # b/1.mp4 has clips
+        (_set("videos/status", 0, "done"), "not ok|partial|failed"),
+        (_set("videos/path", 1, "a"), "not sorted"),
+        (_drop_class, "clips/logits has shape"),
+        (lambda f: f.attrs.__delitem__("weights_sha256"), "weights_sha256 is missing"),
+        (lambda f: f.__delitem__("clips/video"), "missing datasets: clips/video"),
+    ],
+)
+def test_verify_catches_injected_faults(tmp_path, edit, fault):
+    small = write_all(tmp_path / "small.h5", paths=["a-b.mp4", "a.mp4", "b/1.mp4", "z.avi"])
+    assert verify(small) == []
+    faults = verify(_with(small, tmp_path, edit))
+    assert any(fault in line for line in faults), faults
