@@ -38,7 +38,7 @@ from av.container import InputContainer
 from av.video.frame import VideoFrame
 from av.video.stream import VideoStream
 
-from vidfeat.clips import SHOW_TOLERANCE, ClipSampling
+from vidfeat.clips import REAL_TOLERANCE, SHOW_TOLERANCE, ClipSampling
 from vidfeat.errors import VideoError
 
 INTERPOLATION = "BILINEAR"
@@ -454,6 +454,42 @@ class ClipReader:
                 clip.slots += [newest] * (valid - len(clip.slots))
             yield self._finish(clip, valid)
         self._settle(end)
+
+    def read_at(self, start_sec: float) -> Clip:
+        """Decode the one clip whose targets are ``start_sec + k / fps`` (training: a random time).
+
+        The same decoding, PTS sampling, resizing and padding as the tiled clips: targets at or
+        after the video's end repeat the last frame (``valid_frames`` counts the real targets, at
+        least 1, so a start past the end gives the last frame). Decoding stops once the clip is
+        complete; ``status`` is settled only when the video was decoded to its end. The returned
+        clip has index 0. Like iterating, this uses the reader up and closes it.
+        """
+        if start_sec < 0:
+            raise ValueError(f"start_sec must be >= 0, got {start_sec}")
+        if self._iterated or self._source.closed:
+            raise RuntimeError("a ClipReader can be read only once")
+        self._iterated = True
+        sampling = self.sampling
+        clip = _OpenClip(0, tuple(start_sec + k / sampling.fps for k in range(sampling.num_frames)))
+        try:
+            newest: _Decoded | None = None
+            for time, raw in self._source.frames():
+                if newest is not None and time > newest.time:
+                    if clip.fill_before(newest, time):
+                        self._to_rgb(newest)
+                    if clip.full:
+                        return self._finish(clip, sampling.num_frames)
+                newest = _Decoded(time, raw)
+            end = self._source.end_sec
+            assert newest is not None and end is not None
+            valid = max(1, sum(1 for t in clip.targets if t < end - REAL_TOLERANCE))
+            if len(clip.slots) < valid:
+                self._to_rgb(newest)
+                clip.slots += [newest] * (valid - len(clip.slots))
+            self._settle(end)
+            return self._finish(clip, valid)
+        finally:
+            self.close()
 
     def _settle(self, end: float) -> None:
         """Set ``status``, ``error`` and ``duration_sec`` once decoding has ended at ``end``."""
