@@ -1,0 +1,820 @@
+"""Training and fine-tuning TimeSformer on labelled videos.
+
+A recipe (``train/*.toml``) is read into one :class:`TrainConfig`; ``--set section.key=value``
+overrides any field, typed by the dataclass. The config is validated and stored in every
+checkpoint. :func:`train` is one flat loop, nanoGPT style: setup (torchrun env vars) -> model ->
+optimizer -> per epoch: optimizer steps, each a visible gradient-accumulation inner loop under one
+autocast ``ctx``, gradient clipping and a pure :func:`get_lr` -> validation -> a rank-0 checkpoint.
+
+A run directory is a loadable model at every epoch::
+
+    model.safetensors, card.toml, classes.txt   weights + card (preprocessing, class names):
+                                                load_model(run_dir), vidfeat extract --model run_dir
+    train_state.pt    {epoch, step, optimizer, scaler, config, skipped}: plain types and tensors,
+                      read with torch.load(weights_only=True)
+    metrics.jsonl     one line per logged step ("kind": "step") and per epoch ("kind": "epoch")
+    curves.png        loss and accuracy (needs matplotlib, the ``plot`` extra)
+    skipped.txt       videos that could not be decoded, with the reason
+
+Checkpoints are committed atomically: written to ``.next/``, renamed to ``.commit/`` (the commit
+point), then moved into place; a run killed in between is rolled forward on restart.
+
+Determinism: the data order comes from ``DistributedSampler(seed)``, each clip's augmentation
+from ``(seed, epoch, index)`` (see ``vidfeat.data``) and the torch generator (dropout, stochastic
+depth) is re-seeded from ``(seed, epoch, rank)`` at the start of every epoch. So nothing random
+is carried across epochs, and a run resumed from its epoch-``e`` checkpoint computes exactly
+what the uninterrupted run computes (bit-exact on the CPU with a fixed ``run.threads``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+
+from .cards import OFFICIAL_MEAN, OFFICIAL_STD, ModelCard, Preprocess
+from .data import ClipDataset, Failed, collate, load_data
+from .errors import ConfigError
+from .evaluate import PRECISIONS, autocast_dtype, model_input, resolve_device, run_eval
+from .model import TimeSformer, TimeSformerConfig
+from .transforms import TrainAugment
+from .weights import load_model, save_checkpoint
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["TrainConfig", "TrainResult", "load_config", "get_lr", "train", "bundled_recipes"]
+
+
+# ---------------------------------------------------------------------------------------------
+# config
+
+
+@dataclass
+class ModelSection:
+    """[model]: where the weights start from and what is trained."""
+
+    init: str = "scratch"  # "scratch" (built from [model.arch]) or any load_model source: card name, .pyth, HF dir, timm ViT
+    arch: TimeSformerConfig = field(default_factory=TimeSformerConfig)  # scratch only; num_classes comes from the data
+    drop_path_rate: float = 0.0  # stochastic depth, linear over blocks (official fine-tuning: 0.1)
+    dropout: float = 0.0  # dropout after embeddings, attention projections and in the MLPs
+    freeze_embeddings: bool = False  # patch embedding, cls token, position and time embeddings
+    freeze_blocks: int = 0  # freeze the first N blocks
+    head_only: bool = False  # train the classifier only (a linear probe)
+    grad_checkpointing: bool = False  # recompute block activations in backward: long clips in less memory
+
+
+@dataclass
+class DataSection:
+    """[data]: labelled videos and clip preprocessing. 0 / "" / [] mean: the init model's card."""
+
+    train: str = ""  # folder of class sub-folders, or a CSV/TSV list path,label[,start_sec,end_sec]
+    val: str = ""  # separate validation data; "" splits val_fraction off the training data
+    val_fraction: float = 0.1  # stratified by class, fixed by the seed
+    classes: str = ""  # class list file, one a line; "": classes.txt beside the data, else the sorted labels
+    num_frames: int = 0  # frames per clip (a loaded model's time embedding is resized to it)
+    fps: float = 0.0  # frames sampled per second of video (required for init = "scratch")
+    crop_size: int = 0  # model input size (a loaded model's position embedding is resized to it)
+    short_side: int = 0  # evaluation: short side before the centre crop
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
+    scale: list[float] = field(default_factory=lambda: [256 / 224, 320 / 224])  # training short side / crop size range
+    flip: bool = True  # random horizontal flip (disable when left/right matters)
+    workers: int = 2  # DataLoader decode processes per rank
+    decode_threads: int = 1  # FFmpeg threads per decode process
+
+
+@dataclass
+class OptimSection:
+    """[optim]: optimizer and batch."""
+
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float = 0.005  # peak learning rate (after warm-up)
+    momentum: float = 0.9  # sgd
+    nesterov: bool = False  # sgd
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw
+    weight_decay: float = 1e-4  # not applied to norms, biases and the cls/position/time embeddings
+    grad_clip: float = 0.0  # max global gradient norm; 0: no clipping
+    batch_size: int = 64  # clips per optimizer step, all ranks together
+    micro_batch: int = 8  # clips per forward pass and rank; batch_size / (micro_batch * ranks) steps are accumulated
+    epochs: int = 15
+
+
+@dataclass
+class ScheduleSection:
+    """[schedule]: learning rate over the run (see get_lr)."""
+
+    kind: str = "step"  # step | cosine
+    milestones: list[int] = field(default_factory=lambda: [11, 14])  # step: epochs (0-based) where lr *= gamma
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0  # linear warm-up, may be fractional
+    warmup_start: float = 0.1  # warm-up starts at this fraction of lr
+    min_lr: float = 0.0  # cosine: final learning rate
+
+
+@dataclass
+class RunSection:
+    """[run]: where and how the loop runs (none of these change the result, except precision)."""
+
+    device: str = "auto"  # auto (cuda:LOCAL_RANK if available, else cpu) | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
+    threads: int = 0  # torch CPU threads; 0: torch's default. Fix it for bit-exact CPU resumes
+    log_every: int = 10  # optimizer steps between log lines
+
+
+@dataclass
+class TrainConfig:
+    """One training recipe."""
+
+    name: str = ""  # model name written into the card; "": the run directory's name
+    seed: int = 0
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    schedule: ScheduleSection = field(default_factory=ScheduleSection)
+    run: RunSection = field(default_factory=RunSection)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        """Build from nested dicts (a parsed recipe); unknown keys and wrong types are ConfigErrors."""
+        config = _build(cls, values, "")
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Raise ConfigError for values that cannot work together."""
+        m, d, o, s, r = self.model, self.data, self.optim, self.schedule, self.run
+        checks = [
+            (bool(m.init.strip()), "model.init must be 'scratch' or a model source"),
+            (m.freeze_blocks >= 0, "model.freeze_blocks must be >= 0"),
+            (0 <= m.drop_path_rate < 1 and 0 <= m.dropout < 1, "model.drop_path_rate and model.dropout must be in [0, 1)"),
+            (0 <= d.val_fraction < 1, "data.val_fraction must be in [0, 1)"),
+            (min(d.num_frames, d.crop_size, d.short_side, d.workers) >= 0 and d.fps >= 0, "data sizes, fps and workers must be >= 0"),
+            (not (d.short_side and d.crop_size) or d.short_side >= d.crop_size, "data.short_side must be >= data.crop_size"),
+            (len(d.mean) in (0, 3) and len(d.std) in (0, 3), "data.mean and data.std need 3 values (or none)"),
+            (all(v > 0 for v in d.std), "data.std values must be positive"),
+            (len(d.scale) == 2 and 1 <= d.scale[0] <= d.scale[1], "data.scale must be [low, high] with 1 <= low <= high"),
+            (d.decode_threads >= 0, "data.decode_threads must be >= 0"),
+            (m.init != "scratch" or d.fps > 0, "data.fps must be set when model.init = 'scratch'"),
+            (o.optimizer in ("sgd", "adamw"), f"optim.optimizer must be sgd or adamw, got {o.optimizer!r}"),
+            (o.lr > 0 and o.weight_decay >= 0 and o.grad_clip >= 0, "optim.lr must be > 0, weight_decay and grad_clip >= 0"),
+            (0 <= o.momentum < 1, "optim.momentum must be in [0, 1)"),
+            (not o.nesterov or (o.optimizer == "sgd" and o.momentum > 0), "optim.nesterov needs sgd with momentum > 0"),
+            (len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas must be two values in [0, 1)"),
+            (o.batch_size >= 1 and o.micro_batch >= 1 and o.epochs >= 1, "optim.batch_size, micro_batch and epochs must be >= 1"),
+            (o.batch_size % o.micro_batch == 0, f"optim.batch_size {o.batch_size} is not a multiple of micro_batch {o.micro_batch}"),
+            (s.kind in ("step", "cosine"), f"schedule.kind must be step or cosine, got {s.kind!r}"),
+            (list(s.milestones) == sorted(set(s.milestones)) and all(m_ > 0 for m_ in s.milestones), "schedule.milestones must be increasing epochs > 0"),
+            (0 < s.gamma <= 1, "schedule.gamma must be in (0, 1]"),
+            (0 <= s.warmup_epochs < o.epochs, "schedule.warmup_epochs must be in [0, optim.epochs)"),
+            (0 <= s.warmup_start <= 1, "schedule.warmup_start must be in [0, 1]"),
+            (0 <= s.min_lr <= o.lr, "schedule.min_lr must be in [0, optim.lr]"),
+            (r.precision in PRECISIONS, f"run.precision must be one of {', '.join(PRECISIONS)}, got {r.precision!r}"),
+            (r.device == "auto" or r.device.split(":")[0] in ("cpu", "cuda"), f"run.device must be auto, cpu, cuda or cuda:N, got {r.device!r}"),
+            (r.threads >= 0 and r.log_every >= 1, "run.threads must be >= 0 and run.log_every >= 1"),
+        ]
+        problems = [message for ok, message in checks if not ok]
+        if problems:
+            raise ConfigError("invalid recipe: " + "; ".join(problems))
+
+
+# Settings that may differ when a run is resumed: they do not change what is computed.
+_RESUMABLE_CHANGES = {"data.workers", "data.decode_threads", "run.log_every", "run.device"}
+
+
+def _type_name(kind: Any) -> str:
+    if get_origin(kind) is list:
+        return f"a list of {_type_name(get_args(kind)[0])}"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(kind, str(kind))
+
+
+def _check(kind: Any, value: Any, key: str) -> Any:
+    """``value`` as the field type ``kind`` (ints are accepted for floats), or a ConfigError."""
+    if get_origin(kind) is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be {_type_name(kind)}, got {value!r}")
+        return [_check(get_args(kind)[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if kind in (bool, str) and isinstance(value, kind):
+        return value
+    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise ConfigError(f"{key} must be {_type_name(kind)}, got {value!r}")
+
+
+def _build(cls: type, values: Any, prefix: str) -> Any:
+    """A dataclass from nested dicts, checking every key and type against the dataclass."""
+    section = prefix.rstrip(".") or "the recipe"
+    if not isinstance(values, dict):
+        raise ConfigError(f"{section} must be a table, got {values!r}")
+    hints = get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(prefix + k for k in unknown)}; "
+            f"{section} has: {', '.join(names)}"
+        )
+    kwargs = {}
+    for name, value in values.items():
+        kind = hints[name]
+        kwargs[name] = _build(kind, value, f"{prefix}{name}.") if is_dataclass(kind) else _check(kind, value, prefix + name)
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:
+        raise ConfigError(f"{section}: {exc}") from exc
+
+
+def _parse_override(kind: Any, raw: str, key: str) -> Any:
+    """A ``--set`` value typed by its field: strings as given, the rest parsed as TOML values
+    (lists may omit the brackets: ``schedule.milestones=11,14``)."""
+    text = raw.strip()
+    if kind is str and not (len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'"):
+        return text
+    if kind is bool:
+        text = text.lower()
+    if get_origin(kind) is list and not text.startswith("["):
+        text = f"[{text}]"
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        raise ConfigError(f"--set {key}={raw}: {key} must be {_type_name(kind)}") from None
+    return _check(kind, value, key)
+
+
+def _apply_override(values: dict, item: str) -> None:
+    """Apply one ``dotted.key=value`` to the parsed recipe ``values`` (in place)."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. optim.lr=0.01")
+    cls: type = TrainConfig
+    node = values
+    parts = key.split(".")
+    for depth, part in enumerate(parts):
+        hints = get_type_hints(cls)
+        if part not in hints:
+            where = ".".join(parts[:depth]) or "the recipe"
+            raise ConfigError(f"--set {key}: unknown key {part!r}; {where} has: {', '.join(f.name for f in fields(cls))}")
+        kind = hints[part]
+        if depth == len(parts) - 1:
+            if is_dataclass(kind):
+                raise ConfigError(f"--set {key}: {key} is a section; set one of {', '.join(f.name for f in fields(kind))}")
+            node[part] = _parse_override(kind, raw, key)
+        elif not is_dataclass(kind):
+            raise ConfigError(f"--set {key}: {'.'.join(parts[: depth + 1])} is not a section")
+        else:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{'.'.join(parts[: depth + 1])} must be a table")
+            node, cls = child, kind
+
+
+def bundled_recipes() -> list[str]:
+    """Names of the recipes shipped in ``train/`` (the ``vidfeat.recipes`` package)."""
+    return sorted(p.name[:-5] for p in resources.files("vidfeat.recipes").iterdir() if p.name.endswith(".toml"))
+
+
+def load_config(recipe: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Read a recipe TOML file (or a bundled recipe by name) and apply ``key=value`` overrides."""
+    path = Path(recipe)
+    if not path.is_file() and str(recipe) in bundled_recipes():
+        path = Path(str(resources.files("vidfeat.recipes") / f"{recipe}.toml"))
+    try:
+        values = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"recipe not found: {recipe} (bundled recipes: {', '.join(bundled_recipes())})") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read the recipe {path}: {exc}") from exc
+    for item in overrides:
+        _apply_override(values, item)
+    return TrainConfig.from_dict(values)
+
+
+def _flat(values: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def _check_resumable(config: TrainConfig, stored: dict) -> None:
+    """A resumed run must use the recipe it started with (except settings that change nothing)."""
+    given, before = _flat(config.to_dict()), _flat(stored)
+    changed = [k for k in sorted(set(given) | set(before)) if given.get(k) != before.get(k) and k not in _RESUMABLE_CHANGES]
+    if changed:
+        shown = "; ".join(f"{k}: {before.get(k)!r} -> {given.get(k)!r}" for k in changed[:8])
+        raise ConfigError(
+            f"the recipe differs from the one this run was started with ({shown}). Resume with the same "
+            "recipe and --set values, or start a new run in another directory"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# learning rate
+
+
+def get_lr(step: int, config: TrainConfig, steps_per_epoch: int) -> float:
+    """Learning rate of optimizer step ``step`` (0-based), a pure function of its arguments.
+
+    Linear warm-up from ``warmup_start * lr`` over ``warmup_epochs``, then ``step``: ``lr`` times
+    ``gamma`` per milestone reached (epoch ``e`` counts as reached from its first step), or
+    ``cosine``: from ``lr`` down to ``min_lr`` at the end of the last epoch.
+    """
+    o, s = config.optim, config.schedule
+    epoch = step / steps_per_epoch  # epochs done, fractional
+    if epoch < s.warmup_epochs:
+        return o.lr * (s.warmup_start + (1 - s.warmup_start) * epoch / s.warmup_epochs)
+    if s.kind == "step":
+        return o.lr * s.gamma ** sum(epoch >= m for m in s.milestones)
+    progress = min(1.0, (epoch - s.warmup_epochs) / (o.epochs - s.warmup_epochs))
+    return s.min_lr + 0.5 * (o.lr - s.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+# ---------------------------------------------------------------------------------------------
+# model setup
+
+
+def _build_model(config: TrainConfig, classes: list[str], run_dir: Path | None) -> tuple[TimeSformer, Preprocess]:
+    """The model to train and the preprocessing its card starts from.
+
+    ``run_dir``: resume from that checkpoint. Else ``model.init``: a new model (scratch) or a
+    loaded one with its time/position embeddings resized to ``data.num_frames``/``crop_size`` and
+    a new head unless its classes are the data's.
+    """
+    m, d = config.model, config.data
+    torch.manual_seed(config.seed)
+    if run_dir is not None:
+        model = load_model(run_dir)
+        if model.card.classes != classes:
+            raise ConfigError(f"{run_dir} was trained on other classes than the data's ({len(classes)} classes)")
+        return model, model.card.preprocess
+    if m.init == "scratch":
+        arch = replace(
+            m.arch,
+            num_classes=len(classes),
+            num_frames=d.num_frames or m.arch.num_frames,
+            img_size=d.crop_size or m.arch.img_size,
+            drop_path_rate=m.drop_path_rate,
+            drop_rate=m.dropout,
+        )
+        base = Preprocess(num_frames=arch.num_frames, fps=d.fps, short_side=arch.img_size, crop_size=arch.img_size)
+        return TimeSformer(arch), base
+    model = load_model(m.init, num_frames=d.num_frames or None, image_size=d.crop_size or None)
+    base = model.card.preprocess
+    if model.card.classes != classes or model.config.num_classes != len(classes):
+        model.reset_classifier(len(classes))
+    regularised = replace(model.config, drop_path_rate=m.drop_path_rate, drop_rate=m.dropout)
+    if regularised != model.config:  # DropPath / Dropout modules are built by the constructor
+        rebuilt = TimeSformer(regularised)
+        rebuilt.load_state_dict(model.state_dict())
+        model = rebuilt
+    return model, base
+
+
+def _preprocess(d: DataSection, base: Preprocess) -> Preprocess:
+    """The run's preprocessing: the data section's values, else the model's."""
+    crop = d.crop_size or base.crop_size
+    return Preprocess(
+        num_frames=d.num_frames or base.num_frames,
+        fps=d.fps or base.fps,
+        short_side=d.short_side or max(base.short_side, crop),
+        crop_size=crop,
+        mean=tuple(d.mean) or base.mean or OFFICIAL_MEAN,
+        std=tuple(d.std) or base.std or OFFICIAL_STD,
+    )
+
+
+def _freeze(model: TimeSformer, m: ModelSection) -> None:
+    """Set ``requires_grad`` by the freezing options; ConfigError when nothing is left to train."""
+    if m.freeze_blocks > model.config.depth:
+        raise ConfigError(f"model.freeze_blocks is {m.freeze_blocks}, the model has {model.config.depth} blocks")
+    embeddings = ("patch_embed.", "cls_token", "pos_embed", "time_embed")
+    for name, param in model.named_parameters():
+        block = int(name.split(".")[1]) if name.startswith("blocks.") else None
+        frozen = (
+            (m.head_only and not name.startswith("head."))
+            or (m.freeze_embeddings and name.startswith(embeddings))
+            or (block is not None and block < m.freeze_blocks)
+        )
+        param.requires_grad_(not frozen)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError("the freezing options leave nothing to train")
+
+
+def _optimizer(model: TimeSformer, o: OptimSection) -> torch.optim.Optimizer:
+    """SGD or AdamW over the trainable parameters; no weight decay on norms, biases and embeddings."""
+    skip = model.no_weight_decay()
+    decay, plain = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (plain if param.ndim < 2 or name in skip else decay).append(param)
+    groups = [g for g in ({"params": decay, "weight_decay": o.weight_decay}, {"params": plain, "weight_decay": 0.0}) if g["params"]]
+    if o.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov)
+    return torch.optim.AdamW(groups, lr=o.lr, betas=(o.betas[0], o.betas[1]))
+
+
+def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# run directory
+
+
+def _roll_forward(run_dir: Path) -> None:
+    """Finish a checkpoint commit that a kill interrupted; drop an uncommitted one."""
+    committed = run_dir / ".commit"
+    if committed.is_dir():
+        for item in sorted(committed.iterdir()):
+            os.replace(item, run_dir / item.name)
+        committed.rmdir()
+    shutil.rmtree(run_dir / ".next", ignore_errors=True)
+
+
+def _commit(run_dir: Path, write: Callable[[Path], None]) -> None:
+    """Replace the run's checkpoint files atomically with what ``write(folder)`` writes."""
+    staging = run_dir / ".next"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    write(staging)
+    for item in staging.iterdir():
+        with open(item, "rb") as fh:
+            os.fsync(fh.fileno())
+    os.replace(staging, run_dir / ".commit")  # the commit point
+    _roll_forward(run_dir)
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _keep_metrics(path: Path, epochs: int) -> None:
+    """Keep the records of the first ``epochs`` epochs (those of the checkpoint being resumed)."""
+    kept = [r for r in _read_metrics(path) if r["epoch"] < epochs]
+    path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+
+
+def _append_metrics(path: Path, record: dict) -> None:
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+def _plot_curves(metrics: Path, out: Path) -> bool:
+    """Draw loss and accuracy curves from metrics.jsonl; False when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    records = _read_metrics(metrics)
+    steps = [r for r in records if r["kind"] == "step"]
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    ax_loss.plot([r["epoch_float"] for r in steps], [r["loss"] for r in steps], label="train (per log interval)", alpha=0.6)
+    for key, label in (("train_loss", "train (epoch)"), ("val_loss", "val")):
+        points = [(r["epoch"] + 1, r[key]) for r in epochs if r.get(key) is not None]
+        if points:
+            ax_loss.plot(*zip(*points), marker="o", label=label)
+    for key, label in (("train_top1", "train top-1"), ("val_top1", "val top-1"), ("val_top5", "val top-5")):
+        points = [(r["epoch"] + 1, 100 * r[key]) for r in epochs if r.get(key) is not None]
+        if points:
+            ax_acc.plot(*zip(*points), marker="o", label=label)
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    ax_acc.set(xlabel="epoch", ylabel="%", title="accuracy", ylim=(0, 100))
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    tmp = out.with_name(out.name + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, out)
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# progress
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(max(0.0, seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+class _Progress:
+    """Rank 0's progress: a rich bar on a terminal, plain log lines otherwise (or nothing)."""
+
+    def __init__(self, *, total: int, done: int, enabled: bool) -> None:
+        self.console = Console(stderr=True)
+        self.enabled = enabled
+        self.total, self.start_step, self.started = total, done, time.monotonic()
+        self.bar: Progress | None = None
+        if enabled and self.console.is_terminal:
+            self.bar = Progress(
+                TextColumn("[bold]epoch {task.fields[epoch]}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  {task.fields[rate]:.1f} clips/s"),
+                TimeRemainingColumn(),
+                console=self.console,
+            )
+            self.task = self.bar.add_task("train", total=total, completed=done, epoch="", loss=float("nan"), lr=0.0, rate=0.0)
+            self.bar.start()
+
+    def step(self, *, step: int, epoch: str, loss: float, lr: float, rate: float) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step, epoch=epoch, loss=loss, lr=lr, rate=rate)
+        elif self.enabled:
+            elapsed = time.monotonic() - self.started
+            eta = elapsed / max(1, step - self.start_step) * (self.total - step)
+            self.note(f"epoch {epoch} step {step}/{self.total} loss {loss:.4f} lr {lr:.2e} {rate:.1f} clips/s ETA {_clock(eta)}")
+
+    def note(self, text: str) -> None:
+        if self.enabled:
+            self.console.print(text, highlight=False, soft_wrap=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns (on every rank)."""
+
+    model: TimeSformer  # the trained model (unwrapped, eval mode, with its card)
+    run_dir: Path
+    history: list[dict]  # the epoch records of metrics.jsonl, this session's
+    rank: int
+
+
+def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False) -> TrainResult:
+    """Train per ``config`` into the run directory ``out_dir`` (see the module docstring).
+
+    ``resume``: continue from the checkpoint in ``out_dir`` (with the same recipe), reaching the
+    same final weights as an uninterrupted run; without a checkpoint the run starts afresh.
+    Under ``torchrun`` every rank calls this; rank 0 alone writes.
+    """
+    config.validate()
+    if not config.data.train:
+        raise ConfigError("data.train is not set: --set data.train=PATH (a folder of class sub-folders or a CSV/TSV list)")
+    run_dir = Path(out_dir)
+
+    # -- distributed setup: torchrun's env vars; gloo on the CPU, nccl on GPUs --
+    rank, local_rank, world = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("LOCAL_RANK", 0), ("WORLD_SIZE", 1)))
+    ddp = world > 1
+    master = rank == 0
+    device = resolve_device(config.run.device, local_rank)
+    if config.run.threads:
+        torch.set_num_threads(config.run.threads)
+    if ddp:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world)
+    progress: _Progress | None = None
+    try:
+        # -- data: every label is checked before anything is built or written --
+        d, o = config.data, config.optim
+        data = load_data(d.train, val=d.val or None, val_fraction=d.val_fraction, classes=d.classes or None, seed=config.seed)
+
+        # -- run directory and resume --
+        if master:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            _roll_forward(run_dir)
+        if ddp:
+            dist.barrier()
+        state = None
+        if (run_dir / "train_state.pt").is_file():
+            if not resume:
+                raise ConfigError(f"{run_dir} holds a checkpoint: pass --resume to continue it, or choose another output directory")
+            state = torch.load(run_dir / "train_state.pt", map_location="cpu", weights_only=True)
+            _check_resumable(config, state["config"])
+
+        # -- model, optimizer, precision --
+        model, base = _build_model(config, data.classes, run_dir if state else None)
+        preprocess = _preprocess(d, base)
+        _freeze(model, config.model)
+        model.set_grad_checkpointing(config.model.grad_checkpointing)
+        model.to(device)
+        optimizer = _optimizer(model, o)
+        dtype = autocast_dtype(config.run.precision, device)
+        ctx = torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+        scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+        if state:
+            optimizer.load_state_dict(state["optimizer"])
+            scaler.load_state_dict(state["scaler"])
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if ddp else model
+        card = ModelCard(
+            name=config.name or run_dir.resolve().name,
+            config=model.config,
+            preprocess=preprocess,
+            classes=data.classes,
+            description=f"trained with vidfeat train from {config.model.init}",
+        )
+
+        # -- data loaders --
+        augment = TrainAugment(crop_size=preprocess.crop_size, scale=(d.scale[0], d.scale[1]), flip=d.flip)
+        train_set = ClipDataset(data.train, data.classes, preprocess, augment=augment, seed=config.seed, decode_threads=d.decode_threads)
+        sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=config.seed, drop_last=True)
+        accum, rest = divmod(o.batch_size, o.micro_batch * world)
+        if rest or not accum:
+            raise ConfigError(f"optim.batch_size {o.batch_size} is not a multiple of micro_batch {o.micro_batch} x {world} ranks")
+        per_rank_batch = o.micro_batch * accum
+        steps_per_epoch = len(sampler) // per_rank_batch
+        if not steps_per_epoch:
+            raise ConfigError(f"{len(train_set)} training videos are fewer than one batch of {o.batch_size}: lower optim.batch_size")
+        loader_args = dict(num_workers=d.workers, collate_fn=collate, pin_memory=device.type == "cuda")
+        train_loader = DataLoader(train_set, batch_size=o.micro_batch, sampler=sampler, drop_last=True, **loader_args)
+        val_loader = None
+        if data.val:
+            val_set = ClipDataset(data.val, data.classes, preprocess, decode_threads=d.decode_threads)
+            val_loader = DataLoader(val_set, batch_size=o.micro_batch, sampler=range(rank, len(val_set), world), **loader_args)
+
+        # -- bookkeeping --
+        start_epoch = state["epoch"] + 1 if state else 0
+        step = state["step"] if state else 0
+        skipped: dict[str, str] = dict(state["skipped"]) if state else {}
+        metrics_path = run_dir / "metrics.jsonl"
+        if master:
+            _keep_metrics(metrics_path, start_epoch)
+        history: list[dict] = []
+        total_steps = o.epochs * steps_per_epoch
+        progress = _Progress(total=total_steps, done=step, enabled=master)
+        progress.note(
+            f"{'resuming at epoch ' + str(start_epoch + 1) if state else 'training'}: {len(train_set)} train / "
+            f"{len(data.val)} val videos, {len(data.classes)} classes, {o.epochs} epochs x {steps_per_epoch} steps "
+            f"of {o.batch_size} clips ({o.micro_batch} x {accum} accumulated x {world} ranks), {device}, "
+            f"{dtype or torch.float32} -> {run_dir}"
+        )
+        clip_shape = (1, 1, preprocess.num_frames, preprocess.crop_size, preprocess.crop_size, 3)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+
+        for epoch in range(start_epoch, o.epochs):
+            torch.manual_seed(_epoch_seed(config.seed, epoch, rank))
+            sampler.set_epoch(epoch)
+            train_set.set_epoch(epoch)
+            net.train()
+            batches = iter(train_loader)
+            epoch_started = time.monotonic()
+            totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, clips
+            failed: list[Failed] = []
+            window_loss, window_clips, window_started = 0.0, 0, time.monotonic()
+            for _ in range(steps_per_epoch):
+                lr = get_lr(step, config, steps_per_epoch)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                step_totals = torch.zeros(3, dtype=torch.float64, device=device)
+                for micro in range(accum):
+                    batch = next(batches)
+                    failed.extend(batch.failed)
+                    clips, labels, weight = batch.clips, batch.labels, 1.0
+                    if not len(labels):  # every video failed: a zero-weight stand-in keeps the ranks' all-reduce in step
+                        clips, labels, weight = torch.zeros(clip_shape, dtype=torch.uint8), torch.zeros(1, dtype=torch.int64), 0.0
+                    labels = labels.to(device, non_blocking=True)
+                    sync = net.no_sync() if ddp and micro < accum - 1 else contextlib.nullcontext()
+                    with sync:
+                        with ctx:
+                            logits = net(model_input(clips, preprocess.mean, preprocess.std, device))
+                            loss = F.cross_entropy(logits.float(), labels, reduction="sum") * weight
+                        # the sum over this rank's clips / its batch: DDP's gradient average makes it the global mean
+                        scaler.scale(loss / per_rank_batch).backward()
+                    correct = (logits.detach().argmax(dim=-1) == labels).sum() * weight
+                    step_totals += torch.stack([loss.detach().double(), correct.double(), torch.tensor(len(labels) * weight, device=device, dtype=torch.float64)])
+                if o.grad_clip:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(trainable, o.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                totals += step_totals
+
+                if master:
+                    loss_sum, _, clips_done = step_totals.tolist()
+                    window_loss += loss_sum
+                    window_clips += int(clips_done)
+                if master and (step % config.run.log_every == 0 or step % steps_per_epoch == 0):
+                    rate = window_clips * world / max(1e-9, time.monotonic() - window_started)
+                    record = {
+                        "kind": "step",
+                        "epoch": epoch,
+                        "epoch_float": step / steps_per_epoch,
+                        "step": step,
+                        "loss": window_loss / max(1, window_clips),
+                        "lr": lr,
+                        "samples_per_sec": rate,
+                    }
+                    _append_metrics(metrics_path, record)
+                    progress.step(step=step, epoch=f"{epoch + 1}/{o.epochs}", loss=record["loss"], lr=lr, rate=rate)
+                    window_loss, window_clips, window_started = 0.0, 0, time.monotonic()
+
+            # -- end of epoch: totals over ranks, validation, checkpoint --
+            train_seconds = time.monotonic() - epoch_started
+            if ddp:
+                dist.all_reduce(totals)
+                gathered: list[list[Failed]] = [[] for _ in range(world)]
+                dist.all_gather_object(gathered, failed)
+                failed = [f for part in gathered for f in part]
+            loss_sum, correct, seen = totals.tolist()
+            record = {
+                "kind": "epoch",
+                "epoch": epoch,
+                "step": step,
+                "lr": get_lr(step - 1, config, steps_per_epoch),
+                "train_loss": loss_sum / seen if seen else None,
+                "train_top1": correct / seen if seen else None,
+                "samples_per_sec": seen / train_seconds,
+                "seconds": train_seconds,
+            }
+            if val_loader is not None:
+                tally = run_eval(model, val_loader, num_classes=len(data.classes), mean=preprocess.mean, std=preprocess.std, device=device, ctx=ctx)
+                if ddp:
+                    tally.all_reduce()
+                failed += tally.failed
+                summary = tally.summary(data.classes)
+                record.update(val_loss=summary["loss"], val_top1=summary["top1"], val_top5=summary["top5"])
+            skipped.update({f.path: f.reason for f in failed})
+            record["skipped"] = len(skipped)
+            history.append(record)
+            if master:
+                card.meta = {
+                    "recipe": config.to_dict(),
+                    "epoch": epoch + 1,
+                    **{k: record[k] for k in ("train_loss", "val_loss", "val_top1", "val_top5") if record.get(k) is not None},
+                }
+                train_state = {
+                    "epoch": epoch,
+                    "step": step,
+                    "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "config": config.to_dict(),
+                    "skipped": skipped,
+                }
+
+                def write(folder: Path) -> None:
+                    save_checkpoint(model, folder, card=card)
+                    torch.save(train_state, folder / "train_state.pt")
+                    if skipped:
+                        (folder / "skipped.txt").write_text("".join(f"{p}\t{r}\n" for p, r in sorted(skipped.items())), encoding="utf-8")
+
+                _commit(run_dir, write)
+                _append_metrics(metrics_path, record)
+                plotted = _plot_curves(metrics_path, run_dir / "curves.png")
+                val_text = (
+                    f" | val loss {record['val_loss']:.4f} top-1 {record['val_top1']:.1%} top-5 {record['val_top5']:.1%}"
+                    if record.get("val_top1") is not None
+                    else ""
+                )
+                progress.note(
+                    f"epoch {epoch + 1}/{o.epochs}: train loss {record['train_loss']:.4f} top-1 {record['train_top1']:.1%}"
+                    f"{val_text} | {record['samples_per_sec']:.1f} clips/s | skipped videos {len(skipped)}"
+                    + ("" if plotted else " | no curves.png: matplotlib is missing (pip install 'vidfeat[plot]')")
+                )
+            if ddp:
+                dist.barrier()  # every rank leaves the epoch with the checkpoint written
+        model.eval()
+        model.card = card
+        return TrainResult(model=model, run_dir=run_dir, history=history, rank=rank)
+    finally:
+        if progress is not None:
+            progress.close()
+        if ddp:
+            dist.destroy_process_group()
