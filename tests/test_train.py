@@ -1,0 +1,415 @@
+"""Training: recipes and overrides, the loop, checkpoints, kill-and-resume, fine-tuning from
+other formats, torchrun, data errors; evaluation and the train/eval/synth commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from checkpoints import randomize_, save_hf, save_official, small_config
+from vidfeat.cli import main
+from vidfeat.clips import ClipSampling
+from vidfeat.data import ClipDataset, Entry, collate, load_data, read_entries
+from vidfeat.errors import ConfigError
+from vidfeat.evaluate import evaluate, model_input
+from vidfeat.model import TimeSformer
+from vidfeat.synth import CLASSES, generate_dataset
+from vidfeat.train import _optimizer, get_lr, load_config, train
+from vidfeat.transforms import TrainAugment
+from vidfeat.video import ClipReader
+from vidfeat.weights import load_model
+
+torch.set_num_threads(1)
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+# A 1-block model on 8 frames of 16 px: a few seconds per run on one core.
+TINY = """
+seed = 0
+[model]
+init = "scratch"
+[model.arch]
+img_size = 16
+patch_size = 8
+embed_dim = 32
+depth = 1
+num_heads = 2
+[data]
+num_frames = 8
+fps = 8.0
+crop_size = 16
+val_fraction = 0.0
+flip = false
+workers = 0
+scale = [1.0, 1.25]
+[optim]
+optimizer = "adamw"
+lr = 0.003
+weight_decay = 0.01
+batch_size = 4
+micro_batch = 2
+epochs = 2
+[schedule]
+kind = "cosine"
+warmup_epochs = 0.5
+[run]
+threads = 1
+log_every = 2
+"""
+
+
+@pytest.fixture(scope="session")
+def motion(tmp_path_factory) -> Path:
+    """16 synthetic videos (2 per class), 2 s at 8 fps, 32 px: clips of 1 s at a random time."""
+    root = tmp_path_factory.mktemp("motion")
+    generate_dataset(root, videos=16, seed=0, seconds=2.0, fps=8, size=32)
+    return root
+
+
+@pytest.fixture(scope="session")
+def recipe(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("recipe") / "tiny.toml"
+    path.write_text(TINY)
+    return path
+
+
+def tiny(recipe: Path, data: Path, *overrides: str):
+    return load_config(recipe, [f"data.train={data}", *overrides])
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "model.safetensors"))
+
+
+def clip_batch(model, data: Path, n: int = 4) -> torch.Tensor:
+    card = model.card
+    dataset = ClipDataset(read_entries(data)[:n], card.classes, card.preprocess)
+    batch = collate([dataset[i] for i in range(n)])
+    return model_input(batch.clips, card.preprocess.mean, card.preprocess.std, torch.device("cpu"))
+
+
+# ---------------------------------------------------------------------------------------------
+# recipes
+
+
+def test_overrides_are_typed_by_the_config():
+    config = load_config(
+        "synthetic_motion",
+        [
+            "optim.lr=0.01",
+            "optim.epochs=3",
+            "schedule.milestones=1,2",
+            "data.flip=true",
+            "data.train=some dir/x.csv",
+            "model.arch.depth=2",
+            "data.scale=[1, 2]",
+        ],
+    )
+    assert config.optim.lr == 0.01 and isinstance(config.optim.lr, float)
+    assert config.optim.epochs == 3 and config.schedule.milestones == [1, 2]
+    assert config.data.flip is True and config.data.train == "some dir/x.csv"
+    assert config.model.arch.depth == 2 and config.data.scale == [1.0, 2.0]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optim.lrr=0.1", "unknown key 'lrr'; optim has: optimizer, lr"),
+        ("optimizer.lr=0.1", "unknown key 'optimizer'"),
+        ("optim.epochs=ten", "optim.epochs must be an integer"),
+        ("optim.epochs=2.5", "optim.epochs must be an integer"),
+        ("data.flip=maybe", "data.flip must be true or false"),
+        ("optim=1", "optim is a section"),
+        ("optim.lr", "expected key=value"),
+        ("optim.micro_batch=5", "not a multiple of micro_batch 5"),
+        ("optim.optimizer=lamb", "optim.optimizer must be sgd or adamw"),
+        ("model.arch.embed_dim=63", "not divisible by num_heads"),
+    ],
+)
+def test_bad_overrides_are_config_errors(override, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        load_config("synthetic_motion", [override])
+
+
+def test_unknown_recipe_key_is_an_error(tmp_path):
+    path = tmp_path / "r.toml"
+    path.write_text("[optim]\nlr = 0.1\nmomentun = 0.9\n")
+    with pytest.raises(ConfigError, match="unknown key optim.momentun"):
+        load_config(path)
+
+
+def test_bundled_recipes():
+    official = load_config("kinetics_finetune")
+    o, s, d = official.optim, official.schedule, official.data
+    assert (o.optimizer, o.lr, o.momentum, o.weight_decay, o.epochs, o.batch_size) == ("sgd", 0.005, 0.9, 1e-4, 15, 64)
+    assert (s.kind, s.milestones, s.gamma) == ("step", [11, 14], 0.1)
+    assert (d.crop_size, round(d.scale[0] * 224), round(d.scale[1] * 224), d.flip) == (224, 256, 320, True)
+    assert official.model.init == "base" and official.run.precision == "auto"
+    motion_recipe = load_config("synthetic_motion")
+    assert motion_recipe.data.flip is False and motion_recipe.data.num_frames == 96 and motion_recipe.data.fps == 24
+    assert motion_recipe.model.arch.depth == 4 and motion_recipe.data.crop_size <= 48
+
+
+def test_get_lr_official_steps_warmup_and_cosine():
+    config = load_config("kinetics_finetune")
+    per_epoch = 10
+    lrs = [get_lr(e * per_epoch, config, per_epoch) for e in range(15)]
+    assert lrs[:11] == [0.005] * 11
+    assert lrs[11:14] == pytest.approx([0.0005] * 3) and lrs[14] == pytest.approx(0.00005)
+    assert get_lr(11 * per_epoch - 1, config, per_epoch) == 0.005
+    cosine = load_config(
+        "kinetics_finetune",
+        ["schedule.kind=cosine", "schedule.warmup_epochs=2", "schedule.warmup_start=0", "schedule.min_lr=0.0001"],
+    )
+    assert get_lr(0, cosine, per_epoch) == 0.0
+    assert get_lr(per_epoch, cosine, per_epoch) == pytest.approx(0.0025)
+    assert get_lr(2 * per_epoch, cosine, per_epoch) == pytest.approx(0.005)
+    assert get_lr(15 * per_epoch, cosine, per_epoch) == pytest.approx(0.0001)
+    values = [get_lr(i, cosine, per_epoch) for i in range(2 * per_epoch, 15 * per_epoch)]
+    assert values == sorted(values, reverse=True)
+
+
+def test_no_weight_decay_on_norms_biases_and_embeddings():
+    model = TimeSformer(small_config())
+    config = load_config("kinetics_finetune")
+    decay, plain = _optimizer(model, config.optim).param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert decay["weight_decay"] == 1e-4 and plain["weight_decay"] == 0.0
+    assert {names[id(p)] for p in plain["params"]} >= {"cls_token", "pos_embed", "time_embed", "norm.weight", "head.bias"}
+    assert all(names[id(p)].endswith(".weight") and p.ndim > 1 for p in decay["params"])
+    assert len(decay["params"]) + len(plain["params"]) == len(names)
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+def test_lists_with_header_times_and_relative_paths(tmp_path, motion):
+    (tmp_path / "lists").mkdir()
+    rel = os.path.relpath(motion / "grow" / "grow_00006.mp4", tmp_path / "lists")
+    (tmp_path / "lists" / "train.tsv").write_text(
+        f"path\tlabel\tstart_sec\tend_sec\n# a comment\n{rel}\tgrow\t0.5\t1.75\n{rel}\tshrink\t\t\n"
+    )
+    entries = read_entries(tmp_path / "lists" / "train.tsv")
+    assert [(e.label, e.start_sec, e.end_sec) for e in entries] == [("grow", 0.5, 1.75), ("shrink", None, None)]
+    assert entries[0].path.resolve() == (motion / "grow" / "grow_00006.mp4").resolve()
+    data = load_data(motion, val_fraction=0.5, seed=3)
+    assert data.classes == list(CLASSES)  # the order of classes.txt, not sorted
+    assert sorted(e.label for e in data.val) == sorted(CLASSES)  # one of each label's two videos
+    assert load_data(motion, val_fraction=0.5, seed=3).val == data.val
+
+
+def test_training_clips_depend_only_on_seed_epoch_and_index(motion):
+    entries = read_entries(motion)
+    from vidfeat.cards import Preprocess
+
+    pre = Preprocess(num_frames=8, fps=8.0, short_side=16, crop_size=16)
+    make = lambda seed: ClipDataset(entries, CLASSES, pre, augment=TrainAugment(16, (1.0, 1.5), flip=True), seed=seed)  # noqa: E731
+    a, b = make(0), make(0)
+    b.set_epoch(0)
+    assert torch.equal(a[3].clip, b[3].clip)  # same (seed, epoch, index), another dataset object
+    b.set_epoch(1)
+    assert not torch.equal(a[3].clip, b[3].clip) and a[3].clip.shape == (1, 8, 16, 16, 3)
+    assert not torch.equal(make(1)[3].clip, a[3].clip)
+
+
+def test_read_at_matches_the_tiled_clips(motion):
+    video = motion / "rotate_clockwise" / "rotate_clockwise_00004.mp4"
+    sampling = ClipSampling(8, 8.0, stride_sec=0.375)
+    with ClipReader(video, sampling, short_side=24) as reader:
+        tiled = list(reader)
+    assert len(tiled) > 2 and tiled[-1].valid_frames < 8  # the last clip is padded
+    for clip in tiled:
+        with ClipReader(video, sampling, short_side=24) as reader:
+            one = reader.read_at(clip.index * 0.375)
+        assert np.array_equal(one.frames, clip.frames)
+        assert (one.start_sec, one.end_sec, one.valid_frames) == (clip.start_sec, clip.end_sec, clip.valid_frames)
+    with ClipReader(video, sampling, short_side=24) as reader:
+        past = reader.read_at(5.0)
+    assert past.valid_frames == 1 and np.array_equal(past.frames[0], tiled[-1].frames[-1])
+    assert reader.status == "ok" and reader.duration_sec == pytest.approx(2.0)
+
+
+def test_missing_label_is_an_error_before_training(tmp_path, recipe, motion):
+    (tmp_path / "classes.txt").write_text("move_left\nmove_right\n")
+    (tmp_path / "list.csv").write_text(
+        f"{motion}/move_left/move_left_00000.mp4,move_left\n{motion}/grow/grow_00006.mp4,grow\n"
+        f"{motion}/grow/grow_00014.mp4,grow\n{motion}/shrink/shrink_00007.mp4,shrink\n"
+    )
+    args = ["train", str(recipe), "--set", f"data.train={tmp_path / 'list.csv'}", "--set", f"data.classes={tmp_path / 'classes.txt'}"]
+    result = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "run")])
+    assert result.exit_code == 1
+    assert "missing from the class list" in result.output and "'grow' (2 videos), 'shrink' (1 video)" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_unreadable_videos_are_skipped_and_counted(tmp_path, recipe, motion):
+    (tmp_path / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(2000))
+    rows = [f"{motion / p},{label}" for p, label in (line.split(",") for line in (motion / "labels.csv").read_text().splitlines()[1:9])]
+    rows += ["broken.mp4,move_left", "missing.mp4,move_right"]
+    (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
+    # micro-batches of one clip: some hold only a failed video (a zero-weight stand-in is used)
+    config = tiny(recipe, tmp_path / "list.csv", "optim.epochs=1", "optim.micro_batch=1", "optim.batch_size=2")
+    result = train(config, tmp_path / "run")
+    assert result.history[0]["skipped"] == 2 and np.isfinite(result.history[0]["train_loss"])
+    listed = (tmp_path / "run" / "skipped.txt").read_text().splitlines()
+    assert [line.split("\t")[0] for line in listed] == [str(tmp_path / "broken.mp4"), str(tmp_path / "missing.mp4")]
+    assert "file not found" in listed[1]
+    report = evaluate(tmp_path / "run", tmp_path / "list.csv", workers=0)
+    assert report["count"] == 8 and len(report["skipped"]) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+
+
+def test_training_lowers_the_loss_and_writes_a_loadable_checkpoint(tmp_path, recipe, motion):
+    config = tiny(recipe, motion, "optim.epochs=6")
+    result = train(config, tmp_path / "run")
+    losses = [h["train_loss"] for h in result.history]
+    assert len(losses) == 6 and losses[-1] < losses[0] - 0.2
+
+    run = tmp_path / "run"
+    loaded = load_model(run)
+    assert loaded.card.classes == list(CLASSES) and loaded.card.preprocess.num_frames == 8
+    assert loaded.card.meta["recipe"]["optim"]["epochs"] == 6 and loaded.card.meta["epoch"] == 6
+    x = clip_batch(loaded, motion)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), result.model(x))
+    state = torch.load(run / "train_state.pt", weights_only=True)
+    assert state["epoch"] == 5 and state["step"] == 6 * 4 and state["config"] == config.to_dict()
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if r["kind"] == "epoch"] == list(range(6))
+    assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+    cli = CliRunner().invoke(main, ["eval", "--weights", str(run), str(motion), "--workers", "0", "--json"])
+    assert cli.exit_code == 0, cli.output
+    report = json.loads(cli.output)
+    assert report["count"] == 16 and len(report["confusion"]) == 8 and 0 <= report["top1"] <= report["top5"] <= 1
+    table = CliRunner().invoke(main, ["eval", "--weights", str(run), str(motion), "--workers", "0"])
+    assert table.exit_code == 0 and "top-1" in table.output and "move_left" in table.output
+
+    again = CliRunner().invoke(main, ["train", str(recipe), "--set", f"data.train={motion}", "-o", str(run)])
+    assert again.exit_code == 1 and "pass --resume" in again.output
+
+
+def test_kill_and_resume_reproduces_the_uninterrupted_run(tmp_path, recipe, motion):
+    epochs = 8  # with dropout: the random stream must be reproduced too
+    straight = train(tiny(recipe, motion, f"optim.epochs={epochs}", "model.dropout=0.1", "data.workers=1"), tmp_path / "straight")
+
+    run = tmp_path / "killed"
+    command = [sys.executable, "-m", "vidfeat", "train", str(recipe), "--set", f"data.train={motion}"]
+    command += ["--set", f"optim.epochs={epochs}", "--set", "model.dropout=0.1", "-o", str(run)]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "train_state.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
+    killed_at = torch.load(run / "train_state.pt", weights_only=True)["epoch"]
+    assert killed_at < epochs - 1
+    print(f"killed after epoch {killed_at}")
+
+    resumed = train(tiny(recipe, motion, f"optim.epochs={epochs}", "model.dropout=0.1"), run, resume=True)
+    assert [h["epoch"] for h in resumed.history] == list(range(killed_at + 1, epochs))
+    final, expected = weights(run), weights(tmp_path / "straight")
+    assert final.keys() == expected.keys()
+    for name in final:
+        torch.testing.assert_close(final[name], expected[name], rtol=0, atol=1e-6, msg=name)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if r["kind"] == "epoch"] == list(range(epochs))
+    assert straight.history[-1]["train_loss"] == pytest.approx(resumed.history[-1]["train_loss"], abs=1e-6)
+
+    with pytest.raises(ConfigError, match=r"optim.lr: 0.003 -> 0.004"):
+        train(tiny(recipe, motion, f"optim.epochs={epochs}", "model.dropout=0.1", "optim.lr=0.004"), run, resume=True)
+
+
+@pytest.mark.parametrize("source", ["hf", "official"])
+def test_finetune_from_hf_and_official_checkpoints(tmp_path, recipe, motion, source):
+    if source == "hf":
+        save_hf(tmp_path / "hf", seed=1)  # random TimesformerForVideoClassification, 5 labels, 8 x 64 px
+        init, freeze = tmp_path / "hf", ["model.freeze_blocks=1"]
+    else:
+        model = randomize_(TimeSformer(small_config()), seed=2)
+        init, freeze = save_official(tmp_path / "TimeSformer_small.pyth", model), ["model.head_only=true"]
+    original = load_model(init).state_dict()
+    config = tiny(recipe, motion, f"model.init={init}", "data.crop_size=32", "optim.epochs=1", "model.drop_path_rate=0.1", *freeze)
+    result = train(config, tmp_path / "run")
+    assert np.isfinite(result.history[0]["train_loss"])
+
+    tuned = load_model(tmp_path / "run")
+    assert tuned.config.num_classes == 8 and tuned.config.img_size == 32 and tuned.config.embed_dim == 128
+    state = tuned.state_dict()
+    assert torch.equal(state["blocks.0.attn.qkv.weight"], original["blocks.0.attn.qkv.weight"])  # frozen
+    trained = not torch.equal(state["blocks.1.attn.qkv.weight"], original["blocks.1.attn.qkv.weight"])
+    assert trained == (source == "hf")  # freeze_blocks=1 trains block 1; head_only does not
+    assert state["head.weight"].shape == (8, 128)
+
+
+def test_options_sgd_step_clip_checkpointing_bf16_and_frozen_embeddings(tmp_path, recipe, motion):
+    overrides = [
+        "optim.optimizer=sgd", "optim.nesterov=true", "optim.lr=0.05", "optim.grad_clip=0.5",
+        "schedule.kind=step", "schedule.milestones=1", "schedule.warmup_epochs=0",
+        "model.grad_checkpointing=true", "model.freeze_embeddings=true", "run.precision=bf16", "data.flip=true",
+    ]  # fmt: skip
+    result = train(tiny(recipe, motion, *overrides), tmp_path / "run")
+    assert all(np.isfinite(h["train_loss"]) for h in result.history)
+    assert [h["lr"] for h in result.history] == pytest.approx([0.05, 0.005])
+    torch.manual_seed(0)  # the scratch init of the same recipe
+    initial = TimeSformer(result.model.config)
+    for name in ("pos_embed", "cls_token", "time_embed", "patch_embed.proj.weight"):
+        assert torch.equal(result.model.state_dict()[name], initial.state_dict()[name])
+    assert not torch.equal(result.model.state_dict()["head.weight"], initial.state_dict()["head.weight"])
+
+
+def test_torchrun_two_cpu_ranks_write_one_checkpoint(tmp_path, recipe, motion):
+    run = tmp_path / "run"
+    command = [str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "-m", "vidfeat", "train", str(recipe)]
+    command += ["--set", f"data.train={motion}", "--set", "data.val_fraction=0.25", "-o", str(run)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("run saved in") == 1 and done.stderr.count("training:") == 1
+    assert "8 train / 8 val videos" in done.stderr and "2 x 1 accumulated x 2 ranks" in done.stderr
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [0, 1] and all(r["val_top1"] is not None for r in epochs)
+    assert sorted(p.name for p in run.iterdir()) == [
+        "card.toml", "classes.txt", "curves.png", "metrics.jsonl", "model.safetensors", "train_state.pt",
+    ]  # fmt: skip
+    assert load_model(run).card.classes == list(CLASSES)
+
+
+# ---------------------------------------------------------------------------------------------
+# commands
+
+
+def test_eval_without_weights_needs_the_default_model(monkeypatch, motion):
+    monkeypatch.setattr("vidfeat.evaluate.find_card", lambda name: None)
+    result = CliRunner().invoke(main, ["eval", str(motion)])
+    assert result.exit_code == 1 and "default model 'tiny-motion'" in result.output and "--weights" in result.output
+
+
+def test_synth_command_writes_a_usable_dataset(tmp_path):
+    result = CliRunner().invoke(main, ["synth", str(tmp_path / "s"), "--videos", "8", "--seed", "3", "--long", "1"])
+    assert result.exit_code == 0, result.output
+    assert "wrote 8 videos" in result.output and "wrote 1 long videos" in result.output
+    entries = read_entries(tmp_path / "s")  # labels.csv: the long videos are not a class
+    assert sorted(e.label for e in entries) == sorted(CLASSES)
+    assert json.loads((tmp_path / "s" / "long" / "segments.json").read_text())["videos"][0]["segments"]
+    assert Entry(tmp_path / "s" / "grow" / "grow_00006.mp4", "grow") in entries
