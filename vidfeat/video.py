@@ -504,9 +504,13 @@ class ClipReader:
 
 
 def _coded_output_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:
-    """Size to scale a coded frame to so that its short side is ``short_side`` (aspect kept)."""
+    """Size to scale a coded frame to so that its short side is ``short_side`` (aspect kept).
+
+    The long side is rounded to an even number of pixels: swscale's vectorised paths need it
+    (an odd width converts about 2x slower), and the aspect changes by at most one pixel.
+    """
     if short_side is None:
         return width, height
     if width <= height:
-        return short_side, max(1, round(height * short_side / width))
-    return max(1, round(width * short_side / height)), short_side
+        return short_side, max(2, 2 * round(height * short_side / width / 2))
+    return max(2, 2 * round(width * short_side / height / 2)), short_side
