@@ -306,3 +306,33 @@ def test_ctrl_c_leaves_a_valid_file_of_what_finished(tmp_path, many_videos, mode
     assert 1 <= done <= 14
     if proc.returncode == 130:
         assert "interrupted" in stderr
+
+
+def test_a_crashing_decode_worker_fails_its_video_and_the_run_goes_on(tmp_path, monkeypatch, model_dir):
+    """A segfault inside FFmpeg kills a worker process; simulated by os._exit in the worker
+    (DataLoader workers are forked, so they inherit this monkeypatch)."""
+    import vidfeat.extract as extract_module
+    from vidfeat.extract import ExtractOptions, extract
+    from vidfeat.inputs import discover
+
+    root = tmp_path / "in"
+    root.mkdir()
+    for name in ("a.mp4", "b.mp4", "crash.mp4", "d.mp4", "e.mp4"):
+        make_video(root / name, seconds=2.0)
+    real = extract_module.decode_video
+
+    def crashing(video, path, *args):
+        if Path(path).name == "crash.mp4":
+            os._exit(139)
+        yield from real(video, path, *args)
+
+    monkeypatch.setattr(extract_module, "decode_video", crashing)
+    videos, _ = discover([root])
+    report = extract(videos, tmp_path / "f.h5", ExtractOptions(model=str(model_dir), workers=2, commit_seconds=0))
+    assert report.exit_code == 3
+    with open_features(tmp_path / "f.h5") as f:
+        table = {r["path"]: r for r in f.videos.records()}
+    assert set(table) == {"a.mp4", "b.mp4", "crash.mp4", "d.mp4", "e.mp4"}
+    assert table["crash.mp4"]["status"] == "failed" and "decoder crashed on this video" in table["crash.mp4"]["error"]
+    assert all(table[n]["status"] == "ok" for n in ("a.mp4", "b.mp4", "d.mp4", "e.mp4"))  # no innocent victims
+    assert verify(tmp_path / "f.h5") == []

@@ -19,7 +19,10 @@ writer sorts them when it assembles the final file.
 from __future__ import annotations
 
 import math
+import multiprocessing as mp
 import os
+import signal
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -150,16 +153,24 @@ def decode_video(video: int, path: Path, sampling: ClipSampling, card: ModelCard
 
 
 class ClipStream(IterableDataset):
-    """Every job's clips; with several workers, worker w decodes jobs w, w + n, w + 2n, ..."""
+    """Every job's clips (jobs: (video id, path)); with n workers, worker w decodes jobs
+    w, w + n, w + 2n, ... in that order. Each worker writes the id of the video it is decoding
+    into ``current[w]`` (shared memory, -1 when idle), so that if the process dies the main
+    process knows which video it was on."""
 
-    def __init__(self, jobs: list[Path], sampling: ClipSampling, card: ModelCard, crops: int, threads: int) -> None:
+    def __init__(self, jobs, sampling: ClipSampling, card: ModelCard, crops: int, threads: int, current=None):
         self.jobs, self.sampling, self.card, self.crops, self.threads = jobs, sampling, card, crops, threads
+        self.current = current
 
     def __iter__(self):
         worker = get_worker_info()
-        shard = range(len(self.jobs)) if worker is None else range(worker.id, len(self.jobs), worker.num_workers)
-        for i in shard:
-            yield from decode_video(i, self.jobs[i], self.sampling, self.card, self.crops, self.threads)
+        shard = self.jobs if worker is None else self.jobs[worker.id :: worker.num_workers]
+        for video, path in shard:
+            if worker is not None and self.current is not None:
+                self.current[worker.id] = video
+            yield from decode_video(video, path, self.sampling, self.card, self.crops, self.threads)
+        if worker is not None and self.current is not None:
+            self.current[worker.id] = -1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,72 +329,146 @@ def extract(videos: list[VideoFile], output: Path, options: ExtractOptions, prog
     return report
 
 
-def _run(todo, sampling, card, options, workers, threads, runner, writer, report, progress) -> None:
-    stream = ClipStream([v.path for v, _ in todo], sampling, card, options.crops, threads)
-    loader = DataLoader(
-        stream,
-        batch_size=None,
-        num_workers=workers,
-        pin_memory=runner.device.type == "cuda",
-        prefetch_factor=4 if workers else None,
-        persistent_workers=False,
-        in_order=False,
-    )
-    clips: dict[int, list] = {}  # video -> [(index, emb, logits, start, end, valid)]
-    ends: dict[int, VideoEnd] = {}
-    batch: list[ClipItem] = []
-    in_flight = None  # (items, handle)
+class _Collector:
+    """Gathers clips from the loader into model batches and finished videos into the writer."""
 
-    def finish_ready() -> None:
-        for vid in [v for v, end in ends.items() if len(clips.get(v, [])) == end.clips]:
-            end = ends.pop(vid)
-            rows = sorted(clips.pop(vid, []), key=lambda r: r[0])
-            v, st = todo[vid]
-            result = VideoResult(
+    def __init__(self, todo, card: ModelCard, runner: ModelRunner, writer: FeatureWriter, report, progress) -> None:
+        self.todo, self.card, self.runner, self.writer = todo, card, runner, writer
+        self.report, self.progress = report, progress
+        self.clips: dict[int, list] = {}  # video -> [(index, emb, logits, start, end, valid)]
+        self.ends: dict[int, VideoEnd] = {}
+        self.batch: list[ClipItem] = []
+        self.in_flight = None  # (items, handle): the batch the model is working on
+        self.finished: set[int] = set()
+
+    def add(self, item: ClipItem | VideoEnd) -> None:
+        if isinstance(item, VideoEnd):
+            self.ends[item.video] = item
+        else:
+            self.batch.append(item)
+        if len(self.batch) >= self.runner.batch_size:
+            self.submit()
+        self.finish_ready()
+
+    def submit(self) -> None:
+        """Queue the current batch, then read back the previous one (the model never waits)."""
+        handle = self.runner.submit([b.crops for b in self.batch]) if self.batch else None
+        if self.in_flight:
+            self._drain(self.in_flight)
+        self.in_flight, self.batch = ((self.batch, handle) if handle else None), []
+
+    def flush(self) -> None:
+        self.submit()  # queue the last partial batch (reading back the one before it)
+        if self.in_flight:
+            self._drain(self.in_flight)
+            self.in_flight = None
+        self.finish_ready()
+
+    def _drain(self, flight) -> None:
+        items, handle = flight
+        feats, logits = self.runner.collect(handle)
+        for item, f, lg in zip(items, feats, logits):
+            self.clips.setdefault(item.video, []).append(
+                (item.index, f, lg, item.start_sec, item.end_sec, item.valid_frames)
+            )
+
+    def finish_ready(self) -> None:
+        for vid in [v for v, end in self.ends.items() if len(self.clips.get(v, [])) == end.clips]:
+            end = self.ends.pop(vid)
+            self._write(vid, end, sorted(self.clips.pop(vid, []), key=lambda r: r[0]))
+
+    def discard(self, vid: int) -> None:
+        """Forget what arrived of a video whose decoding was cut short (it will be redone)."""
+        self.clips.pop(vid, None)
+        self.ends.pop(vid, None)
+        self.batch = [b for b in self.batch if b.video != vid]
+
+    def fail(self, vid: int, reason: str) -> None:
+        """Record a video that cannot be decoded without crashing the decoder."""
+        self.discard(vid)
+        nan = math.nan
+        self._write(vid, VideoEnd(vid, "failed", reason, 0, nan, nan, 0, 0, 0.0), [])
+
+    def _write(self, vid: int, end: VideoEnd, rows: list) -> None:
+        v, st = self.todo[vid]
+        dim, classes = self.runner.model.num_features, len(self.card.classes)
+        embedding = np.stack([r[1] for r in rows]) if rows else np.zeros((0, dim), np.float32)
+        logits = np.stack([r[2] for r in rows]) if rows else np.zeros((0, classes), np.float32)
+        status, error = end.status, end.error
+        if rows and not (np.isfinite(embedding).all() and np.isfinite(logits).all()):
+            status, error, rows = "failed", "the model produced NaN/inf on this video", []
+            embedding, logits = embedding[:0], logits[:0]
+        self.writer.add(
+            VideoResult(
                 path=v.name,
-                status=end.status,
-                error=end.error,
+                status=status,
+                error=error,
                 size_bytes=st.st_size,
                 mtime=st.st_mtime,
                 duration_sec=end.duration_sec,
                 fps=end.fps,
                 width=end.width,
                 height=end.height,
-                embedding=np.stack([r[1] for r in rows]) if rows else np.zeros((0, runner.model.num_features), np.float32),
-                logits=np.stack([r[2] for r in rows]) if rows else np.zeros((0, len(card.classes)), np.float32),
+                embedding=embedding,
+                logits=logits,
                 start_sec=np.array([r[3] for r in rows], np.float64),
                 end_sec=np.array([r[4] for r in rows], np.float64),
                 valid_frames=np.array([r[5] for r in rows], np.int32),
             )
-            writer.add(result)
-            report.counts[end.status] += 1
-            report.clips += len(rows)
-            if end.status != "ok":
-                progress.failure(v.name, end.status, end.error)
-            progress.video_done(st.st_size, end.duration_sec, len(rows), end.decode_sec, runner.model_sec)
+        )
+        self.finished.add(vid)
+        self.report.counts[status] += 1
+        self.report.clips += len(rows)
+        if status != "ok":
+            self.progress.failure(v.name, status, error)
+        self.progress.video_done(st.st_size, end.duration_sec, len(rows), end.decode_sec, self.runner.model_sec)
 
-    def drain(flight) -> None:
-        items, handle = flight
-        feats, logits = runner.collect(handle)
-        for item, f, lg in zip(items, feats, logits):
-            clips.setdefault(item.video, []).append((item.index, f, lg, item.start_sec, item.end_sec, item.valid_frames))
 
-    for item in loader:
-        if isinstance(item, VideoEnd):
-            ends[item.video] = item
-        else:
-            batch.append(item)
-        if len(batch) >= runner.batch_size:
-            handle = runner.submit([b.crops for b in batch])
-            if in_flight:
-                drain(in_flight)
-            in_flight, batch = (batch, handle), []
-        finish_ready()
-    if batch:
-        handle = runner.submit([b.crops for b in batch])
-        if in_flight:
-            drain(in_flight)
-        in_flight = (batch, handle)
-    if in_flight:
-        drain(in_flight)
-    finish_ready()
+def _run(todo, sampling, card, options, workers, threads, runner, writer, report, progress) -> None:
+    """Decode and embed every video of ``todo``.
+
+    If a decode worker dies (a crash inside FFmpeg on a hostile file), the videos the workers
+    were on are retried one at a time in a worker of their own: the one that crashes again is
+    recorded as failed, the others succeed, and the rest of the run goes on with fresh workers.
+    """
+    collector = _Collector(todo, card, runner, writer, report, progress)
+    pending = [(i, v.path) for i, (v, _) in enumerate(todo)]
+    isolate: list[tuple[int, Path]] = []  # suspects of a crash, each to be retried alone
+    while pending or isolate:
+        alone = bool(isolate)
+        jobs, n = ([isolate.pop(0)], 1) if alone else (pending, workers)
+        current = mp.Array("q", [-1] * max(1, n), lock=False)
+        stream = ClipStream(jobs, sampling, card, options.crops, threads, current)
+        loader = DataLoader(
+            stream,
+            batch_size=None,
+            num_workers=n,
+            pin_memory=runner.device.type == "cuda",
+            prefetch_factor=4 if n else None,
+            in_order=False,  # take whichever worker is ready: a slow video does not stall the others
+        )
+        try:
+            items = iter(loader)
+            if n and threading.current_thread() is threading.main_thread():
+                # The DataLoader's SIGCHLD handler raises "worker exited unexpectedly" at any point
+                # of the main process, even inside the writer. Without it the same error comes
+                # from next(items) (the loader polls its workers), where it is handled below.
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            for item in items:
+                collector.add(item)
+            collector.flush()
+            if not alone:
+                pending = []
+        except RuntimeError as exc:
+            if not n or "DataLoader worker" not in str(exc):
+                raise
+            collector.flush()
+            if alone:
+                vid = jobs[0][0]
+                collector.fail(vid, f"the decoder crashed on this video ({_one_line(exc)[:100]})")
+                continue
+            suspects = {v for v in current if v >= 0 and v not in collector.finished}
+            for vid in suspects:
+                collector.discard(vid)
+            isolate += [(j, p) for j, p in pending if j in suspects]
+            pending = [(j, p) for j, p in pending if j not in collector.finished and j not in suspects]
