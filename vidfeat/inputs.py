@@ -82,5 +82,7 @@ def discover(inputs: list[Path]) -> tuple[list[VideoFile], Path]:
     videos: dict[str, VideoFile] = {}
     for f in files:
         name = Path(os.path.relpath(os.path.abspath(f), root)).as_posix()
+        # Undecodable bytes in a file name (surrogate escapes) become \xNN so the name is UTF-8.
+        name = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
         videos.setdefault(name, VideoFile(path=f, name=name))  # the same file given twice counts once
     return sorted(videos.values(), key=lambda v: v.name), root

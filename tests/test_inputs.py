@@ -1,0 +1,58 @@
+"""Finding and naming the videos of a run."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from vidfeat.errors import VidfeatError
+from vidfeat.inputs import discover, read_list
+
+
+def touch(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x")
+    return path
+
+
+def test_folders_are_walked_and_names_are_relative_to_the_common_root(tmp_path):
+    touch(tmp_path / "v" / "a" / "x.mp4")
+    touch(tmp_path / "v" / "b" / "x.MKV")
+    touch(tmp_path / "v" / "b" / "notes.txt")
+    touch(tmp_path / "w" / "x.webm")
+    videos, root = discover([tmp_path / "v"])
+    assert root == tmp_path / "v" and [v.name for v in videos] == ["a/x.mp4", "b/x.MKV"]
+    videos, root = discover([tmp_path / "v" / "a", tmp_path / "v" / "b", tmp_path / "w"])
+    assert root == tmp_path and [v.name for v in videos] == ["v/a/x.mp4", "v/b/x.MKV", "w/x.webm"]
+
+
+def test_explicit_files_any_extension_and_duplicates_once(tmp_path):
+    f = touch(tmp_path / "clip.bin")
+    videos, _ = discover([f, f, tmp_path])
+    assert [v.name for v in videos] == ["clip.bin"]
+
+
+def test_undecodable_file_names_become_valid_utf8(tmp_path):
+    raw = os.path.join(os.fsencode(tmp_path), b"caf\xe9.mp4")
+    with open(raw, "wb") as fh:
+        fh.write(b"x")
+    videos, _ = discover([tmp_path])
+    assert [v.name for v in videos] == ["caf\\xe9.mp4"]
+    assert videos[0].name.encode("utf-8") and os.path.exists(videos[0].path)
+
+
+def test_missing_input_and_empty_folder(tmp_path):
+    with pytest.raises(VidfeatError, match="input not found"):
+        discover([tmp_path / "nope"])
+    with pytest.raises(VidfeatError, match="no videos found"):
+        discover([tmp_path])
+
+
+def test_list_file_relative_to_itself(tmp_path):
+    touch(tmp_path / "d" / "a.mp4")
+    listing = tmp_path / "d" / "list.txt"
+    listing.write_text("# videos\na.mp4\n\n" + str(tmp_path / "d" / "a.mp4") + "\n")
+    assert read_list(str(listing)) == [tmp_path / "d" / "a.mp4"] * 2
+    with pytest.raises(VidfeatError, match="cannot read the list file"):
+        read_list(str(tmp_path / "missing.txt"))
