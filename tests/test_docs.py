@@ -1,0 +1,21 @@
+"""Generated docs stay in sync with the code, and every command has --help with examples."""
+
+from __future__ import annotations
+
+import click
+from click.testing import CliRunner
+
+from vidfeat.cli import main
+from vidfeat.gendocs import main as gendocs_main
+
+
+def test_generated_docs_are_up_to_date():
+    assert gendocs_main(["--check"]) == 0, "run: python -m vidfeat.gendocs"
+
+
+def test_every_command_has_help_with_examples():
+    for name, command in main.commands.items():
+        result = CliRunner().invoke(main, [name, "--help"])
+        assert result.exit_code == 0, name
+        assert "Examples:" in result.output and f"vidfeat {name}" in result.output, name
+        assert isinstance(command, click.Command)
