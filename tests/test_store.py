@@ -352,8 +352,8 @@ def test_leaving_the_block_on_an_error_commits_the_buffer(tmp_path):
 
 
 def test_assembly_in_small_blocks_gives_the_same_file(tmp_path, reference, monkeypatch):
-    monkeypatch.setattr(store, "_BLOCK_BYTES", 200)  # a few rows per copy step
-    monkeypatch.setattr(store, "_DATASET_CHUNK_BYTES", 64)
+    monkeypatch.setattr(store.format, "_BLOCK_BYTES", 200)  # a few rows per copy step
+    monkeypatch.setattr(store.assemble, "_DATASET_CHUNK_BYTES", 64)
     out = tmp_path / "feats.h5"
     write_all(out, paths=PATHS[::2])
     write_all(out, paths=PATHS[1::2])  # merge: the previous final file plus new chunks

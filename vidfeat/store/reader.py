@@ -1,0 +1,169 @@
+"""Reading a finished file: :func:`open_features` and :class:`FeatureFile` (plain h5py
+underneath), with the /videos table (:class:`VideoTable`) and one video's clips (:class:`VideoClips`)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from ..errors import StoreError
+from .format import (
+    _CLIP_COPY,
+    FORMAT,
+    FORMAT_VERSION,
+    VIDEO_COLUMNS,
+    _canon,
+    _missing_message,
+    _open_h5,
+    _read_table,
+)
+
+
+# reading
+
+
+@dataclass(frozen=True)
+class VideoTable:
+    """The /videos table: one entry per video, arrays in file order (sorted by path)."""
+
+    path: np.ndarray  # str objects
+    status: np.ndarray  # str objects
+    error: np.ndarray  # str objects
+    size_bytes: np.ndarray
+    mtime: np.ndarray
+    duration_sec: np.ndarray
+    fps: np.ndarray
+    width: np.ndarray
+    height: np.ndarray
+    clip_offset: np.ndarray
+    clip_count: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.path)
+
+    def index(self, path: str) -> int:
+        """Row of ``path`` in /videos; KeyError if absent (binary search: rows are sorted)."""
+        i = int(np.searchsorted(self.path, path))
+        if i < len(self.path) and self.path[i] == path:
+            return i
+        raise KeyError(f"no video {path!r} in this file")
+
+    def records(self) -> list[dict[str, Any]]:
+        """One plain dict per video (JSON-friendly)."""
+        names = list(VIDEO_COLUMNS)
+        columns = [getattr(self, name).tolist() for name in names]
+        return [dict(zip(names, values)) for values in zip(*columns)]
+
+
+@dataclass(frozen=True)
+class VideoClips:
+    """The clips of one video (rows ``[first_row, first_row + len)`` of /clips)."""
+
+    path: str
+    first_row: int
+    embedding: np.ndarray  # [n, D]
+    logits: np.ndarray  # [n, C] float32
+    start_sec: np.ndarray  # [n] float64
+    end_sec: np.ndarray  # [n] float64
+    valid_frames: np.ndarray  # [n] int32
+
+    def __len__(self) -> int:
+        return len(self.start_sec)
+
+
+class FeatureFile:
+    """A finished vidfeat file, read with plain h5py (``.h5`` is the open ``h5py.File``)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise StoreError(_missing_message(self.path))
+        self.h5 = _open_h5(self.path, "feature file", "check the path")
+        try:
+            fmt = _canon(self.h5.attrs.get("format"))
+            if fmt != FORMAT:
+                raise StoreError(f"{self.path} is not a vidfeat file (format attr {fmt!r})")
+            version = int(_canon(self.h5.attrs.get("format_version", 0)))
+            if version > FORMAT_VERSION:
+                raise StoreError(f"{self.path} has format_version {version}; this vidfeat reads up to "
+                                 f"{FORMAT_VERSION}: upgrade vidfeat")
+        except BaseException:
+            self.h5.close()
+            raise
+        self._videos: VideoTable | None = None
+        self._classes: list[str] | None = None
+
+    def __enter__(self) -> FeatureFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.h5.close()
+
+    def __len__(self) -> int:
+        """Number of clips (rows of /clips)."""
+        return int(self.h5["clips/embedding"].shape[0])
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """Root attrs as plain Python values."""
+        return {key: _canon(value) for key, value in self.h5.attrs.items()}
+
+    @property
+    def classes(self) -> list[str]:
+        if self._classes is None:
+            self._classes = list(self.h5["classes"].asstr()[()])
+        return self._classes
+
+    @property
+    def embeddings(self) -> h5py.Dataset:
+        """/clips/embedding ``[N, D]``, lazy: slice it, or use :meth:`load_embeddings`."""
+        return self.h5["clips/embedding"]
+
+    @property
+    def logits(self) -> h5py.Dataset:
+        """/clips/logits ``[N, C]``, lazy."""
+        return self.h5["clips/logits"]
+
+    def load_embeddings(self, dtype: Any = None) -> np.ndarray:
+        """The whole ``[N, D]`` matrix in memory (optionally cast, e.g. ``np.float32``)."""
+        data = self.embeddings[()]
+        return data if dtype is None else data.astype(dtype, copy=False)
+
+    @property
+    def videos(self) -> VideoTable:
+        if self._videos is None:
+            self._videos = VideoTable(**_read_table(self.h5))
+        return self._videos
+
+    def clips(self, video_path: str) -> VideoClips:
+        """The clips of one video, by its relative path; KeyError if it is not in the file."""
+        v = self.videos.index(video_path)
+        start = int(self.videos.clip_offset[v])
+        rows = slice(start, start + int(self.videos.clip_count[v]))
+        data = {name: self.h5[f"clips/{name}"][rows] for name in _CLIP_COPY}
+        return VideoClips(path=video_path, first_row=start, **data)
+
+    def video_of(self, row: int) -> str:
+        """Path of the video that clip ``row`` belongs to."""
+        return str(self.videos.path[int(self.h5["clips/video"][row])])
+
+    def topk(self, row: int, k: int = 5) -> list[tuple[str, float]]:
+        """The ``k`` most probable classes of clip ``row``: softmax of its logits, best first."""
+        logits = self.h5["clips/logits"][row].astype(np.float64)
+        p = np.exp(logits - logits.max())
+        p /= p.sum()
+        best = np.argsort(-p, kind="stable")[: max(0, k)]
+        return [(self.classes[i], float(p[i])) for i in best]
+
+
+def open_features(path: str | os.PathLike[str]) -> FeatureFile:
+    """Open a finished vidfeat file for reading (use as a context manager)."""
+    return FeatureFile(path)
