@@ -127,7 +127,7 @@ def decode_video(video: int, path: Path, sampling: ClipSampling, card: ModelCard
         with ClipReader(path, sampling, short_side=card.preprocess.short_side, threads=threads) as reader:
             info = reader.info
             for clip in reader:
-                views = spatial_crops(clip.frames, card.preprocess.crop_size, crops)
+                views = spatial_crops(clip.frame_list, card.preprocess.crop_size, crops)
                 yield ClipItem(video, clip.index, torch.from_numpy(views), clip.start_sec, clip.end_sec, clip.valid_frames)
                 sent += 1
             status, error, duration = reader.status, reader.error, reader.duration_sec

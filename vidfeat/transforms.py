@@ -12,6 +12,7 @@ Layouts (einops letters: ``t`` frames, ``h w`` pixels, ``c`` channels, ``b`` bat
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,14 +35,21 @@ def crop_positions(length: int, size: int, n: int) -> list[int]:
     raise ValueError(f"crops must be 1 or 3, got {n}")
 
 
-def spatial_crops(frames: np.ndarray, size: int, n: int = 1) -> np.ndarray:
-    """``(t, h, w, c)`` -> ``(n, t, size, size, c)``: crops along the long side (centre on the other)."""
-    _, h, w, _ = frames.shape
+def spatial_crops(frames: Sequence[np.ndarray] | np.ndarray, size: int, n: int = 1) -> np.ndarray:
+    """``t`` frames ``(h, w, c)`` (a list, or one ``(t, h, w, c)`` array) -> ``(n, t, size, size, c)``:
+    crops along the long side, centred on the other. Only the crops are copied."""
+    h, w = frames[0].shape[:2]
     if h >= w:
         x = (w - size) // 2
-        return np.stack([frames[:, y : y + size, x : x + size] for y in crop_positions(h, size, n)])
-    y = (h - size) // 2
-    return np.stack([frames[:, y : y + size, x : x + size] for x in crop_positions(w, size, n)])
+        boxes = [(y, x) for y in crop_positions(h, size, n)]
+    else:
+        y = (h - size) // 2
+        boxes = [(y, x) for x in crop_positions(w, size, n)]
+    out = np.empty((n, len(frames), size, size, frames[0].shape[2]), dtype=frames[0].dtype)
+    for i, (y, x) in enumerate(boxes):
+        for j, frame in enumerate(frames):
+            out[i, j] = frame[y : y + size, x : x + size]
+    return out
 
 
 def normalize(

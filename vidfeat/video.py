@@ -41,8 +41,13 @@ from av.video.stream import VideoStream
 from vidfeat.clips import REAL_TOLERANCE, SHOW_TOLERANCE, ClipSampling
 from vidfeat.errors import VideoError
 
-INTERPOLATION = "BILINEAR"
-"""swscale interpolation used when resizing sampled frames."""
+INTERPOLATION = "FAST_BILINEAR"
+"""swscale interpolation used when resizing sampled frames.
+
+Plain bilinear without an anti-aliasing filter: what the official TimeSformer pipeline does
+(``F.interpolate(mode="bilinear")`` on decoded frames), and about 1.7x cheaper than swscale's
+filtered ``BILINEAR`` (0.51 vs 0.99 ms a 720p frame to 398x224, one core), which matters since
+resizing the sampled frames is the decode workers' main cost after decoding itself."""
 
 # A video is partial when decoding ends before PARTIAL_FRACTION * stated - PARTIAL_SLACK_SEC
 # seconds, `stated` being the duration the container declares.
@@ -78,17 +83,26 @@ class VideoInfo:
 
 @dataclass
 class Clip:
-    """One clip: ``frames`` is uint8 ``(T, H, W, 3)`` RGB, upright, resized as requested.
+    """One clip: ``frame_list`` holds its T uint8 ``(H, W, 3)`` RGB frames, upright, resized as
+    requested; ``frames`` stacks them into one ``(T, H, W, 3)`` array.
+
+    The frames stay separate arrays (overlapping clips share them, padding repeats one) so that a
+    consumer that crops, like extraction, copies only the crop instead of stacking whole frames
+    first (a 25 MB copy per TimeSformer-L clip at 224 px).
 
     ``start_sec`` and ``end_sec`` are the times of the frames used for the first target and for
     the last real target; frames after the first ``valid_frames`` repeat the last real frame.
     """
 
     index: int
-    frames: np.ndarray
+    frame_list: list[np.ndarray]
     start_sec: float
     end_sec: float
     valid_frames: int
+
+    @property
+    def frames(self) -> np.ndarray:
+        return np.stack(self.frame_list)
 
 
 class _Decoded:
@@ -406,7 +420,7 @@ class ClipReader:
         arrays += [last.rgb] * (len(clip.targets) - valid)
         return Clip(
             index=clip.index,
-            frames=np.stack(arrays),
+            frame_list=arrays,
             start_sec=slots[0].time,
             end_sec=last.time,
             valid_frames=valid,
