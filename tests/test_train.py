@@ -366,6 +366,7 @@ def test_options_sgd_step_clip_checkpointing_bf16_and_frozen_embeddings(tmp_path
         "optim.optimizer=sgd", "optim.nesterov=true", "optim.lr=0.05", "optim.grad_clip=0.5",
         "schedule.kind=step", "schedule.milestones=1", "schedule.warmup_epochs=0",
         "model.grad_checkpointing=true", "model.freeze_embeddings=true", "run.precision=bf16", "data.flip=true",
+        "model.embed_init=official",
     ]  # fmt: skip
     result = train(tiny(recipe, motion, *overrides), tmp_path / "run")
     assert all(np.isfinite(h["train_loss"]) for h in result.history)
@@ -393,6 +394,19 @@ def test_torchrun_two_cpu_ranks_write_one_checkpoint(tmp_path, recipe, motion):
         "card.toml", "classes.txt", "curves.png", "metrics.jsonl", "model.safetensors", "train_state.pt",
     ]  # fmt: skip
     assert load_model(run).card.classes == list(CLASSES)
+
+
+def test_scratch_models_start_from_sine_cosine_embeddings(recipe, motion):
+    from vidfeat.train import _build_model
+
+    config = tiny(recipe, motion, "model.arch.embed_dim=8", "model.arch.img_size=24", "data.crop_size=24")
+    model, _ = _build_model(config, list(CLASSES), None)
+    pos, time_embed = model.pos_embed[0, 1:], model.time_embed[0]  # 3 x 3 patches, 8 frames, 8 channels
+    assert torch.allclose(pos[4], torch.tensor([0.8415, 0.01, 0.5403, 1.0] * 2), atol=1e-4)  # row 1, column 1
+    assert torch.allclose(pos[5, 4:], torch.tensor([0.9093, 0.02, -0.4161, 0.9998]), atol=1e-4)  # column 2
+    assert torch.allclose(time_embed[1], torch.tensor([0.8415, 0.1, 0.0100, 0.001, 0.5403, 0.995, 1.0, 1.0]), atol=1e-3)
+    official, _ = _build_model(tiny(recipe, motion, "model.embed_init=official"), list(CLASSES), None)
+    assert not official.time_embed.any() and official.pos_embed.abs().max() < 0.1
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,8 +10,8 @@ A run directory is a loadable model at every epoch::
 
     model.safetensors, card.toml, classes.txt   weights + card (preprocessing, class names):
                                                 load_model(run_dir), vidfeat extract --model run_dir
-    train_state.pt    {epoch, step, optimizer, scaler, config, skipped}: plain types and tensors,
-                      read with torch.load(weights_only=True)
+    train_state.pt    {epoch, step, world_size, optimizer, scaler, config, skipped}: plain types
+                      and tensors, read with torch.load(weights_only=True)
     metrics.jsonl     one line per logged step ("kind": "step") and per epoch ("kind": "epoch")
     curves.png        loss and accuracy (needs matplotlib, the ``plot`` extra)
     skipped.txt       videos that could not be decoded, with the reason
@@ -50,7 +50,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from .cards import OFFICIAL_MEAN, OFFICIAL_STD, ModelCard, Preprocess
+from .cards import ModelCard, Preprocess
 from .data import ClipDataset, Failed, collate, load_data
 from .errors import ConfigError
 from .evaluate import PRECISIONS, autocast_dtype, model_input, resolve_device, run_eval
@@ -76,6 +76,7 @@ class ModelSection:
 
     init: str = "scratch"  # "scratch" (built from [model.arch]) or any load_model source: card name, .pyth, HF dir, timm ViT
     arch: TimeSformerConfig = field(default_factory=TimeSformerConfig)  # scratch only; num_classes comes from the data
+    embed_init: str = "sincos"  # scratch only: sincos (sine-cosine position/time embeddings) | official (near zero)
     drop_path_rate: float = 0.0  # stochastic depth, linear over blocks (official fine-tuning: 0.1)
     dropout: float = 0.0  # dropout after embeddings, attention projections and in the MLPs
     freeze_embeddings: bool = False  # patch embedding, cls token, position and time embeddings
@@ -170,6 +171,8 @@ class TrainConfig:
         checks = [
             (bool(m.init.strip()), "model.init must be 'scratch' or a model source"),
             (m.freeze_blocks >= 0, "model.freeze_blocks must be >= 0"),
+            (m.embed_init in ("sincos", "official"), f"model.embed_init must be sincos or official, got {m.embed_init!r}"),
+            (m.embed_init != "sincos" or m.arch.embed_dim % 4 == 0, "model.embed_init = sincos needs model.arch.embed_dim % 4 == 0"),
             (0 <= m.drop_path_rate < 1 and 0 <= m.dropout < 1, "model.drop_path_rate and model.dropout must be in [0, 1)"),
             (0 <= d.val_fraction < 1, "data.val_fraction must be in [0, 1)"),
             (min(d.num_frames, d.crop_size, d.short_side, d.workers) >= 0 and d.fps >= 0, "data sizes, fps and workers must be >= 0"),
@@ -386,7 +389,10 @@ def _build_model(config: TrainConfig, classes: list[str], run_dir: Path | None) 
             drop_rate=m.dropout,
         )
         base = Preprocess(num_frames=arch.num_frames, fps=d.fps, short_side=arch.img_size, crop_size=arch.img_size)
-        return TimeSformer(arch), base
+        model = TimeSformer(arch)
+        if m.embed_init == "sincos":
+            _sincos_embeddings_(model)
+        return model, base
     model = load_model(m.init, num_frames=d.num_frames or None, image_size=d.crop_size or None)
     base = model.card.preprocess
     if model.card.classes != classes or model.config.num_classes != len(classes):
@@ -399,6 +405,31 @@ def _build_model(config: TrainConfig, classes: list[str], run_dir: Path | None) 
     return model, base
 
 
+def _sincos(positions: int, dim: int) -> torch.Tensor:
+    """``(positions, dim)`` sine-cosine table (Transformer frequencies): sines, then cosines."""
+    angles = torch.arange(positions, dtype=torch.float64)[:, None] * 10000.0 ** (
+        -torch.arange(dim // 2, dtype=torch.float64) / (dim // 2)
+    )
+    return torch.cat((angles.sin(), angles.cos()), dim=1).float()
+
+
+def _sincos_embeddings_(model: TimeSformer) -> None:
+    """Initialise a new model's patch positions with a 2-D sine-cosine table (half the channels
+    for the row, half for the column; the CLS row is kept) and its time embedding with a 1-D one.
+
+    The official near-zero init gives a model trained from scratch almost no position and order
+    signal for hundreds of steps (Adam moves each value by about lr per step), and frame order is
+    all that tells time-reversed classes (left/right, grow/shrink) apart.
+    """
+    dim, grid = model.config.embed_dim, model.config.grid_size
+    rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+    half = _sincos(grid, dim // 2)
+    with torch.no_grad():
+        model.pos_embed[0, 1:] = torch.cat((half[rows.flatten()], half[cols.flatten()]), dim=1)
+        if hasattr(model, "time_embed"):  # space_only models have none
+            model.time_embed[0] = _sincos(model.config.num_frames, dim)
+
+
 def _preprocess(d: DataSection, base: Preprocess) -> Preprocess:
     """The run's preprocessing: the data section's values, else the model's."""
     crop = d.crop_size or base.crop_size
@@ -407,8 +438,8 @@ def _preprocess(d: DataSection, base: Preprocess) -> Preprocess:
         fps=d.fps or base.fps,
         short_side=d.short_side or max(base.short_side, crop),
         crop_size=crop,
-        mean=tuple(d.mean) or base.mean or OFFICIAL_MEAN,
-        std=tuple(d.std) or base.std or OFFICIAL_STD,
+        mean=tuple(d.mean) or base.mean,
+        std=tuple(d.std) or base.std,
     )
 
 
@@ -670,7 +701,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False) -> 
 
         # -- bookkeeping --
         start_epoch = state["epoch"] + 1 if state else 0
-        step = state["step"] if state else 0
+        step = start_epoch * steps_per_epoch
         skipped: dict[str, str] = dict(state["skipped"]) if state else {}
         metrics_path = run_dir / "metrics.jsonl"
         if master:
@@ -678,8 +709,15 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False) -> 
         history: list[dict] = []
         total_steps = o.epochs * steps_per_epoch
         progress = _Progress(total=total_steps, done=step, enabled=master)
+        if state and state["world_size"] != world:
+            progress.note(
+                f"note: this run started with {state['world_size']} ranks, it resumes with {world}: the data order "
+                "differs from an uninterrupted run's"
+            )
         progress.note(
-            f"{'resuming at epoch ' + str(start_epoch + 1) if state else 'training'}: {len(train_set)} train / "
+            f"{run_dir} has finished its {o.epochs} epochs: nothing to do"
+            if start_epoch >= o.epochs
+            else f"{'resuming at epoch ' + str(start_epoch + 1) if state else 'training'}: {len(train_set)} train / "
             f"{len(data.val)} val videos, {len(data.classes)} classes, {o.epochs} epochs x {steps_per_epoch} steps "
             f"of {o.batch_size} clips ({o.micro_batch} x {accum} accumulated x {world} ranks), {device}, "
             f"{dtype or torch.float32} -> {run_dir}"
@@ -783,6 +821,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False) -> 
                 train_state = {
                     "epoch": epoch,
                     "step": step,
+                    "world_size": world,
                     "optimizer": optimizer.state_dict(),
                     "scaler": scaler.state_dict(),
                     "config": config.to_dict(),
