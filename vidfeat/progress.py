@@ -51,7 +51,8 @@ class Progress:
         if skipped and self.enabled:
             self.console.print(f"resuming: {skipped} videos already done, {total} to go")
         if self.live_mode:
-            self._live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False)
+            # Live re-renders `self` (via __rich__) 4 times a second: elapsed and ETA keep moving.
+            self._live = Live(self, console=self.console, refresh_per_second=4, transient=False)
             self._live.start()
 
     def failure(self, name: str, status: str, reason: str) -> None:
@@ -66,15 +67,13 @@ class Progress:
         self.video_sec += duration_sec if duration_sec == duration_sec else 0.0
         self.decode_sec += decode_sec
         self.model_sec = model_sec  # cumulative, from the runner
-        if self._live is not None:
-            self._live.update(self._render())
-        elif self.enabled and time.monotonic() - self.last_log >= self.log_every:
+        if self._live is None and self.enabled and time.monotonic() - self.last_log >= self.log_every:
             self.last_log = time.monotonic()
             print(self.line(), file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self._live is not None:
-            self._live.update(self._render())
+            self._live.refresh()
             self._live.stop()
             self._live = None
         elif self.enabled:
@@ -94,7 +93,7 @@ class Progress:
             f"failed {self.failures} | decode busy {decode_busy:.0%} model busy {model_busy:.0%}"
         )
 
-    def _render(self) -> Text:
+    def __rich__(self) -> Text:
         frac = self.done_bytes / self.total_bytes if self.total_bytes else 1.0
         width = 30
         bar = "█" * int(frac * width) + "░" * (width - int(frac * width))
