@@ -193,6 +193,13 @@ def test_bad_inputs_each_get_a_status_and_reason_and_the_run_goes_on(tmp_path, m
     assert table["tail.mp4"]["status"] == "partial" and 0 < table["tail.mp4"]["clip_count"] < 7
     assert table["middle.mp4"]["status"] in {"ok", "partial"}  # FFmpeg may conceal the damage
     assert verify(out) == []
+    # a rerun skips everything; --retry-failed tries the failed ones again (and only those)
+    cli = [sys.executable, "-m", "vidfeat", *map(str, extract_args([root], out, model_dir))]
+    again = subprocess.run(cli, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and f"{len(table)} already done" in again.stderr
+    retry = subprocess.run([*cli, "--retry-failed"], capture_output=True, text=True, timeout=300)
+    failed = sum(r["status"] == "failed" for r in table.values())
+    assert retry.returncode == 3 and f"{failed} failed this run, {len(table) - failed} already done" in retry.stderr
 
 
 def test_settings_mismatch_refused_unless_overwrite(tmp_path, good_videos, model_dir):

@@ -44,7 +44,7 @@ def extract_cmd(inputs, output, list_file, model, fps, num_frames, stride, batch
     are named by their path relative to the inputs' common folder. Rerunning the same command
     resumes: finished videos are kept and skipped, even after a crash or a kill.
 
-    Exit status: 0 every video ok; 3 some videos failed or are partial (listed on stderr and in
+    Exit status: 0 every video this run processed is ok; 3 some failed or are partial (listed on stderr and in
     the file, see `vidfeat info`); 1 a fatal error (bad argument, weights or output); 130 stopped
     by Ctrl-C (the file then holds every video that finished).
 
