@@ -332,5 +332,5 @@ class ClipDataset(Dataset):
         if self.augment is not None:
             views = self.augment(clip.frames, rng)[None]
         else:
-            views = spatial_crops(clip.frames, self.preprocess.crop_size, self.crops)
+            views = spatial_crops(clip.frame_list, self.preprocess.crop_size, self.crops)
         return Item(torch.from_numpy(np.ascontiguousarray(views)), self.labels[index], index)
