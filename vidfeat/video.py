@@ -36,6 +36,7 @@ import av.stream
 import numpy as np
 from av.container import InputContainer
 from av.video.frame import VideoFrame
+from av.video.reformatter import VideoReformatter
 from av.video.stream import VideoStream
 
 from vidfeat.clips import REAL_TOLERANCE, SHOW_TOLERANCE, ClipSampling
@@ -370,6 +371,10 @@ class ClipReader:
         self.duration_sec: float | None = None
         self._rotate_k = self.info.rotation // 90
         self._size = _coded_output_size(*self._source.coded_size, short_side)
+        # One converter per video: VideoFrame.to_ndarray(width=...) builds a new swscale context
+        # (with its own threads) for every frame, which cost more than the scaling itself.
+        # One thread: parallelism comes from the decode processes.
+        self._reformatter = VideoReformatter()
         self._pending: deque[_OpenClip] = deque()
         self._newest: _Decoded | None = None
         self._iterated = False
@@ -404,9 +409,9 @@ class ClipReader:
         if frame.rgb is None:
             assert frame.raw is not None
             width, height = self._size
-            rgb = frame.raw.to_ndarray(
-                width=width, height=height, format="rgb24", interpolation=INTERPOLATION
-            )
+            rgb = self._reformatter.reformat(
+                frame.raw, width=width, height=height, format="rgb24", interpolation=INTERPOLATION, threads=1
+            ).to_ndarray()
             frame.rgb = np.rot90(rgb, self._rotate_k) if self._rotate_k else rgb
             frame.raw = None
 
