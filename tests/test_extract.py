@@ -209,6 +209,10 @@ def test_settings_mismatch_refused_unless_overwrite(tmp_path, good_videos, model
     assert result.exit_code == 1 and "--overwrite" in result.output and "Traceback" not in result.output
     result = run(extract_args([good_videos / "a"], out, model_dir, "--stride", "0.5", "--overwrite"))
     assert result.exit_code == 0, result.output
+    # same card name and settings, other weights: refused too (weights_sha256 differs)
+    other = save_tiny_model(tmp_path / "other", seed=1)
+    result = run(extract_args([good_videos / "a"], out, other, "--stride", "0.5"))
+    assert result.exit_code == 1 and "weights sha256" in result.output
     with open_features(out) as f:
         assert f.attrs["stride_sec"] == 0.5
         np.testing.assert_allclose(f.clips("clip.mp4").start_sec, [0.0, 0.48, 1.0])  # frames shown at 0, 0.5, 1

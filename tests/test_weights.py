@@ -41,6 +41,7 @@ def test_official_pyth_round_trip_infers_architecture(tmp_path, small_model):
     assert "model.blocks.1.temporal_fc.weight" in raw["model_state"] and isinstance(raw["cfg"], str)
     loaded = load_model(path)
     assert loaded.config == small_model.config  # depth, width, heads = width / 64, frames, grid, classes
+    assert loaded.card.weights.sha256 == sha256_file(path)  # provenance recorded in every output
     same_outputs(loaded, small_model)
 
 

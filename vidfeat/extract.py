@@ -190,6 +190,24 @@ class ModelRunner:
         self.batch_size = batch_size
         self.pre = model.card.preprocess
         self.model_sec = 0.0
+        self._staging: list[torch.Tensor] = []  # CUDA: two pinned uint8 batch buffers, used in turn
+        self._turn = 0
+
+    def _stage(self, crops: list[torch.Tensor]) -> torch.Tensor:
+        """Concatenate a batch, into pinned memory on CUDA so the copy to the GPU is asynchronous.
+
+        Two buffers alternate: the one batch k filled is free again once batch k's results were
+        collected (its event follows its host-to-device copy), which happens before batch k + 2
+        is staged."""
+        if self.device.type != "cuda":
+            return torch.cat(crops) if len(crops) > 1 else crops[0]
+        shape = (sum(c.shape[0] for c in crops), *crops[0].shape[1:])
+        numel = math.prod(shape)
+        if not self._staging or self._staging[0].numel() < numel:
+            self._staging = [torch.empty(numel, dtype=torch.uint8, pin_memory=True) for _ in range(2)]
+        self._turn ^= 1
+        out = self._staging[self._turn][:numel].view(shape)
+        return torch.cat(crops, out=out)
 
     def _forward(self, clips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = normalize(clips.to(self.device, non_blocking=True), self.pre.mean, self.pre.std)
@@ -201,7 +219,7 @@ class ModelRunner:
     @torch.inference_mode()
     def submit(self, crops: list[torch.Tensor]):
         """``crops``: one ``(n, t, s, s, c)`` uint8 tensor per clip."""
-        clips = torch.cat(crops) if len(crops) > 1 else crops[0]  # (clips * n, t, s, s, c)
+        clips = self._stage(crops)  # (clips * n, t, s, s, c)
         start = time.perf_counter()
         while True:
             try:

@@ -314,7 +314,7 @@ def _card_from_state(state: StateDict, *, name: str, source: str) -> tuple[Model
         config=config,
         preprocess=_default_preprocess(config),
         classes=[f"class_{i}" for i in range(config.num_classes)],
-        weights=WeightsInfo(file=Path(source).name, format=fmt),
+        weights=WeightsInfo(file=Path(source).name, format=fmt, sha256=sha256_file(Path(source))),
         description=f"loaded from {source}",
     )
     return card, state
@@ -335,6 +335,8 @@ def _load_card(card: ModelCard) -> tuple[ModelCard, StateDict]:
     if path is not None:
         _verify_sha256(card, path)
         state, _ = checkpoint_filter_fn(_read_state(path))
+        if not card.weights.sha256:  # a user-placed file the card has no digest for: record its own
+            card = replace(card, weights=replace(card.weights, sha256=sha256_file(path)))
         return card, state
     if card.weights.hf_hub_id:
         try:
@@ -362,7 +364,7 @@ def _load_hf_dir(path: Path) -> tuple[ModelCard, StateDict]:
     config, classes, preprocess = _hf_config(path)
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (path / name).is_file():
-            state = _read_state(path / name)
+            state, weights_file = _read_state(path / name), path / name
             break
     else:
         raise WeightsError(f"{path} has config.json but no model.safetensors or pytorch_model.bin")
@@ -374,7 +376,7 @@ def _load_hf_dir(path: Path) -> tuple[ModelCard, StateDict]:
         config=config,
         preprocess=preprocess,
         classes=classes if config.num_classes else [],
-        weights=WeightsInfo(file=str(path), format="hf"),
+        weights=WeightsInfo(file=str(path), format="hf", sha256=sha256_file(weights_file)),
         description=f"Hugging Face Timesformer from {path}",
     )
     return card, state
