@@ -190,6 +190,17 @@ def test_cli_models_and_convert(tmp_path, small_model):
     same_outputs(converted, load_model(src, num_frames=16), frames=16)
 
 
+def test_cli_convert_attaches_class_names(tmp_path, small_model):
+    src = save_official(tmp_path / "m.pyth", small_model)
+    (tmp_path / "names.txt").write_text("a\nb\nc\nd\ne\n")
+    result = CliRunner().invoke(main, ["convert", str(src), str(tmp_path / "out"), "--classes", str(tmp_path / "names.txt")])
+    assert result.exit_code == 0, result.output
+    assert load_model(tmp_path / "out").card.classes == ["a", "b", "c", "d", "e"]
+    (tmp_path / "short.txt").write_text("a\nb\n")
+    result = CliRunner().invoke(main, ["convert", str(src), str(tmp_path / "o2"), "--classes", str(tmp_path / "short.txt")])
+    assert result.exit_code == 2 and "2 names for a head of 5 classes" in result.output
+
+
 def test_cli_bad_weights_one_line_error(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"garbage")
     result = CliRunner().invoke(main, ["convert", str(tmp_path / "junk.pth"), str(tmp_path / "out")])

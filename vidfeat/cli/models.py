@@ -61,7 +61,10 @@ def models_list(as_json: bool) -> None:
 @click.option("--name", help="Name written into the card (default: the source's).")
 @click.option("--num-frames", type=click.IntRange(min=1), help="Resize the time embedding to this many frames.")
 @click.option("--image-size", type=click.IntRange(min=1), help="Resize the position embedding to this input size.")
-def convert(src: str, dst: Path, name: str | None, num_frames: int | None, image_size: int | None) -> None:
+@click.option("--classes", "classes_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Class names, one per line, in head order (official .pyth files carry none).")  # fmt: skip
+def convert(src: str, dst: Path, name: str | None, num_frames: int | None, image_size: int | None,
+            classes_file: Path | None) -> None:  # fmt: skip
     """Convert any supported checkpoint SRC to DST/model.safetensors + DST/card.toml.
 
     SRC is anything `--model` takes: an official .pyth/.pth, a Hugging Face directory or hub id,
@@ -71,7 +74,13 @@ def convert(src: str, dst: Path, name: str | None, num_frames: int | None, image
     Examples:
       vidfeat convert TimeSformer_divST_8x32_224_K400.pyth k400-base/
       vidfeat convert hf-timesformer-k400/ k400-base/ --num-frames 16
+      vidfeat convert TimeSformer_divST_8_224_SSv2.pyth ssv2-base/ --classes ssv2_classes.txt
     """
     model = load_model(src, num_frames=num_frames, image_size=image_size)
+    if classes_file is not None:
+        names = [line.strip() for line in classes_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if len(names) != model.num_classes:
+            raise click.BadParameter(f"{len(names)} names for a head of {model.num_classes} classes", param_hint="--classes")
+        model.card.classes = names
     out = save_checkpoint(model, dst, name=name)
     click.echo(f"wrote {out / 'model.safetensors'} and {out / 'card.toml'} ({model.card.weights.sha256 or 'sha256 in card'})")
