@@ -241,6 +241,11 @@ def test_list_from_stdin_and_bad_arguments(tmp_path, good_videos, model_dir):
     with open_features(out) as f:
         assert list(f.videos.path) == ["a/clip.mp4", "vfr.mkv"]
     assert run(["extract", "-o", out]).exit_code == 2  # no input: usage error
+    from vidfeat.cards import find_card
+
+    if find_card("tiny-motion") is None:  # no bundled default yet: say what to do
+        result = run(["extract", good_videos, "-o", out])
+        assert result.exit_code == 2 and "--model" in result.output and "not bundled" in result.output
     result = run(["extract", tmp_path / "nope", "-o", out, "--model", model_dir])
     assert result.exit_code == 1 and "input not found" in result.output
     result = run(["extract", good_videos, "-o", out, "--model", tmp_path / "nope.pth"])

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from ..cards import find_card
 from ..extract import DEFAULT_MODEL, ExtractOptions, extract
 from ..inputs import discover, read_list
 from ..progress import Progress
@@ -61,6 +62,11 @@ def extract_cmd(inputs, output, list_file, model, fps, num_frames, stride, batch
         paths += read_list(list_file)
     if not paths:
         raise click.UsageError("give at least one folder or video, or --list FILE")
+    if model == DEFAULT_MODEL and find_card(DEFAULT_MODEL) is None:
+        raise click.UsageError(
+            f"the default demo model {DEFAULT_MODEL!r} is not bundled in this version; choose one with --model "
+            "(a name from `vidfeat models`, a checkpoint file or directory, or a Hugging Face hub id)"
+        )
     if output.exists() and output.is_dir():
         raise click.UsageError(f"-o {output} is a directory; give the .h5 file to write")
     videos, root = discover(paths)
