@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import load_file as load_safetensors
 from safetensors.torch import save_file as save_safetensors
 
-from .cards import ModelCard, Preprocess, WeightsInfo, find_card, sha256_file, weights_home
+from .cards import ModelCard, Preprocess, WeightsInfo, bundled_cards, find_card, sha256_file, weights_home
 from .errors import WeightsError
 from .model import TimeSformer, TimeSformerConfig, resize_pos_embed, resize_time_embed
 
@@ -301,8 +301,6 @@ def load_checkpoint(source: str | Path) -> tuple[ModelCard, StateDict]:
 
 
 def _card_names() -> str:
-    from .cards import bundled_cards
-
     return ", ".join(n for c in bundled_cards() for n in c.names())
 
 
