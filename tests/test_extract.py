@@ -352,3 +352,16 @@ def test_a_crashing_decode_worker_fails_its_video_and_the_run_goes_on(tmp_path, 
     assert table["crash.mp4"]["status"] == "failed" and "decoder crashed on this video" in table["crash.mp4"]["error"]
     assert all(table[n]["status"] == "ok" for n in ("a.mp4", "b.mp4", "d.mp4", "e.mp4"))  # no innocent victims
     assert verify(tmp_path / "f.h5") == []
+
+
+def test_info_text_lists_failed_videos_with_reasons(tmp_path, model_dir):
+    root = tmp_path / "in"
+    root.mkdir()
+    make_video(root / "good.mp4", seconds=2.0)
+    make_text(root / "bad.mp4")
+    out = tmp_path / "f.h5"
+    assert run(extract_args([root], out, model_dir)).exit_code == 3
+    result = run(["info", out])
+    assert result.exit_code == 0
+    assert "failed (1):\n  bad.mp4: not a readable video file" in result.output
+    assert "  ok: 1" in result.output and "model: random.tiny" in result.output

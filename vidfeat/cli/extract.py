@@ -119,14 +119,21 @@ def info_cmd(path: Path, as_json: bool) -> None:
 
 
 def _format_summary(summary: dict) -> str:
+    """Human-readable ``vidfeat info``: scalars, then settings, counts, and failed/partial videos."""
     lines = [f"{k}: {v}" for k, v in summary.items() if not isinstance(v, (list, dict))]
     for key, value in summary.items():
         if isinstance(value, dict):
-            lines.append(f"{key}: " + ", ".join(f"{k} {v}" for k, v in value.items()))
-    for key, value in summary.items():
-        if isinstance(value, list) and value:
             lines.append(f"{key}:")
-            lines.extend(f"  {row}" if not isinstance(row, dict) else "  " + "  ".join(str(v) for v in row.values()) for row in value)
+            lines.extend(f"  {k}: {v}" for k, v in value.items())
+    for key, rows in summary.items():
+        if isinstance(rows, list) and rows:
+            lines.append(f"{key} ({len(rows)}):")
+            for row in rows:
+                if isinstance(row, dict) and "path" in row:
+                    clips = f" [{row['clips']} clips kept]" if row.get("clips") else ""
+                    lines.append(f"  {row['path']}: {row.get('error', '')}{clips}")
+                else:
+                    lines.append(f"  {row}")
     return "\n".join(lines)
 
 
