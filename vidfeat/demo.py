@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     output = args.out / "feats.h5"
     console.print(f"[bold]2. vidfeat extract {videos_dir} -o {output} --model {args.model}")
     files, _ = discover([videos_dir])
-    report = extract(files, output, ExtractOptions(model=args.model, workers=args.workers), Progress(workers=args.workers))
+    report = extract(files, output, ExtractOptions(model=args.model, workers=args.workers), Progress())
     if report.exit_code not in (0, 3):
         return report.exit_code
 

@@ -333,7 +333,9 @@ def extract(videos: list[VideoFile], output: Path, options: ExtractOptions, prog
                 report.skipped += 1
             else:
                 todo.append((v, st))
-        progress.start(total=len(todo), total_bytes=sum(st.st_size for _, st in todo), skipped=report.skipped)
+        progress.start(
+            total=len(todo), total_bytes=sum(st.st_size for _, st in todo), skipped=report.skipped, workers=workers
+        )
         try:
             if todo:
                 batch = options.batch_size or _auto_batch_size(model, device, options.crops)

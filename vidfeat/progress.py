@@ -31,11 +31,11 @@ def _duration(seconds: float) -> str:
 class Progress:
     """Receives the pipeline's events. ``enabled=False`` prints only failures (library use)."""
 
-    def __init__(self, *, enabled: bool = True, workers: int = 1, log_every: float = 30.0, console: Console | None = None):
+    def __init__(self, *, enabled: bool = True, log_every: float = 30.0, console: Console | None = None):
         self.console = console or Console(stderr=True)
         self.enabled = enabled
         self.live_mode = enabled and self.console.is_terminal
-        self.workers = max(1, workers)
+        self.workers = 1  # decode processes, set by start()
         self.log_every = log_every
         self.total = self.total_bytes = self.skipped = 0
         self.done = self.done_bytes = self.clips = self.failures = 0
@@ -45,8 +45,9 @@ class Progress:
 
     # events -------------------------------------------------------------------------------------
 
-    def start(self, *, total: int, total_bytes: int, skipped: int) -> None:
+    def start(self, *, total: int, total_bytes: int, skipped: int, workers: int) -> None:
         self.total, self.total_bytes, self.skipped = total, total_bytes, skipped
+        self.workers = max(1, workers)
         self.started = self.last_log = time.monotonic()
         if skipped and self.enabled:
             self.console.print(f"resuming: {skipped} videos already done, {total} to go")

@@ -85,7 +85,7 @@ def extract_cmd(inputs, output, list_file, model, fps, num_frames, stride, batch
         overwrite=overwrite,
         retry_failed=retry_failed,
     )
-    progress = Progress(enabled=not quiet, workers=workers or 1)
+    progress = Progress(enabled=not quiet)
     if not quiet:
         progress.console.print(f"{len(videos)} videos under {root} -> {output}")
     report = extract(videos, output, options, progress)
