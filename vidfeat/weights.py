@@ -28,7 +28,17 @@ import torch
 from safetensors.torch import load_file as load_safetensors
 from safetensors.torch import save_file as save_safetensors
 
-from .cards import ModelCard, Preprocess, WeightsInfo, bundled_cards, find_card, sha256_file, weights_home
+from .cards import (
+    OFFICIAL_MEAN,
+    OFFICIAL_STD,
+    ModelCard,
+    Preprocess,
+    WeightsInfo,
+    bundled_cards,
+    find_card,
+    sha256_file,
+    weights_home,
+)
 from .errors import WeightsError
 from .model import TimeSformer, TimeSformerConfig, resize_pos_embed, resize_time_embed
 
@@ -216,7 +226,7 @@ def _hf_config(path: Path) -> tuple[TimeSformerConfig, list[str], Preprocess]:
         attention_type=cfg.get("attention_type", "divided_space_time"),
         layer_norm_eps=cfg.get("layer_norm_eps", 1e-6),
     )
-    mean, std = (0.45,) * 3, (0.225,) * 3
+    mean, std = OFFICIAL_MEAN, OFFICIAL_STD
     pre_path = path / "preprocessor_config.json"
     if pre_path.is_file():
         pre = json.loads(pre_path.read_text())
