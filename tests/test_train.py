@@ -25,7 +25,8 @@ from vidfeat.errors import ConfigError
 from vidfeat.evaluate import evaluate, model_input
 from vidfeat.model import TimeSformer
 from vidfeat.synth import CLASSES, generate_dataset
-from vidfeat.train import _optimizer, get_lr, load_config, train
+from vidfeat.recipe import load_config
+from vidfeat.train import _optimizer, get_lr, train
 from vidfeat.transforms import TrainAugment
 from vidfeat.video import ClipReader
 from vidfeat.weights import load_model
@@ -223,6 +224,50 @@ def test_training_clips_depend_only_on_seed_epoch_and_index(motion):
     b.set_epoch(1)
     assert not torch.equal(a[3].clip, b[3].clip) and a[3].clip.shape == (1, 8, 16, 16, 3)
     assert not torch.equal(make(1)[3].clip, a[3].clip)
+
+
+def test_flips_and_time_reversal_swap_the_paired_labels(motion):
+    """Each operation TrainAugment reports is really applied to the crop, and the label follows
+    the recipe's swap pairs; classes in no pair keep their label."""
+    from vidfeat.cards import Preprocess
+    from vidfeat.transforms import LabelSwaps
+
+    entries = read_entries(motion)
+    pre = Preprocess(num_frames=8, fps=8.0, short_side=16, crop_size=16)
+    swaps = LabelSwaps(
+        flip=(("move_left", "move_right"), ("rotate_clockwise", "rotate_anticlockwise")),
+        vflip=(("move_up", "move_down"), ("rotate_clockwise", "rotate_anticlockwise")),
+        reverse=(("move_left", "move_right"), ("move_up", "move_down"), ("grow", "shrink")),
+    )
+    every = TrainAugment(16, (1.0, 1.0), flip=True, vflip=True, reverse=True)
+    plain = ClipDataset(entries, CLASSES, pre, augment=TrainAugment(16, (1.0, 1.0), flip=False), seed=5)
+    augmented = ClipDataset(entries, CLASSES, pre, augment=every, seed=5, swaps=swaps)
+    tables = swaps.tables(CLASSES)
+    seen = set()
+    for index in range(len(entries)):
+        rng = np.random.default_rng([5, 0, index])  # the dataset's draws for this item, replayed
+        every.short_side(rng), rng.uniform()  # short side, clip start
+        _, applied = every(np.zeros((8, 16, 16, 3), np.uint8), rng)
+        expected_clip, expected_label = plain[index].clip.numpy()[0], plain[index].label
+        for op, axis in (("flip", 2), ("vflip", 1), ("reverse", 0)):
+            if op in applied:
+                expected_clip = np.flip(expected_clip, axis=axis)
+                expected_label = tables[op][expected_label]
+        item = augmented[index]
+        assert np.array_equal(item.clip.numpy()[0], expected_clip), (index, applied)
+        assert item.label == expected_label
+        seen.add(applied)
+    assert len(seen) >= 4  # several combinations were exercised
+    label = CLASSES.index
+    assert tables["reverse"][label("grow")] == label("shrink") and tables["flip"][label("grow")] == label("grow")
+    assert tables["vflip"][label("rotate_anticlockwise")] == label("rotate_clockwise")
+    for bad, message in (
+        (LabelSwaps(flip=(("move_left", "sideways"),)), "unknown class 'sideways'"),
+        (LabelSwaps(reverse=(("grow", "grow"),)), "not two different classes"),
+        (LabelSwaps(flip=(("move_left", "move_right"), ("move_right", "grow"))), "'move_right' is already in another pair"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            ClipDataset(entries, CLASSES, pre, augment=every, swaps=bad)
 
 
 def test_read_at_matches_the_tiled_clips(motion):

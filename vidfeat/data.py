@@ -21,7 +21,8 @@ by ``(seed, e, i)``, so a run and its resumed copy see the same clips whatever t
 
 * training (``augment`` given): a random temporal position (inside the row's
   ``[start_sec, end_sec]``), decoded at the random short side of ``TrainAugment``, one random
-  crop, flipped with p=0.5 unless the augmentation disables it;
+  crop, flipped with p=0.5 unless the augmentation disables it (and, where the recipe enables
+  them, flipped vertically and reversed in time), the label swapped as ``LabelSwaps`` says;
 * evaluation: the centre clip at the preprocessing's short side, 1 centre crop or 3 crops.
 
 Items are ``(views, t, s, s, c)`` uint8 (one view in training, the crops in evaluation). A video
@@ -47,7 +48,7 @@ from .cards import Preprocess
 from .clips import ClipSampling
 from .errors import ConfigError, VideoError
 from .inputs import VIDEO_EXTENSIONS
-from .transforms import TrainAugment, spatial_crops
+from .transforms import LabelSwaps, TrainAugment, spatial_crops
 from .video import ClipReader
 
 __all__ = [
@@ -290,8 +291,13 @@ class ClipDataset(Dataset):
         seed: int = 0,
         crops: int = 1,
         decode_threads: int = 1,
+        swaps: LabelSwaps = LabelSwaps(),
     ) -> None:
         check_labels(entries, classes, source="the dataset")
+        try:
+            self.swap_tables = swaps.tables(classes)
+        except ValueError as exc:
+            raise ConfigError(f"data swaps: {exc}") from None
         if augment is not None and augment.crop_size != preprocess.crop_size:
             raise ValueError(f"augment crops {augment.crop_size} px, the preprocessing {preprocess.crop_size} px")
         if crops not in (1, 3):
@@ -330,7 +336,10 @@ class ClipDataset(Dataset):
         except VideoError as exc:
             return Failed(index, str(entry.path), str(exc))
         if self.augment is not None:
-            views = self.augment(clip.frames, rng)[None]
-        else:
-            views = spatial_crops(clip.frame_list, self.preprocess.crop_size, self.crops)
+            frames, applied = self.augment(clip.frames, rng)
+            label = self.labels[index]
+            for op in applied:
+                label = self.swap_tables[op][label]
+            return Item(torch.from_numpy(frames[None]), label, index)
+        views = spatial_crops(clip.frame_list, self.preprocess.crop_size, self.crops)
         return Item(torch.from_numpy(np.ascontiguousarray(views)), self.labels[index], index)

@@ -68,23 +68,67 @@ class TrainAugment:
 
     The official recipe scales the short side to a random value in [256, 320] and crops 224; here
     the range is relative to the crop size (``scale``), so small models get the same jitter.
+    ``vflip`` (vertical flip) and ``reverse`` (time reversal) are off by default: they only suit
+    data whose labels survive them or are swapped with them (see :class:`LabelSwaps`).
     """
 
     crop_size: int
     scale: tuple[float, float] = (256 / 224, 320 / 224)
     flip: bool = True
+    vflip: bool = False
+    reverse: bool = False
 
     def short_side(self, rng: np.random.Generator) -> int:
         low, high = (max(self.crop_size, round(self.crop_size * s)) for s in self.scale)
         return int(rng.integers(low, high + 1))
 
-    def __call__(self, frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """``(t, h, w, c)`` uint8 -> one random ``(t, crop, crop, c)`` crop, flipped with p=0.5."""
+    def __call__(self, frames: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, tuple[str, ...]]:
+        """``(t, h, w, c)`` uint8 -> one random ``(t, crop, crop, c)`` crop and the operations applied
+        to it: each enabled one of ``"flip"``, ``"vflip"``, ``"reverse"`` with p=0.5."""
         _, h, w, _ = frames.shape
         s = self.crop_size
         y = int(rng.integers(0, h - s + 1))
         x = int(rng.integers(0, w - s + 1))
         out = frames[:, y : y + s, x : x + s]
-        if self.flip and rng.random() < 0.5:
-            out = out[:, :, ::-1]
-        return np.ascontiguousarray(out)
+        applied = []
+        for name, enabled, axis in (("flip", self.flip, 2), ("vflip", self.vflip, 1), ("reverse", self.reverse, 0)):
+            if enabled and rng.random() < 0.5:
+                out = np.flip(out, axis=axis)
+                applied.append(name)
+        return np.ascontiguousarray(out), tuple(applied)
+
+
+@dataclass(frozen=True)
+class LabelSwaps:
+    """Class pairs whose labels trade places when a clip is flipped or reversed in time.
+
+    Something-Something's "pushing something from left to right" becomes "... right to left" in
+    a mirrored clip; a "move_up" clip played backwards is a "move_down" clip. Each field holds
+    ``[a, b]`` class-name pairs for one operation of :class:`TrainAugment`; classes in no pair
+    keep their label.
+    """
+
+    flip: tuple[tuple[str, str], ...] = ()
+    vflip: tuple[tuple[str, str], ...] = ()
+    reverse: tuple[tuple[str, str], ...] = ()
+
+    def tables(self, classes: Sequence[str]) -> dict[str, list[int]]:
+        """Per operation, the label index each class index becomes; a ValueError names a pair
+        that is not two distinct known classes, or a class in two pairs of one operation."""
+        index = {name: i for i, name in enumerate(classes)}
+        tables = {}
+        for op in ("flip", "vflip", "reverse"):
+            table = list(range(len(classes)))
+            seen: set[str] = set()
+            for pair in getattr(self, op):
+                unknown = [c for c in pair if c not in index]
+                if len(pair) != 2 or pair[0] == pair[1] or unknown:
+                    why = f"unknown class {unknown[0]!r}" if unknown else "not two different classes"
+                    raise ValueError(f"{op} swap {list(pair)}: {why}")
+                if seen & set(pair):
+                    raise ValueError(f"{op} swap {list(pair)}: {sorted(seen & set(pair))[0]!r} is already in another pair")
+                seen.update(pair)
+                a, b = index[pair[0]], index[pair[1]]
+                table[a], table[b] = b, a
+            tables[op] = table
+        return tables

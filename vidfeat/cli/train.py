@@ -32,7 +32,8 @@ def train_command(recipe: str, overrides: tuple[str, ...], out: Path | None, res
       vidfeat train synthetic_motion --set data.train=data/motion -o runs/tiny-motion --resume
       torchrun --nproc-per-node 8 -m vidfeat train train/kinetics_finetune.toml --set data.train=k400/train.csv
     """
-    from ..train import load_config, train
+    from ..recipe import load_config
+    from ..train import train
 
     config = load_config(recipe, overrides)
     run_dir = out or Path("runs") / (config.name or Path(recipe).stem)
