@@ -1,0 +1,161 @@
+"""How fast does a small TimeSformer learn the synthetic motion classes? (a learning probe)
+
+Renders ``vidfeat.synth`` clips straight into memory (no codec, no decoding: ~20 ms a clip at
+32 px), trains a from-scratch TimeSformer for a fixed number of steps and prints validation
+accuracy every ``--eval-every`` steps and the confusion matrix at the end. The matrix is the
+point: it shows whether the model has learned the *axis* of the motion (horizontal, vertical,
+rotation, scale) and not yet its *direction* (the time-reversed pairs), which is where every
+configuration tried so far stalls (see the #5 notes in docs/models.md).
+
+Synth constants can be changed for a run (``--set MAIN_SPEED=(0.25,0.4)``), so easier or harder
+variants of the data are one flag away. Compare runs by steps, not seconds: the machine may be
+shared.
+
+    python bench/motion_probe.py --steps 450 --patch 16 --heads 4 --bs 16 --lr 2e-3 --init xavier
+    python bench/motion_probe.py --steps 200 --classes grow,shrink --pairs \\
+        --set "BACKGROUND_SPEED=(0.0,0.0)" --set "DISTRACTORS=(0,0)"
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vidfeat import synth
+from vidfeat.cards import OFFICIAL_MEAN, OFFICIAL_STD
+from vidfeat.model import TimeSformer, TimeSformerConfig
+from vidfeat.train import _sincos_embeddings_
+
+# Label of each class after time reversal / horizontal flip / vertical flip (synth.CLASSES order).
+REVERSED = {"move_left": "move_right", "move_up": "move_down", "rotate_clockwise": "rotate_anticlockwise", "grow": "shrink"}
+H_FLIPPED = {"move_left": "move_right", "rotate_clockwise": "rotate_anticlockwise"}
+V_FLIPPED = {"move_up": "move_down", "rotate_clockwise": "rotate_anticlockwise"}
+
+
+def table(pairs: dict[str, str], classes: list[str]) -> torch.Tensor:
+    both = {**pairs, **{b: a for a, b in pairs.items()}}
+    return torch.tensor([classes.index(both.get(c, c)) if both.get(c, c) in classes else i for i, c in enumerate(classes)])
+
+
+def render(n: int, seed: int, classes: list[str], args) -> tuple[torch.Tensor, torch.Tensor]:
+    frames = np.empty((n, args.frames, args.size, args.size, 3), np.uint8)
+    labels = np.arange(n) % len(classes)
+    for i in range(n):
+        clip = synth.render_clip(classes[labels[i]], rng=synth.video_rng(seed, i), size=args.size)
+        frames[i] = clip[: args.frames]
+    return torch.from_numpy(frames), torch.from_numpy(labels)
+
+
+def model_input(clips: torch.Tensor) -> torch.Tensor:
+    x = clips.permute(0, 4, 1, 2, 3).float() / 255
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1, 1) for v in (OFFICIAL_MEAN, OFFICIAL_STD))
+    return (x - mean) / std
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=450)
+    p.add_argument("--train", type=int, default=1440, help="training clips (rendered once, reused every epoch)")
+    p.add_argument("--val", type=int, default=160, help="validation clips (seed 1)")
+    p.add_argument("--classes", default=",".join(synth.CLASSES))
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--frames", type=int, default=96)
+    p.add_argument("--patch", type=int, default=8)
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--depth", type=int, default=4)
+    p.add_argument("--heads", type=int, default=2)
+    p.add_argument("--attention", default="divided_space_time")
+    p.add_argument("--init", choices=("official", "xavier"), default="official", help="linear layers: trunc normal 0.02 (temporal_fc 0) or Xavier")
+    p.add_argument("--lr", type=float, default=1.5e-3)
+    p.add_argument("--bs", type=int, default=8)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--pairs", action="store_true", help="each batch: half its clips and their time reversals (labels swapped)")
+    p.add_argument("--flips", action="store_true", help="random horizontal/vertical flips with the labels swapped")
+    p.add_argument("--set", action="append", default=[], metavar="CONST=VALUE", help="override a vidfeat.synth constant")
+    p.add_argument("--eval-every", type=int, default=150)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    for item in args.set:
+        name, value = item.split("=", 1)
+        setattr(synth, name, ast.literal_eval(value))
+    classes = args.classes.split(",")
+    started = time.perf_counter()
+    train_x, train_y = render(args.train, 0, classes, args)
+    val_x, val_y = render(args.val, 1, classes, args)
+    print(f"rendered {args.train} + {args.val} clips in {time.perf_counter() - started:.0f} s", flush=True)
+
+    config = TimeSformerConfig(
+        img_size=args.size, patch_size=args.patch, num_frames=args.frames, num_classes=len(classes),
+        embed_dim=args.dim, depth=args.depth, num_heads=args.heads, attention_type=args.attention,
+    )
+    torch.manual_seed(0)
+    model = TimeSformer(config)
+    if args.init == "xavier":
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear):
+                torch.nn.init.xavier_uniform_(module.weight)
+                torch.nn.init.zeros_(module.bias)
+    _sincos_embeddings_(model)
+    decay = [w for n, w in model.named_parameters() if w.ndim > 1 and "embed" not in n]
+    rest = [w for n, w in model.named_parameters() if not (w.ndim > 1 and "embed" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": rest, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.98))
+    rev, hflip, vflip = table(REVERSED, classes), table(H_FLIPPED, classes), table(V_FLIPPED, classes)
+
+    def evaluate() -> np.ndarray:
+        model.eval()
+        confusion = np.zeros((len(classes),) * 2, int)
+        with torch.no_grad():
+            for i in range(0, len(val_x), 32):
+                for truth, guess in zip(val_y[i : i + 32], model(model_input(val_x[i : i + 32])).argmax(1)):
+                    confusion[truth, guess] += 1
+        model.train()
+        return confusion
+
+    g = torch.Generator().manual_seed(0)
+    losses, step, started = [], 0, time.perf_counter()
+    while step < args.steps:
+        order = torch.randperm(len(train_x), generator=g)
+        for i in range(0, len(order) - args.bs + 1, args.bs):
+            clips, labels = train_x[order[i : i + args.bs]].clone(), train_y[order[i : i + args.bs]].clone()
+            if args.flips:
+                for axis, swap in ((3, hflip), (2, vflip)):
+                    chosen = torch.rand(len(labels), generator=g) < 0.5
+                    clips[chosen], labels[chosen] = clips[chosen].flip(axis), swap[labels[chosen]]
+            if args.pairs:
+                half = len(labels) // 2
+                clips, labels = torch.cat((clips[:half], clips[:half].flip(1))), torch.cat((labels[:half], rev[labels[:half]]))
+            lr = args.lr * min(1.0, (step + 1) / args.warmup)
+            if step > args.warmup:
+                lr *= 0.5 * (1 + math.cos(math.pi * step / args.steps))
+            for group in opt.param_groups:
+                group["lr"] = lr
+            loss = F.cross_entropy(model(model_input(clips)), labels)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            losses.append(loss.item())
+            step += 1
+            if step % args.eval_every == 0 or step == args.steps:
+                confusion = evaluate()
+                seconds = time.perf_counter() - started
+                print(
+                    f"step {step}  epoch {step * args.bs / len(train_x):.1f}  {step * args.bs / seconds:.1f} clips/s  "
+                    f"train loss {np.mean(losses[-args.eval_every:]):.3f}  val top-1 {confusion.trace() / confusion.sum():.3f}",
+                    flush=True,
+                )
+            if step == args.steps:
+                break
+    print("confusion (rows: truth, columns: prediction):", *classes, sep="\n  ")
+    print(confusion)
+
+
+if __name__ == "__main__":
+    main()
