@@ -5,7 +5,7 @@ Renders ``vidfeat.synth`` clips straight into memory (no codec, no decoding: ~20
 accuracy every ``--eval-every`` steps and the confusion matrix at the end. The matrix is the
 point: it shows whether the model has learned the *axis* of the motion (horizontal, vertical,
 rotation, scale) and not yet its *direction* (the time-reversed pairs), which is where every
-configuration tried so far stalls (see the #5 notes in docs/models.md).
+configuration tried so far stalls (the status notes in train/synthetic_motion.toml).
 
 Synth constants can be changed for a run (``--set MAIN_SPEED=(0.25,0.4)``), so easier or harder
 variants of the data are one flag away. Compare runs by steps, not seconds: the machine may be
