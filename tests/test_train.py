@@ -163,6 +163,18 @@ def test_bundled_recipes():
     assert motion_recipe.model.arch.depth == 4 and motion_recipe.data.crop_size <= 48
 
 
+def test_resume_check_reads_settings_added_later_as_their_defaults():
+    from vidfeat.recipe import check_resumable
+
+    config = load_config("synthetic_motion")
+    stored = config.to_dict()
+    del stored["data"]["reverse"], stored["data"]["reverse_swaps"]  # a run started before they existed
+    check_resumable(config, stored)
+    with pytest.raises(ConfigError, match=r"data.reverse: False -> True"):
+        check_resumable(load_config("synthetic_motion", ["data.reverse=true"]), stored)
+    check_resumable(load_config("synthetic_motion", ["data.workers=3"]), stored)  # changes nothing computed
+
+
 def test_get_lr_official_steps_warmup_and_cosine():
     config = load_config("kinetics_finetune")
     per_epoch = 10

@@ -296,8 +296,10 @@ def _flat(values: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def check_resumable(config: TrainConfig, stored: dict) -> None:
-    """A resumed run must use the recipe it started with (except settings that change nothing)."""
-    given, before = _flat(config.to_dict()), _flat(stored)
+    """A resumed run must use the recipe it started with (except settings that change nothing).
+
+    Settings added to vidfeat after the run started count as their defaults."""
+    given, before = _flat(config.to_dict()), {**_flat(TrainConfig().to_dict()), **_flat(stored)}
     changed = [k for k in sorted(set(given) | set(before)) if given.get(k) != before.get(k) and k not in _RESUMABLE_CHANGES]
     if changed:
         shown = "; ".join(f"{k}: {before.get(k)!r} -> {given.get(k)!r}" for k in changed[:8])
