@@ -396,6 +396,33 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(tmp_path, recipe, moti
         train(tiny(recipe, motion, f"optim.epochs={epochs}", "model.dropout=0.1", "optim.lr=0.004"), run, resume=True)
 
 
+def test_a_kill_at_the_commit_point_keeps_the_epochs_metrics(tmp_path, recipe, motion, monkeypatch):
+    """Killed right after a checkpoint's commit point (before it is moved into place): the resumed
+    run rolls the commit forward, and the epoch's metrics record came with it."""
+    import vidfeat.train as training
+
+    class Killed(Exception):
+        pass
+
+    real = training._roll_forward
+
+    def killed_at_the_commit_point(run_dir):
+        if (run_dir / ".commit").is_dir():
+            raise Killed
+        real(run_dir)
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(training, "_roll_forward", killed_at_the_commit_point)
+    with pytest.raises(Killed):
+        train(tiny(recipe, motion, "optim.epochs=2"), run)
+    monkeypatch.setattr(training, "_roll_forward", real)
+    assert (run / ".commit" / "train_state.pt").is_file() and not (run / "train_state.pt").exists()
+    resumed = train(tiny(recipe, motion, "optim.epochs=2"), run, resume=True)
+    assert [h["epoch"] for h in resumed.history] == [1]  # epoch 0 was committed
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [0, 1]
+
+
 @pytest.mark.parametrize("source", ["hf", "official"])
 def test_finetune_from_hf_and_official_checkpoints(tmp_path, recipe, motion, source):
     if source == "hf":

@@ -554,9 +554,12 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False) -> 
                     torch.save(train_state, folder / "train_state.pt")
                     if skipped:
                         (folder / "skipped.txt").write_text("".join(f"{p}\t{r}\n" for p, r in sorted(skipped.items())), encoding="utf-8")
+                    # the epoch's record is committed with its checkpoint: a kill in between cannot lose it
+                    if metrics_path.is_file():
+                        shutil.copyfile(metrics_path, folder / metrics_path.name)
+                    _append_metrics(folder / metrics_path.name, record)
 
                 _commit(run_dir, write)
-                _append_metrics(metrics_path, record)
                 plotted = _plot_curves(metrics_path, run_dir / "curves.png")
                 val_text = (
                     f" | val loss {record['val_loss']:.4f} top-1 {record['val_top1']:.1%} top-5 {record['val_top5']:.1%}"
