@@ -173,6 +173,8 @@ def test_resume_check_reads_settings_added_later_as_their_defaults():
     with pytest.raises(ConfigError, match=r"data.reverse: False -> True"):
         check_resumable(load_config("synthetic_motion", ["data.reverse=true"]), stored)
     check_resumable(load_config("synthetic_motion", ["data.workers=3"]), stored)  # changes nothing computed
+    with pytest.raises(ConfigError, match="data.reverse_swaps needs data.reverse = true"):
+        load_config("synthetic_motion", ['data.reverse_swaps=[["grow", "shrink"]]'])
 
 
 def test_get_lr_official_steps_warmup_and_cosine():

@@ -148,6 +148,10 @@ class TrainConfig:
             (len(d.scale) == 2 and 1 <= d.scale[0] <= d.scale[1], "data.scale must be [low, high] with 1 <= low <= high"),
             (d.decode_threads >= 0, "data.decode_threads must be >= 0"),
             (all(len(p) == 2 for p in d.flip_swaps + d.vflip_swaps + d.reverse_swaps), "data.*_swaps must be lists of [class, class] pairs"),
+            *(
+                (not getattr(d, f"{op}_swaps") or getattr(d, op), f"data.{op}_swaps needs data.{op} = true")
+                for op in ("flip", "vflip", "reverse")
+            ),
             (m.init != "scratch" or d.fps > 0, "data.fps must be set when model.init = 'scratch'"),
             (o.optimizer in ("sgd", "adamw"), f"optim.optimizer must be sgd or adamw, got {o.optimizer!r}"),
             (o.lr > 0 and o.weight_decay >= 0 and o.grad_clip >= 0, "optim.lr must be > 0, weight_decay and grad_clip >= 0"),
