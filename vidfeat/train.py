@@ -1,9 +1,11 @@
 """Training and fine-tuning TimeSformer on labelled videos.
 
 A recipe (``train/*.toml``) is read into one :class:`~vidfeat.recipe.TrainConfig` by
-:mod:`vidfeat.recipe`; it is stored in every checkpoint. :func:`train` is one flat loop, nanoGPT style: setup (torchrun env vars) -> model ->
-optimizer -> per epoch: optimizer steps, each a visible gradient-accumulation inner loop under one
-autocast ``ctx``, gradient clipping and a pure :func:`get_lr` -> validation -> a rank-0 checkpoint.
+:mod:`vidfeat.recipe`; it is stored in every checkpoint. :func:`train` is one flat loop, nanoGPT
+style: setup (torchrun env vars) -> model -> optimizer -> per epoch: optimizer steps, each a
+visible gradient-accumulation inner loop under one autocast ``ctx``, gradient clipping and a pure
+:func:`get_lr` -> validation -> a rank-0 checkpoint (weights, optimizer state and the epoch's
+metrics record, committed together).
 
 A run directory is a loadable model at every epoch::
 
