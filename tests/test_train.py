@@ -173,8 +173,10 @@ def test_resume_check_reads_settings_added_later_as_their_defaults():
     with pytest.raises(ConfigError, match=r"data.reverse: False -> True"):
         check_resumable(load_config("synthetic_motion", ["data.reverse=true"]), stored)
     check_resumable(load_config("synthetic_motion", ["data.workers=3"]), stored)  # changes nothing computed
-    with pytest.raises(ConfigError, match="data.reverse_swaps needs data.reverse = true"):
+    with pytest.raises(ConfigError, match="data.reverse_swaps needs data.reverse or data.reverse_pairs = true"):
         load_config("synthetic_motion", ['data.reverse_swaps=[["grow", "shrink"]]'])
+    with pytest.raises(ConfigError, match="data.reverse_pairs needs data.reverse_swaps"):
+        load_config("synthetic_motion", ["data.reverse_pairs=true"])
 
 
 def test_get_lr_official_steps_warmup_and_cosine():
@@ -396,6 +398,35 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(tmp_path, recipe, moti
 
     with pytest.raises(ConfigError, match=r"optim.lr: 0.003 -> 0.004"):
         train(tiny(recipe, motion, f"optim.epochs={epochs}", "model.dropout=0.1", "optim.lr=0.004"), run, resume=True)
+
+
+def test_reverse_pairs_put_each_clip_and_its_reversal_in_one_batch(recipe, motion, tmp_path, monkeypatch):
+    import types
+
+    import vidfeat.train as training
+
+    seen = []
+    real_input, real_loss = training.model_input, training.F.cross_entropy
+
+    def recording_input(clips, *args):
+        seen.append([clips.clone()])
+        return real_input(clips, *args)
+
+    def recording_loss(logits, labels, **kwargs):
+        seen[-1].append(labels.clone())
+        return real_loss(logits, labels, **kwargs)
+
+    monkeypatch.setattr(training, "model_input", recording_input)
+    monkeypatch.setattr(training, "F", types.SimpleNamespace(cross_entropy=recording_loss))
+    pairs = '[["move_left", "move_right"], ["move_up", "move_down"], ["grow", "shrink"]]'
+    result = train(tiny(recipe, motion, "optim.epochs=1", "data.reverse_pairs=true", f"data.reverse_swaps={pairs}"), tmp_path / "run")
+    reverse = [CLASSES.index(c) for c in ("move_right", "move_left", "move_down", "move_up", "rotate_clockwise", "rotate_anticlockwise", "shrink", "grow")]
+    training_batches = [(c, y) for c, y in seen if len(y) == 2 * 2]  # micro_batch 2, doubled (validation batches are separate)
+    assert training_batches and len(training_batches) == len(result.history) * 4 * 2  # 4 steps x 2 accumulated
+    for clips, labels in training_batches:
+        assert torch.equal(clips[2:], clips[:2].flip(2))
+        assert labels[2:].tolist() == [reverse[i] for i in labels[:2].tolist()]
+    assert np.isfinite(result.history[-1]["train_loss"])
 
 
 def test_a_kill_at_the_commit_point_keeps_the_epochs_metrics(tmp_path, recipe, motion, monkeypatch):

@@ -67,6 +67,7 @@ class DataSection:
     flip_swaps: list[list[str]] = field(default_factory=list)  # [[a, b], ...]: labels swapped in flipped clips
     vflip_swaps: list[list[str]] = field(default_factory=list)  # ... in vertically flipped clips
     reverse_swaps: list[list[str]] = field(default_factory=list)  # ... in clips played backwards
+    reverse_pairs: bool = False  # every training clip also played backwards in the same batch (labels per reverse_swaps)
     workers: int = 2  # DataLoader decode processes per rank
     decode_threads: int = 1  # FFmpeg threads per decode process
 
@@ -148,10 +149,10 @@ class TrainConfig:
             (len(d.scale) == 2 and 1 <= d.scale[0] <= d.scale[1], "data.scale must be [low, high] with 1 <= low <= high"),
             (d.decode_threads >= 0, "data.decode_threads must be >= 0"),
             (all(len(p) == 2 for p in d.flip_swaps + d.vflip_swaps + d.reverse_swaps), "data.*_swaps must be lists of [class, class] pairs"),
-            *(
-                (not getattr(d, f"{op}_swaps") or getattr(d, op), f"data.{op}_swaps needs data.{op} = true")
-                for op in ("flip", "vflip", "reverse")
-            ),
+            (not d.flip_swaps or d.flip, "data.flip_swaps needs data.flip = true"),
+            (not d.vflip_swaps or d.vflip, "data.vflip_swaps needs data.vflip = true"),
+            (not d.reverse_swaps or d.reverse or d.reverse_pairs, "data.reverse_swaps needs data.reverse or data.reverse_pairs = true"),
+            (not d.reverse_pairs or d.reverse_swaps, "data.reverse_pairs needs data.reverse_swaps (a reversal that changes no label teaches nothing)"),
             (m.init != "scratch" or d.fps > 0, "data.fps must be set when model.init = 'scratch'"),
             (o.optimizer in ("sgd", "adamw"), f"optim.optimizer must be sgd or adamw, got {o.optimizer!r}"),
             (o.lr > 0 and o.weight_decay >= 0 and o.grad_clip >= 0, "optim.lr must be > 0, weight_decay and grad_clip >= 0"),

@@ -407,11 +407,14 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False) -> 
         train_set = ClipDataset(
             data.train, data.classes, preprocess, augment=augment, seed=config.seed, decode_threads=d.decode_threads, swaps=swaps
         )
+        # minimal pairs: each clip and its time reversal in one batch, so the gradient sees only the direction
+        reversed_label = torch.tensor(train_set.swap_tables["reverse"]) if d.reverse_pairs else None
         sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=config.seed, drop_last=True)
         accum, rest = divmod(o.batch_size, o.micro_batch * world)
         if rest or not accum:
             raise ConfigError(f"optim.batch_size {o.batch_size} is not a multiple of micro_batch {o.micro_batch} x {world} ranks")
         per_rank_batch = o.micro_batch * accum
+        clips_per_step = per_rank_batch * (2 if d.reverse_pairs else 1)  # the loss is a mean over these
         steps_per_epoch = len(sampler) // per_rank_batch
         if not steps_per_epoch:
             raise ConfigError(f"{len(train_set)} training videos are fewer than one batch of {o.batch_size}: lower optim.batch_size")
@@ -469,6 +472,8 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False) -> 
                     clips, labels, weight = batch.clips, batch.labels, 1.0
                     if not len(labels):  # every video failed: a zero-weight stand-in keeps the ranks' all-reduce in step
                         clips, labels, weight = torch.zeros(clip_shape, dtype=torch.uint8), torch.zeros(1, dtype=torch.int64), 0.0
+                    elif reversed_label is not None:
+                        clips, labels = torch.cat((clips, clips.flip(2))), torch.cat((labels, reversed_label[labels]))
                     labels = labels.to(device, non_blocking=True)
                     sync = net.no_sync() if ddp and micro < accum - 1 else contextlib.nullcontext()
                     with sync:
@@ -476,7 +481,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False) -> 
                             logits = net(model_input(clips, preprocess.mean, preprocess.std, device))
                             loss = F.cross_entropy(logits.float(), labels, reduction="sum") * weight
                         # the sum over this rank's clips / its batch: DDP's gradient average makes it the global mean
-                        scaler.scale(loss / per_rank_batch).backward()
+                        scaler.scale(loss / clips_per_step).backward()
                     correct = (logits.detach().argmax(dim=-1) == labels).sum() * weight
                     step_totals += torch.stack([loss.detach().double(), correct.double(), torch.tensor(len(labels) * weight, device=device, dtype=torch.float64)])
                 if o.grad_clip:
