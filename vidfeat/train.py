@@ -445,7 +445,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False) -> 
             if start_epoch >= o.epochs
             else f"{'resuming at epoch ' + str(start_epoch + 1) if state else 'training'}: {len(train_set)} train / "
             f"{len(data.val)} val videos, {len(data.classes)} classes, {o.epochs} epochs x {steps_per_epoch} steps "
-            f"of {o.batch_size} clips ({o.micro_batch} x {accum} accumulated x {world} ranks), {device}, "
+            f"of {o.batch_size} clips{' + their reversals' if d.reverse_pairs else ''} ({o.micro_batch} x {accum} accumulated x {world} ranks), {device}, "
             f"{dtype or torch.float32} -> {run_dir}"
         )
         clip_shape = (1, 1, preprocess.num_frames, preprocess.crop_size, preprocess.crop_size, 3)
