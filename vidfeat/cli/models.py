@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..cards import bundled_cards
+from ..data import read_class_file
 from ..weights import load_model, save_checkpoint
 from . import main
 
@@ -78,7 +79,7 @@ def convert(src: str, dst: Path, name: str | None, num_frames: int | None, image
     """
     model = load_model(src, num_frames=num_frames, image_size=image_size)
     if classes_file is not None:
-        names = [line.strip() for line in classes_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        names = read_class_file(classes_file)
         if len(names) != model.num_classes:
             raise click.BadParameter(f"{len(names)} names for a head of {model.num_classes} classes", param_hint="--classes")
         model.card.classes = names
