@@ -34,7 +34,11 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["Preprocess", "WeightsInfo", "ModelCard", "bundled_cards", "find_card", "weights_home", "sha256_file"]
+__all__ = ["Preprocess", "WeightsInfo", "ModelCard", "bundled_cards", "find_card", "weights_home", "sha256_file", "DEFAULT_MODEL"]
+
+DEFAULT_MODEL = "tiny-motion"
+"""The bundled synthetic-motion model: what ``vidfeat extract``, ``vidfeat eval`` and the demo use
+without ``--model`` / ``--weights``."""
 
 # Input normalisation of the official and Hugging Face TimeSformer checkpoints (on [0, 1] RGB).
 OFFICIAL_MEAN = (0.45, 0.45, 0.45)

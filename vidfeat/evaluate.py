@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch.utils.data import DataLoader
 
-from .cards import find_card
+from .cards import DEFAULT_MODEL, find_card
 from .data import ClipDataset, Failed, check_labels, collate, read_entries
 from .errors import ConfigError
 from .model import TimeSformer
@@ -36,9 +36,6 @@ __all__ = [
     "run_eval",
     "view_log_probs",
 ]
-
-DEFAULT_MODEL = "tiny-motion"
-"""The model ``vidfeat eval`` uses without ``--weights``: the bundled synthetic-motion model."""
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:

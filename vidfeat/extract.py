@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .cards import ModelCard
+from .cards import DEFAULT_MODEL, ModelCard
 from .clips import ClipSampling
 from .errors import VideoError, VidfeatError
 from .inputs import VideoFile
@@ -44,8 +44,6 @@ from .video import ClipReader
 from .weights import load_model
 
 __all__ = ["ExtractOptions", "ExtractReport", "extract", "DEFAULT_MODEL"]
-
-DEFAULT_MODEL = "tiny-motion"
 
 
 @dataclass
