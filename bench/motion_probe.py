@@ -31,16 +31,20 @@ from vidfeat import synth
 from vidfeat.cards import OFFICIAL_MEAN, OFFICIAL_STD
 from vidfeat.model import TimeSformer, TimeSformerConfig
 from vidfeat.train import _sincos_embeddings_
+from vidfeat.transforms import LabelSwaps, normalize
 
-# Label of each class after time reversal / horizontal flip / vertical flip (synth.CLASSES order).
-REVERSED = {"move_left": "move_right", "move_up": "move_down", "rotate_clockwise": "rotate_anticlockwise", "grow": "shrink"}
-H_FLIPPED = {"move_left": "move_right", "rotate_clockwise": "rotate_anticlockwise"}
-V_FLIPPED = {"move_up": "move_down", "rotate_clockwise": "rotate_anticlockwise"}
+# Classes that trade labels when a clip is played backwards / flipped left-right / upside down.
+SWAPS = LabelSwaps(
+    flip=(("move_left", "move_right"), ("rotate_clockwise", "rotate_anticlockwise")),
+    vflip=(("move_up", "move_down"), ("rotate_clockwise", "rotate_anticlockwise")),
+    reverse=(("move_left", "move_right"), ("move_up", "move_down"), ("rotate_clockwise", "rotate_anticlockwise"), ("grow", "shrink")),
+)
 
 
-def table(pairs: dict[str, str], classes: list[str]) -> torch.Tensor:
-    both = {**pairs, **{b: a for a, b in pairs.items()}}
-    return torch.tensor([classes.index(both.get(c, c)) if both.get(c, c) in classes else i for i, c in enumerate(classes)])
+def swap_tables(classes: list[str]) -> dict[str, torch.Tensor]:
+    """``SWAPS`` restricted to the pairs both of whose classes are trained, as index tensors."""
+    kept = LabelSwaps(**{op: tuple(p for p in getattr(SWAPS, op) if set(p) <= set(classes)) for op in ("flip", "vflip", "reverse")})
+    return {op: torch.tensor(table) for op, table in kept.tables(classes).items()}
 
 
 def render(n: int, seed: int, classes: list[str], args) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,12 +54,6 @@ def render(n: int, seed: int, classes: list[str], args) -> tuple[torch.Tensor, t
         clip = synth.render_clip(classes[labels[i]], rng=synth.video_rng(seed, i), size=args.size)
         frames[i] = clip[: args.frames]
     return torch.from_numpy(frames), torch.from_numpy(labels)
-
-
-def model_input(clips: torch.Tensor) -> torch.Tensor:
-    x = clips.permute(0, 4, 1, 2, 3).float() / 255
-    mean, std = (torch.tensor(v).view(1, 3, 1, 1, 1) for v in (OFFICIAL_MEAN, OFFICIAL_STD))
-    return (x - mean) / std
 
 
 def main() -> None:
@@ -106,7 +104,10 @@ def main() -> None:
     decay = [w for n, w in model.named_parameters() if w.ndim > 1 and "embed" not in n]
     rest = [w for n, w in model.named_parameters() if not (w.ndim > 1 and "embed" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": rest, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.98))
-    rev, hflip, vflip = table(REVERSED, classes), table(H_FLIPPED, classes), table(V_FLIPPED, classes)
+    tables = swap_tables(classes)
+
+    def model_input(clips: torch.Tensor) -> torch.Tensor:
+        return normalize(clips, OFFICIAL_MEAN, OFFICIAL_STD)
 
     def evaluate() -> np.ndarray:
         model.eval()
@@ -125,12 +126,12 @@ def main() -> None:
         for i in range(0, len(order) - args.bs + 1, args.bs):
             clips, labels = train_x[order[i : i + args.bs]].clone(), train_y[order[i : i + args.bs]].clone()
             if args.flips:
-                for axis, swap in ((3, hflip), (2, vflip)):
+                for axis, swap in ((3, tables["flip"]), (2, tables["vflip"])):
                     chosen = torch.rand(len(labels), generator=g) < 0.5
                     clips[chosen], labels[chosen] = clips[chosen].flip(axis), swap[labels[chosen]]
             if args.pairs:
                 half = len(labels) // 2
-                clips, labels = torch.cat((clips[:half], clips[:half].flip(1))), torch.cat((labels[:half], rev[labels[:half]]))
+                clips, labels = torch.cat((clips[:half], clips[:half].flip(1))), torch.cat((labels[:half], tables["reverse"][labels[:half]]))
             lr = args.lr * min(1.0, (step + 1) / args.warmup)
             if step > args.warmup:
                 lr *= 0.5 * (1 + math.cos(math.pi * step / args.steps))
