@@ -354,6 +354,37 @@ def test_a_crashing_decode_worker_fails_its_video_and_the_run_goes_on(tmp_path, 
     assert verify(tmp_path / "f.h5") == []
 
 
+def test_a_batch_lost_with_its_dying_worker_is_handled_as_the_crash(tmp_path, monkeypatch, model_dir):
+    """A worker that dies right after sending a batch takes the batch's shared-memory descriptor
+    with it: receiving it fails with EOFError (seen in CI). Simulated here by failing the first
+    descriptor hand-over in the main process; the videos in flight are retried alone and succeed."""
+    import torch.multiprocessing.reductions as reductions
+    from vidfeat.extract import ExtractOptions, extract
+    from vidfeat.inputs import discover
+
+    root = tmp_path / "in"
+    root.mkdir()
+    for name in ("a.mp4", "b.mp4", "c.mp4"):
+        make_video(root / name, seconds=2.0)
+    real, calls = reductions.rebuild_storage_fd, []
+
+    def first_hand_over_fails(*args):
+        calls.append(1)
+        if len(calls) == 1:
+            raise EOFError
+        return real(*args)
+
+    # workers (forked) pickle the rebuild function by its module and name: keep the real ones
+    first_hand_over_fails.__module__, first_hand_over_fails.__qualname__ = real.__module__, real.__qualname__
+    monkeypatch.setattr(reductions, "rebuild_storage_fd", first_hand_over_fails)
+    videos, _ = discover([root])
+    report = extract(videos, tmp_path / "f.h5", ExtractOptions(model=str(model_dir), workers=2, commit_seconds=0))
+    assert len(calls) > 1 and report.exit_code == 0
+    with open_features(tmp_path / "f.h5") as f:
+        assert {r["path"]: r["status"] for r in f.videos.records()} == {"a.mp4": "ok", "b.mp4": "ok", "c.mp4": "ok"}
+    assert verify(tmp_path / "f.h5") == []
+
+
 def test_info_text_lists_failed_videos_with_reasons(tmp_path, model_dir):
     root = tmp_path / "in"
     root.mkdir()

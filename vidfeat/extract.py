@@ -442,6 +442,21 @@ class _Collector:
         self.progress.video_done(st.st_size, end.duration_sec, len(rows), end.decode_sec, self.runner.model_sec)
 
 
+def _received(items):
+    """The loader's items. A worker that dies right after sending a batch takes its shared-memory
+    file descriptors with it, and receiving that batch then fails (EOFError, ConnectionError or
+    FileNotFoundError from the descriptor hand-over): that is the worker's crash too, so it is
+    raised as the DataLoader's own "worker exited" RuntimeError, which :func:`_run` handles."""
+    while True:
+        try:
+            item = next(items)
+        except StopIteration:
+            return
+        except (EOFError, ConnectionError, FileNotFoundError) as exc:
+            raise RuntimeError(f"DataLoader worker died while sending a batch ({type(exc).__name__}: {exc})") from exc
+        yield item
+
+
 def _run(todo, sampling, card, options, workers, threads, runner, writer, report, progress) -> None:
     """Decode and embed every video of ``todo``.
 
@@ -472,7 +487,7 @@ def _run(todo, sampling, card, options, workers, threads, runner, writer, report
                 # of the main process, even inside the writer. Without it the same error comes
                 # from next(items) (the loader polls its workers), where it is handled below.
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            for item in items:
+            for item in _received(items):
                 collector.add(item)
             collector.flush()
             if not alone:
