@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from vidfeat import synth
 from vidfeat.cards import OFFICIAL_MEAN, OFFICIAL_STD
 from vidfeat.model import TimeSformer, TimeSformerConfig
-from vidfeat.train import _sincos_embeddings_
+from vidfeat.train import _sincos_embeddings_, _xavier_linears_
 from vidfeat.transforms import LabelSwaps, normalize
 
 # Classes that trade labels when a clip is played backwards / flipped left-right / upside down.
@@ -96,10 +96,7 @@ def main() -> None:
     torch.manual_seed(0)
     model = TimeSformer(config)
     if args.init == "xavier":
-        for module in model.modules():
-            if isinstance(module, torch.nn.Linear):
-                torch.nn.init.xavier_uniform_(module.weight)
-                torch.nn.init.zeros_(module.bias)
+        _xavier_linears_(model)
     _sincos_embeddings_(model)
     decay = [w for n, w in model.named_parameters() if w.ndim > 1 and "embed" not in n]
     rest = [w for n, w in model.named_parameters() if not (w.ndim > 1 and "embed" not in n)]

@@ -137,6 +137,7 @@ def test_overrides_are_typed_by_the_config():
         ("optim.micro_batch=5", "not a multiple of micro_batch 5"),
         ("optim.optimizer=lamb", "optim.optimizer must be sgd or adamw"),
         ("model.arch.embed_dim=63", "not divisible by num_heads"),
+        ("model.linear_init=kaiming", "model.linear_init must be official or xavier, got 'kaiming'"),
     ],
 )
 def test_bad_overrides_are_config_errors(override, message):
@@ -524,6 +525,21 @@ def test_scratch_models_start_from_sine_cosine_embeddings(recipe, motion):
     assert torch.allclose(time_embed[1], torch.tensor([0.8415, 0.1, 0.0100, 0.001, 0.5403, 0.995, 1.0, 1.0]), atol=1e-3)
     official, _ = _build_model(tiny(recipe, motion, "model.embed_init=official"), list(CLASSES), None)
     assert not official.time_embed.any() and official.pos_embed.abs().max() < 0.1
+
+
+def test_scratch_linear_layers_official_or_xavier(recipe, motion):
+    from vidfeat.train import _build_model
+
+    official, _ = _build_model(tiny(recipe, motion, "model.linear_init=official"), list(CLASSES), None)
+    xavier, _ = _build_model(tiny(recipe, motion, "model.linear_init=xavier"), list(CLASSES), None)
+    block, xblock = official.blocks[0], xavier.blocks[0]
+    assert not block.temporal_fc.weight.any() and 0.015 < block.mlp.fc1.weight.std() < 0.025  # trunc normal, std 0.02
+    for layer in (xblock.temporal_fc, xblock.temporal_attn.qkv, xblock.mlp.fc2, xavier.head):
+        fan_out, fan_in = layer.weight.shape
+        bound = (6 / (fan_in + fan_out)) ** 0.5  # Xavier-uniform: U(-bound, bound), std bound / sqrt(3)
+        assert layer.weight.abs().max() <= bound and layer.weight.std() > 0.8 * bound / 3**0.5
+        assert not layer.bias.any()
+    assert torch.equal(xavier.time_embed, official.time_embed)  # the embeddings are initialised alike
 
 
 # ---------------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ class ModelSection:
     init: str = "scratch"  # "scratch" (built from [model.arch]) or any load_model source: card name, .pyth, HF dir, timm ViT
     arch: TimeSformerConfig = field(default_factory=TimeSformerConfig)  # scratch only; num_classes comes from the data
     embed_init: str = "sincos"  # scratch only: sincos (sine-cosine position/time embeddings) | official (near zero)
+    linear_init: str = "official"  # scratch only: official (trunc normal 0.02, temporal_fc zero) | xavier (uniform, zero biases)
     drop_path_rate: float = 0.0  # stochastic depth, linear over blocks (official fine-tuning: 0.1)
     dropout: float = 0.0  # dropout after embeddings, attention projections and in the MLPs
     freeze_embeddings: bool = False  # patch embedding, cls token, position and time embeddings
@@ -140,6 +141,7 @@ class TrainConfig:
             (m.freeze_blocks >= 0, "model.freeze_blocks must be >= 0"),
             (m.embed_init in ("sincos", "official"), f"model.embed_init must be sincos or official, got {m.embed_init!r}"),
             (m.embed_init != "sincos" or m.arch.embed_dim % 4 == 0, "model.embed_init = sincos needs model.arch.embed_dim % 4 == 0"),
+            (m.linear_init in ("official", "xavier"), f"model.linear_init must be official or xavier, got {m.linear_init!r}"),
             (0 <= m.drop_path_rate < 1 and 0 <= m.dropout < 1, "model.drop_path_rate and model.dropout must be in [0, 1)"),
             (0 <= d.val_fraction < 1, "data.val_fraction must be in [0, 1)"),
             (min(d.num_frames, d.crop_size, d.short_side, d.workers) >= 0 and d.fps >= 0, "data sizes, fps and workers must be >= 0"),

@@ -110,6 +110,8 @@ def _build_model(config: TrainConfig, classes: list[str], run_dir: Path | None) 
         )
         base = Preprocess(num_frames=arch.num_frames, fps=d.fps, short_side=arch.img_size, crop_size=arch.img_size)
         model = TimeSformer(arch)
+        if m.linear_init == "xavier":
+            _xavier_linears_(model)
         if m.embed_init == "sincos":
             _sincos_embeddings_(model)
         return model, base
@@ -131,6 +133,20 @@ def _sincos(positions: int, dim: int) -> torch.Tensor:
         -torch.arange(dim // 2, dtype=torch.float64) / (dim // 2)
     )
     return torch.cat((angles.sin(), angles.cos()), dim=1).float()
+
+
+def _xavier_linears_(model: TimeSformer) -> None:
+    """Re-initialise every linear layer (attention, ``temporal_fc``, MLPs, head) Xavier-uniform with
+    zero biases, instead of the official truncated normal (std 0.02) with a zero ``temporal_fc``.
+
+    A small model trained from scratch starts with its temporal attention switched off under the
+    official init; with Xavier every path carries signal from the first step (bench/motion_probe.py:
+    43% against 35% validation top-1 after ~800 steps on easy synthetic motion data).
+    """
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            torch.nn.init.xavier_uniform_(module.weight)
+            torch.nn.init.zeros_(module.bias)
 
 
 def _sincos_embeddings_(model: TimeSformer) -> None:
