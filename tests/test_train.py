@@ -28,7 +28,7 @@ from vidfeat.synth import CLASSES, generate_dataset
 from vidfeat.recipe import load_config
 from vidfeat.train import _optimizer, get_lr, train
 from vidfeat.transforms import TrainAugment
-from vidfeat.video import ClipReader
+from vidfeat.video import ClipReader, probe
 from vidfeat.weights import load_model
 
 torch.set_num_threads(1)
@@ -560,3 +560,13 @@ def test_synth_command_writes_a_usable_dataset(tmp_path):
     assert sorted(e.label for e in entries) == sorted(CLASSES)
     assert json.loads((tmp_path / "s" / "long" / "segments.json").read_text())["videos"][0]["segments"]
     assert Entry(tmp_path / "s" / "grow" / "grow_00006.mp4", "grow") in entries
+
+
+def test_synth_command_size(tmp_path):
+    result = CliRunner().invoke(main, ["synth", str(tmp_path / "s"), "--videos", "1", "--seed", "0", "--size", "24", "--long", "1"])
+    assert result.exit_code == 0, result.output
+    for video in (tmp_path / "s" / "move_left" / "move_left_00000.mp4", next((tmp_path / "s" / "long").glob("*.mp4"))):
+        assert (probe(video).width, probe(video).height) == (24, 24)
+    assert json.loads((tmp_path / "s" / "long" / "segments.json").read_text())["size"] == 24
+    odd = CliRunner().invoke(main, ["synth", str(tmp_path / "t"), "--videos", "1", "--seed", "0", "--size", "25"])
+    assert odd.exit_code == 2 and "'--size': 25 is odd" in odd.output and not (tmp_path / "t").exists()

@@ -69,6 +69,8 @@ CLASSES: tuple[str, ...] = (
 SHAPES: tuple[str, ...] = ("square", "triangle", "cross", "ellipse")
 TEXTURES: tuple[str, ...] = ("noise", "stripes", "checker")
 
+DEFAULT_SIZE = 112  # frame width and height in pixels; every length below is relative to it or in px
+
 # Main-shape motion per second: 0.3-0.6 of the frame, 135-270 degrees and 1.5-2x per 4 s.
 MAIN_SPEED = (0.075, 0.15)  # frame widths per second
 ROTATION_SPEED = (math.radians(135 / 4), math.radians(270 / 4))  # radians per second
@@ -81,6 +83,10 @@ DISTRACTOR_RADIUS = (0.05, 0.10)  # fraction of the frame
 DISTRACTOR_SPEED_STD = 0.12  # frame widths per second, per axis (stationary OU std)
 DISTRACTOR_SPIN_STD = math.radians(60)  # radians per second
 DISTRACTOR_SIZE_STD = 0.12  # log-radius
+SHAPE_VALUE = (0.75, 1.0)  # HSV value of a shape's colour
+SHAPE_SHADE = (0.3, 0.55)  # its texture's dark end: this fraction of the colour
+BACKGROUND_VALUE = (0.25, 0.5)  # HSV value of the background's dark colour ...
+BACKGROUND_CONTRAST = (0.1, 0.3)  # ... and how much brighter its light colour is
 OUTLINE_PX = 1.2
 OUTLINE_RGB = np.array([0.05, 0.05, 0.05], dtype=np.float32)
 MARKER_RGB = np.array([1.0, 1.0, 1.0], dtype=np.float32)
@@ -229,10 +235,10 @@ def _frame_count(seconds: float, fps: int) -> int:
 def _saturated_colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A vivid colour and a darker shade of it (the two ends of a shape's texture)."""
     colour = np.array(
-        colorsys.hsv_to_rgb(rng.uniform(), rng.uniform(0.55, 1.0), rng.uniform(0.75, 1.0)),
+        colorsys.hsv_to_rgb(rng.uniform(), rng.uniform(0.55, 1.0), rng.uniform(*SHAPE_VALUE)),
         dtype=np.float32,
     )
-    return colour, colour * np.float32(rng.uniform(0.3, 0.55))
+    return colour, colour * np.float32(rng.uniform(*SHAPE_SHADE))
 
 
 def _sample_texture(rng: np.random.Generator, *, pixels: bool) -> Texture:
@@ -253,8 +259,8 @@ def _sample_texture(rng: np.random.Generator, *, pixels: bool) -> Texture:
 def _sample_background(rng: np.random.Generator, t: np.ndarray, size: int) -> Background:
     texture = _sample_texture(rng, pixels=True)
     hue, sat = rng.uniform(), rng.uniform(0.0, 0.35)
-    value_a = rng.uniform(0.25, 0.5)
-    value_b = value_a + rng.uniform(0.1, 0.3)
+    value_a = rng.uniform(*BACKGROUND_VALUE)
+    value_b = value_a + rng.uniform(*BACKGROUND_CONTRAST)
     colour_a = np.array(colorsys.hsv_to_rgb(hue, sat, value_a), dtype=np.float32)
     colour_b = np.array(
         colorsys.hsv_to_rgb((hue + rng.uniform(-0.1, 0.1)) % 1.0, sat, value_b), dtype=np.float32
@@ -350,7 +356,7 @@ def _sample_distractor(rng: np.random.Generator, frames: int, fps: int, size: in
 
 
 def sample_scene(
-    label: str, *, rng: np.random.Generator, seconds: float = 4.0, fps: int = 24, size: int = 112
+    label: str, *, rng: np.random.Generator, seconds: float = 4.0, fps: int = 24, size: int = DEFAULT_SIZE
 ) -> Scene:
     """Draw the random content of one clip of class ``label`` (cheap: nothing is rendered).
 
@@ -476,7 +482,7 @@ def draw_scene(scene: Scene) -> np.ndarray:
 
 
 def render_clip(
-    label: str, *, rng: np.random.Generator, seconds: float = 4.0, fps: int = 24, size: int = 112
+    label: str, *, rng: np.random.Generator, seconds: float = 4.0, fps: int = 24, size: int = DEFAULT_SIZE
 ) -> np.ndarray:
     """Frames (T, H, W, 3) uint8 RGB of one random clip of class ``label``, T = round(seconds*fps)."""
     return draw_scene(sample_scene(label, rng=rng, seconds=seconds, fps=fps, size=size))
@@ -545,7 +551,7 @@ def generate_dataset(
     seed: int,
     seconds: float = 4.0,
     fps: int = 24,
-    size: int = 112,
+    size: int = DEFAULT_SIZE,
     classes: Sequence[str] = CLASSES,
 ) -> list[tuple[str, str]]:
     """Write a labelled clip dataset in the class-folder layout and return (relpath, label).
@@ -587,7 +593,7 @@ def generate_long_videos(
     segments: tuple[int, int] = (4, 7),
     segment_seconds: tuple[float, float] = (6.0, 10.0),
     fps: int = 24,
-    size: int = 112,
+    size: int = DEFAULT_SIZE,
     classes: Sequence[str] = CLASSES,
 ) -> list[dict]:
     """Write long videos made of consecutive labelled segments, plus ``out/segments.json``.

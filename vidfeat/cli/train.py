@@ -9,6 +9,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from ..synth import DEFAULT_SIZE as SYNTH_SIZE
 from . import main
 
 
@@ -100,7 +101,9 @@ def eval_command(data: Path, weights: str | None, crops: str, batch_size: int, w
 @click.option("--videos", type=click.IntRange(min=1), required=True, help="Number of labelled 4 s clips (classes round-robin).")
 @click.option("--seed", type=int, required=True, help="Dataset seed: the same seed gives the same videos.")
 @click.option("--long", "long_videos", type=click.IntRange(min=1), help="Also write this many long multi-segment videos to OUT/long.")
-def synth_command(out: Path, videos: int, seed: int, long_videos: int | None) -> None:
+@click.option("--size", type=click.IntRange(min=16), default=SYNTH_SIZE, show_default=True,
+              help="Frame width and height in pixels (even). Motion and shapes scale with it; background texture periods and outlines are in pixels.")
+def synth_command(out: Path, videos: int, seed: int, long_videos: int | None, size: int) -> None:
     """Write a synthetic motion dataset to OUT: 8 classes that only motion tells apart.
 
     OUT/<class>/*.mp4 + OUT/labels.csv + OUT/classes.txt, directly usable as training or
@@ -114,9 +117,11 @@ def synth_command(out: Path, videos: int, seed: int, long_videos: int | None) ->
     """
     from ..synth import generate_dataset, generate_long_videos
 
-    rows = generate_dataset(out, videos=videos, seed=seed)
+    if size % 2:
+        raise click.BadParameter(f"{size} is odd; video frames need an even size", param_hint="'--size'")
+    rows = generate_dataset(out, videos=videos, seed=seed, size=size)
     click.echo(f"wrote {len(rows)} videos, {out / 'labels.csv'} and {out / 'classes.txt'}")
     if long_videos:
-        listing = generate_long_videos(out / "long", videos=long_videos, seed=seed)
+        listing = generate_long_videos(out / "long", videos=long_videos, seed=seed, size=size)
         segments = sum(len(v["segments"]) for v in listing)
         click.echo(f"wrote {len(listing)} long videos ({segments} segments) and {out / 'long' / 'segments.json'}")
