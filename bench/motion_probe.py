@@ -7,6 +7,9 @@ point: it shows whether the model has learned the *axis* of the motion (horizont
 rotation, scale) and not yet its *direction* (the time-reversed pairs), which is where every
 configuration tried so far stalls (the status notes in train/synthetic_motion.toml).
 
+The clips are never encoded, so the probe does not see codec damage; at 24 px that damage
+once cost the real pipeline 26 points (train/synthetic_motion.toml's notes).
+
 Synth constants can be changed for a run (``--set MAIN_SPEED=(0.25,0.4)``), so easier or harder
 variants of the data are one flag away. Compare runs by steps, not seconds: the machine may be
 shared.
@@ -62,7 +65,7 @@ def main() -> None:
     p.add_argument("--train", type=int, default=1440, help="training clips (rendered once, reused every epoch)")
     p.add_argument("--val", type=int, default=160, help="validation clips (seed 1)")
     p.add_argument("--classes", default=",".join(synth.CLASSES))
-    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--size", type=int, default=synth.DEFAULT_SIZE)
     p.add_argument("--frames", type=int, default=96)
     p.add_argument("--patch", type=int, default=8)
     p.add_argument("--dim", type=int, default=64)
