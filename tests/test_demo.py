@@ -24,12 +24,3 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
             clips = f.clips(video["path"])
             assert clips.start_sec[0] == 0.0 and clips.end_sec[-1] >= video["duration_sec"] - 0.5
 
-
-def test_demo_stand_in_model_matches_the_synthetic_data(tmp_path):
-    from vidfeat.demo import untrained_stand_in
-    from vidfeat.synth import CLASSES
-    from vidfeat.weights import load_model
-
-    model = load_model(untrained_stand_in(tmp_path / "m"))
-    assert model.card.classes == list(CLASSES) and model.card.preprocess.fps == 24.0
-    assert model.config.num_frames == 96 and model.config.attention_type == "divided_space_time"

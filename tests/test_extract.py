@@ -241,15 +241,22 @@ def test_list_from_stdin_and_bad_arguments(tmp_path, good_videos, model_dir):
     with open_features(out) as f:
         assert list(f.videos.path) == ["a/clip.mp4", "vfr.mkv"]
     assert run(["extract", "-o", out]).exit_code == 2  # no input: usage error
-    from vidfeat.cards import find_card
-
-    if find_card("tiny-motion") is None:  # no bundled default yet: say what to do
-        result = run(["extract", good_videos, "-o", out])
-        assert result.exit_code == 2 and "--model" in result.output and "not bundled" in result.output
     result = run(["extract", tmp_path / "nope", "-o", out, "--model", model_dir])
     assert result.exit_code == 1 and "input not found" in result.output
     result = run(["extract", good_videos, "-o", out, "--model", tmp_path / "nope.pth"])
     assert result.exit_code == 1 and "Traceback" not in result.output
+
+
+def test_without_model_the_bundled_demo_model_is_used_and_said(tmp_path, good_videos, monkeypatch):
+    out = tmp_path / "f.h5"
+    result = run(["extract", good_videos / "a", "-o", out, "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    assert "bundled demo model 'tiny-motion'" in result.output and "--model base" in result.output
+    with open_features(out) as f:
+        assert f.attrs["model"] == "tiny-motion" and len(f) > 0
+    monkeypatch.setattr("vidfeat.cli.extract.find_card", lambda name: None)  # an install without it
+    result = run(["extract", good_videos / "a", "-o", tmp_path / "g.h5"])
+    assert result.exit_code == 2 and "not bundled" in result.output and "--model" in result.output
 
 
 def test_unwritable_output_is_a_clear_error(tmp_path, good_videos, model_dir):

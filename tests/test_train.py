@@ -160,24 +160,28 @@ def test_bundled_recipes():
     assert (d.crop_size, round(d.scale[0] * 224), round(d.scale[1] * 224), d.flip) == (224, 256, 320, True)
     assert official.model.init == "base" and official.run.precision == "auto"
     motion_recipe = load_config("synthetic_motion")
-    assert motion_recipe.data.flip is False and motion_recipe.data.num_frames == 96 and motion_recipe.data.fps == 24
+    d = motion_recipe.data
+    assert d.num_frames == 96 and d.fps == 24 and d.reverse_pairs and d.flip and d.vflip
+    assert ["move_left", "move_right"] in d.flip_swaps and ["grow", "shrink"] in d.reverse_swaps  # flips swap labels
+    assert ["grow", "shrink"] not in d.flip_swaps + d.vflip_swaps
     assert motion_recipe.model.arch.depth == 4 and motion_recipe.data.crop_size <= 48
 
 
 def test_resume_check_reads_settings_added_later_as_their_defaults():
     from vidfeat.recipe import check_resumable
 
-    config = load_config("synthetic_motion")
+    plain = ["data.reverse_pairs=false", "data.reverse_swaps=[]"]  # the defaults of the keys added later
+    config = load_config("synthetic_motion", plain)
     stored = config.to_dict()
     del stored["data"]["reverse"], stored["data"]["reverse_swaps"]  # a run started before they existed
     check_resumable(config, stored)
     with pytest.raises(ConfigError, match=r"data.reverse: False -> True"):
-        check_resumable(load_config("synthetic_motion", ["data.reverse=true"]), stored)
-    check_resumable(load_config("synthetic_motion", ["data.workers=3"]), stored)  # changes nothing computed
+        check_resumable(load_config("synthetic_motion", [*plain, "data.reverse=true"]), stored)
+    check_resumable(load_config("synthetic_motion", [*plain, "data.workers=3"]), stored)  # changes nothing computed
     with pytest.raises(ConfigError, match="data.reverse_swaps needs data.reverse or data.reverse_pairs = true"):
-        load_config("synthetic_motion", ['data.reverse_swaps=[["grow", "shrink"]]'])
+        load_config("synthetic_motion", ["data.reverse_pairs=false", 'data.reverse_swaps=[["grow", "shrink"]]'])
     with pytest.raises(ConfigError, match="data.reverse_pairs needs data.reverse_swaps"):
-        load_config("synthetic_motion", ["data.reverse_pairs=true"])
+        load_config("synthetic_motion", ["data.reverse_swaps=[]"])
 
 
 def test_get_lr_official_steps_warmup_and_cosine():
@@ -341,7 +345,7 @@ def test_training_lowers_the_loss_and_writes_a_loadable_checkpoint(tmp_path, rec
     config = tiny(recipe, motion, "optim.epochs=6")
     result = train(config, tmp_path / "run")
     losses = [h["train_loss"] for h in result.history]
-    assert len(losses) == 6 and losses[-1] < losses[0] - 0.2
+    assert len(losses) == 6 and losses[-1] < losses[0] - 0.1
 
     run = tmp_path / "run"
     loaded = load_model(run)

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
 from checkpoints import randomize_, save_hf, save_official, small_config
-from vidfeat.cards import ModelCard, bundled_cards, find_card, sha256_file
+from vidfeat.cards import DEFAULT_MODEL, ModelCard, bundled_cards, find_card, sha256_file
 from vidfeat.cli import main
 from vidfeat.errors import WeightsError
 from vidfeat.model import TimeSformer
@@ -140,7 +140,7 @@ def test_bundled_cards_schema():
     cards = bundled_cards()
     assert {"base", "hr", "large"} <= {n for c in cards for n in c.names()}
     for card in cards:
-        assert card.name.count(".") >= 1, "names are arch.tag"
+        assert card.name.count(".") >= 1 or card.name == DEFAULT_MODEL, "names are arch.tag (the demo model aside)"
         assert card.preprocess.num_frames == card.config.num_frames
         assert card.preprocess.crop_size == card.config.img_size
         assert len(card.classes) == card.config.num_classes

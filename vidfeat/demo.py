@@ -15,38 +15,15 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 from rich.console import Console
 from rich.table import Table
 
-from .cards import ModelCard, Preprocess, find_card
+from .cards import find_card
 from .extract import DEFAULT_MODEL, ExtractOptions, extract
 from .inputs import discover
-from .model import TimeSformer, TimeSformerConfig
 from .progress import Progress
 from .store import open_features
-from .synth import CLASSES, generate_long_videos
-from .weights import save_checkpoint
-
-
-def untrained_stand_in(path: Path) -> Path:
-    """A randomly initialised model with the bundled model's architecture and preprocessing
-    (divided space-time, 96 frames at 24 fps, 32 px), for when ``tiny-motion`` is not bundled:
-    the pipeline runs end to end, but its predictions and neighbours are not meaningful."""
-    if (path / "card.toml").is_file():
-        return path
-    torch.manual_seed(0)
-    config = TimeSformerConfig(
-        img_size=32, patch_size=8, num_frames=96, num_classes=len(CLASSES), embed_dim=64, depth=4, num_heads=2
-    )
-    card = ModelCard(
-        name="untrained-stand-in",
-        config=config,
-        preprocess=Preprocess(num_frames=96, fps=24.0, short_side=32, crop_size=32),
-        classes=list(CLASSES),
-        description="Random weights: a stand-in until the tiny-motion model is bundled.",
-    )
-    return save_checkpoint(TimeSformer(config), path, card=card)
+from .synth import generate_long_videos
 
 
 def segment_predictions(f, video: dict) -> list[tuple[dict, str, int]]:
@@ -82,13 +59,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args(argv)
     console = Console()
-    if args.model == DEFAULT_MODEL and find_card(DEFAULT_MODEL) is None:
-        args.model = str(untrained_stand_in(args.out / "untrained-model"))
-        console.print(
-            f"[yellow]The bundled {DEFAULT_MODEL!r} model is not in this version: using an UNTRAINED stand-in "
-            "of the same architecture, so predictions are at chance and neighbours are not meaningful. "
-            "Pass --model with real weights (vidfeat models) for meaningful results."
-        )
+    if args.model == DEFAULT_MODEL:
+        card = find_card(DEFAULT_MODEL)
+        if card is not None:
+            accuracy = card.meta.get("heldout_top1")
+            console.print(
+                f"[bold]model:[/] the bundled {DEFAULT_MODEL!r} demo model ({card.description}"
+                + (f"; {accuracy:.1%} top-1 on held-out synthetic clips" if accuracy is not None else "")
+                + "). Real videos need real weights: `vidfeat models`."
+            )
 
     videos_dir = args.out / "videos"
     truth_path = videos_dir / "segments.json"

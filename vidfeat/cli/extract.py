@@ -69,6 +69,13 @@ def extract_cmd(inputs, output, list_file, model, fps, num_frames, stride, batch
         )
     if output.exists() and output.is_dir():
         raise click.UsageError(f"-o {output} is a directory; give the .h5 file to write")
+    if model == DEFAULT_MODEL and not quiet:
+        click.echo(
+            f"note: --model not given, so this uses the bundled demo model {DEFAULT_MODEL!r}: a tiny TimeSformer that knows "
+            "8 synthetic motion classes (vidfeat synth), not real actions. For real videos pass --model, e.g. "
+            "--model base (TimeSformer Kinetics-400) or --model timesformer_large_96x224.howto100m; `vidfeat models` lists them all.",
+            err=True,
+        )
     videos, root = discover(paths)
     options = ExtractOptions(
         model=model,

@@ -27,7 +27,7 @@ def train_command(recipe: str, overrides: tuple[str, ...], out: Path | None, res
 
     \b
     Examples:
-      vidfeat synth data/motion --videos 800 --seed 0
+      vidfeat synth data/motion --videos 2400 --seed 0
       vidfeat train synthetic_motion --set data.train=data/motion -o runs/tiny-motion
       vidfeat train train/kinetics_finetune.toml --set data.train=k400/train.csv --set data.val=k400/val.csv
       vidfeat train synthetic_motion --set data.train=data/motion -o runs/tiny-motion --resume
@@ -112,8 +112,8 @@ def synth_command(out: Path, videos: int, seed: int, long_videos: int | None, si
 
     \b
     Examples:
-      vidfeat synth data/motion --videos 800 --seed 0
-      vidfeat synth data/motion-test --videos 160 --seed 1 --long 4
+      vidfeat synth data/motion --videos 2400 --seed 0
+      vidfeat synth data/motion-test --videos 400 --seed 1 --long 4
     """
     from ..synth import generate_dataset, generate_long_videos
 

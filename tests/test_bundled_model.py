@@ -1,0 +1,43 @@
+"""The bundled ``tiny-motion`` model: intact, the default everywhere, and as accurate as its card says."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from vidfeat.cards import DEFAULT_MODEL, find_card, sha256_file
+from vidfeat.cli import main
+from vidfeat.synth import CLASSES, DEFAULT_SIZE, generate_dataset
+from vidfeat.weights import load_model
+
+
+@pytest.fixture(scope="module")
+def card():
+    found = find_card(DEFAULT_MODEL)
+    assert found is not None, f"{DEFAULT_MODEL} is not bundled"
+    return found
+
+
+def test_bundled_weights_match_their_card(card):
+    path = card.weights_path()
+    assert path is not None and path.parent == card.path.parent  # shipped beside the card, no download
+    assert sha256_file(path) == card.weights.sha256 and len(card.weights.sha256) == 64
+    assert path.stat().st_size < 5_000_000
+    model = load_model(DEFAULT_MODEL)  # also verifies the digest
+    assert model.card.classes == list(CLASSES) and model.config.attention_type == "divided_space_time"
+    assert model.config.num_frames == 96 and card.preprocess.crop_size == DEFAULT_SIZE  # the synth's frames, unresized
+
+
+def test_bundled_model_reaches_its_claimed_heldout_accuracy(card, tmp_path):
+    """Regenerates the card's held-out set (its seed and size) and evaluates the default model on it."""
+    meta = card.meta
+    assert meta["heldout_seed"] != meta["data_seed"]
+    data = tmp_path / "heldout"
+    generate_dataset(data, videos=meta["heldout_videos"], seed=meta["heldout_seed"])
+    result = CliRunner().invoke(main, ["eval", str(data), "--json", "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["model"] == DEFAULT_MODEL and summary["count"] == meta["heldout_videos"] and not summary["skipped"]
+    assert abs(summary["top1"] - meta["heldout_top1"]) <= 0.02
