@@ -30,7 +30,7 @@ Why one frame cannot tell the classes apart:
   ``lo + k*U(0, 1)`` with the same ``k`` law, which is exactly that random-frame
   distribution. A random frame says nothing about grow vs shrink. The *first* frame does,
   with the current ranges: radius 0.2-0.4 of the frame is a log-range of ln 2, a clip scales
-  by 1.5-2x, so grow clips start below 1.32 r_min and shrink clips above 1.5 r_min. A model
+  by 1.5-2x, so grow clips start at most at 1.33 r_min and shrink clips at 1.5 r_min or more. A model
   that knows which frame comes first can read these two classes off it; one that does not
   (space-only attention, no time embedding) cannot. A wider size range would restore the
   overlap the older defaults had (radius 0.08-0.4), at the price of a retrained bundled model.
