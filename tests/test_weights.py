@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
 from checkpoints import randomize_, save_hf, save_official, small_config
-from vidfeat.cards import DEFAULT_MODEL, ModelCard, bundled_cards, find_card, sha256_file
+from vidfeat.cards import DEFAULT_MODEL, ModelCard, Preprocess, bundled_cards, find_card, sha256_file
 from vidfeat.cli import main
 from vidfeat.errors import WeightsError
 from vidfeat.model import TimeSformer
@@ -206,3 +206,22 @@ def test_cli_bad_weights_one_line_error(tmp_path):
     result = CliRunner().invoke(main, ["convert", str(tmp_path / "junk.pth"), str(tmp_path / "out")])
     assert result.exit_code == 1
     assert result.output.startswith("Error: cannot read") and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("attention_type", ["space_only", "joint_space_time", "divided_space_time"])
+def test_every_attention_type_round_trips_through_our_format(tmp_path, attention_type):
+    """A space_only checkpoint has no time embedding and no temporal layers, like an image ViT:
+    with its card it must load as itself, not be inflated into a divided model."""
+    model = randomize_(TimeSformer(small_config(attention_type=attention_type)), seed=3, std=0.05).eval()
+    config = model.config
+    card = ModelCard(
+        name="roundtrip.test",
+        config=config,
+        preprocess=Preprocess(num_frames=config.num_frames, fps=4.0, short_side=config.img_size, crop_size=config.img_size),
+        classes=[f"c{i}" for i in range(config.num_classes)],
+    )
+    loaded = load_model(save_checkpoint(model, tmp_path / "run", card=card))
+    assert loaded.config.attention_type == attention_type
+    video = torch.randn(1, 3, 8, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(loaded(video), model(video))

@@ -151,11 +151,13 @@ def _inflate_image_vit(state: StateDict) -> StateDict:
     return out
 
 
-def checkpoint_filter_fn(state: StateDict) -> tuple[StateDict, str]:
+def checkpoint_filter_fn(state: StateDict, *, inflate: bool = True) -> tuple[StateDict, str]:
     """Any supported state dict -> (official-named state dict, detected format).
 
     Formats: ``official`` (with or without the ``model.`` prefix), ``hf``, ``timm`` (an image
-    ViT, inflated). ``module.`` prefixes from DDP wrappers are dropped.
+    ViT, inflated). ``module.`` prefixes from DDP wrappers are dropped. ``inflate=False``: a
+    state without time embedding and temporal layers is taken as it is (a ``space_only``
+    TimeSformer whose card says so), not as an image ViT to inflate.
     """
     state = _strip_prefix(state, "module.")
     if any(k.startswith(("timesformer.", "embeddings.patch_embeddings")) for k in state):
@@ -167,7 +169,7 @@ def checkpoint_filter_fn(state: StateDict) -> tuple[StateDict, str]:
             f"(first keys: {', '.join(list(state)[:5]) or 'none'})"
         )
     has_temporal = any(".temporal_attn." in k for k in state)
-    if "time_embed" not in state and not has_temporal:
+    if "time_embed" not in state and not has_temporal and inflate:
         return _inflate_image_vit(state), "timm"
     return state, "official"
 
@@ -333,7 +335,7 @@ def _load_ours(card: ModelCard) -> tuple[ModelCard, StateDict]:
     if path is None:
         raise WeightsError(f"model {card.name!r}: weights file {card.weights.file!r} not found beside {card.path}")
     _verify_sha256(card, path)
-    state, _ = checkpoint_filter_fn(_read_state(path))
+    state, _ = checkpoint_filter_fn(_read_state(path), inflate=card.config.attention_type != "space_only")
     return card, state
 
 
@@ -342,7 +344,7 @@ def _load_card(card: ModelCard) -> tuple[ModelCard, StateDict]:
     path = card.weights_path()
     if path is not None:
         _verify_sha256(card, path)
-        state, _ = checkpoint_filter_fn(_read_state(path))
+        state, _ = checkpoint_filter_fn(_read_state(path), inflate=card.config.attention_type != "space_only")
         if not card.weights.sha256:  # a user-placed file the card has no digest for: record its own
             card = replace(card, weights=replace(card.weights, sha256=sha256_file(path)))
         return card, state
