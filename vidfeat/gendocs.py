@@ -55,8 +55,12 @@ def cli_md() -> str:
 
     out = ["# Command line", "", "Generated from `--help` by `python -m vidfeat.gendocs`; do not edit by hand.", ""]
 
+    # the root group's context settings (``-h``) apply to every subcommand, as on the command line;
+    # without them the text would depend on whether a command had already run in this process
+    help_names = main.context_settings.get("help_option_names", ["--help"])
+
     def walk(command: click.Command, path: list[str]) -> None:
-        with click.Context(command, info_name=" ".join(path), terminal_width=100) as ctx:
+        with click.Context(command, info_name=" ".join(path), terminal_width=100, help_option_names=help_names) as ctx:
             out.extend([f"## {' '.join(path)}", "", "```", command.get_help(ctx), "```", ""])
         if isinstance(command, click.Group):
             for name in sorted(command.commands):
