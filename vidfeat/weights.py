@@ -343,8 +343,7 @@ def _load_card(card: ModelCard) -> tuple[ModelCard, StateDict]:
     """A bundled card: its local weights file if present, else its Hugging Face copy."""
     path = card.weights_path()
     if path is not None:
-        _verify_sha256(card, path)
-        state, _ = checkpoint_filter_fn(_read_state(path), inflate=card.config.attention_type != "space_only")
+        card, state = _load_ours(card)
         if not card.weights.sha256:  # a user-placed file the card has no digest for: record its own
             card = replace(card, weights=replace(card.weights, sha256=sha256_file(path)))
         return card, state
