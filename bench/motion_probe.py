@@ -17,12 +17,15 @@ shared.
     python bench/motion_probe.py --steps 450 --patch 16 --heads 4 --bs 16 --lr 2e-3 --init xavier
     python bench/motion_probe.py --steps 200 --classes grow,shrink --pairs \\
         --set "BACKGROUND_SPEED=(0.0,0.0)" --set "DISTRACTORS=(0,0)"
+    python bench/motion_probe.py --steps 600 --train 960 --classes rotate_clockwise,rotate_anticlockwise \\
+        --pairs --flips --init xavier --heads 4 --bs 16 --lr 2e-3 --eval-every 100 --threads 1 --rotation-pivot orbit
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import math
 import time
 
@@ -48,6 +51,31 @@ def swap_tables(classes: list[str]) -> dict[str, torch.Tensor]:
     """``SWAPS`` restricted to the pairs both of whose classes are trained, as index tensors."""
     kept = LabelSwaps(**{op: tuple(p for p in getattr(SWAPS, op) if set(p) <= set(classes)) for op in ("flip", "vflip", "reverse")})
     return {op: torch.tensor(table) for op, table in kept.tables(classes).items()}
+
+
+def pivot_at_the_frame_centre(mode: str, orbit: tuple[float, float] = (0.15, 0.45)) -> None:
+    """Patch ``synth`` so that rotation clips turn about the frame centre (probe-only variants).
+
+    ``hold``: the shape sits at the frame centre and spins there. ``orbit``: a rigid rotation about
+    the frame centre (the shape turns and circles it); its centre is uniform over an annulus of
+    ``orbit`` frame widths, a law that rotations keep, so single frames still hide the sense.
+    """
+    sample_main = synth._sample_main
+
+    def patched(label: str, rng: np.random.Generator, t: np.ndarray, duration: float, size: int) -> synth.Sprite:
+        sprite = sample_main(label, rng, t, duration, size)
+        if not label.startswith("rotate_"):
+            return sprite
+        centre, turn = size / 2, sprite.angle - sprite.angle[0]
+        if mode == "hold":
+            x, y = np.full_like(t, centre), np.full_like(t, centre)
+        else:
+            distance = math.sqrt(rng.uniform(orbit[0] ** 2, orbit[1] ** 2)) * size
+            bearing = rng.uniform(0, 2 * math.pi)
+            x, y = centre + distance * np.cos(bearing + turn), centre + distance * np.sin(bearing + turn)
+        return dataclasses.replace(sprite, x=x, y=y)
+
+    synth._sample_main = patched
 
 
 def render(n: int, seed: int, classes: list[str], args) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,6 +107,10 @@ def main() -> None:
     p.add_argument("--pairs", action="store_true", help="each batch: half its clips and their time reversals (labels swapped)")
     p.add_argument("--flips", action="store_true", help="random horizontal/vertical flips with the labels swapped")
     p.add_argument("--set", action="append", default=[], metavar="CONST=VALUE", help="override a vidfeat.synth constant")
+    p.add_argument(
+        "--rotation-pivot", choices=("own", "hold", "orbit"), default="own",
+        help="rotation classes: spin about the shape's centre (the synth), spin held at the frame centre, or turn about the frame centre",
+    )
     p.add_argument("--eval-every", type=int, default=150)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
@@ -86,6 +118,8 @@ def main() -> None:
     for item in args.set:
         name, value = item.split("=", 1)
         setattr(synth, name, ast.literal_eval(value))
+    if args.rotation_pivot != "own":
+        pivot_at_the_frame_centre(args.rotation_pivot)
     classes = args.classes.split(",")
     started = time.perf_counter()
     train_x, train_y = render(args.train, 0, classes, args)
