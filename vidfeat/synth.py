@@ -497,11 +497,12 @@ def render_clip(
     return draw_scene(sample_scene(label, rng=rng, seconds=seconds, fps=fps, size=size))
 
 
-def _encoder() -> tuple[str, dict[str, str], int | None]:
-    """Codec name, codec options and bit rate: libx264 at CRF 10 in 4:4:4, else mpeg4 at a high rate."""
+def _encoder() -> tuple[str, dict[str, str], int | None, str]:
+    """Codec name, options, bit rate and pixel format: libx264 at CRF 10 in 4:4:4, else mpeg4
+    in 4:2:0 (its only chroma layout) at a high rate."""
     if "libx264" in av.codecs_available:
-        return "libx264", X264_OPTIONS, None
-    return "mpeg4", {}, MPEG4_BIT_RATE
+        return "libx264", X264_OPTIONS, None, "yuv444p"
+    return "mpeg4", {}, MPEG4_BIT_RATE, "yuv420p"
 
 
 def write_video(path: Path, frames: Iterable[np.ndarray], *, fps: int) -> int:
@@ -515,7 +516,7 @@ def write_video(path: Path, frames: Iterable[np.ndarray], *, fps: int) -> int:
     first = next(chunks, None)
     if first is None:
         raise ValueError(f"no frames to write to {path}")
-    codec, options, bit_rate = _encoder()
+    codec, options, bit_rate, pix_fmt = _encoder()
     partial = path.with_name(path.name + ".partial")
     time_base = Fraction(1, fps)
     count = 0
@@ -523,7 +524,7 @@ def write_video(path: Path, frames: Iterable[np.ndarray], *, fps: int) -> int:
         with av.open(str(partial), mode="w", format="mp4") as container:
             stream = container.add_stream(codec, rate=fps, options=options)
             stream.height, stream.width = first.shape[1:3]
-            stream.pix_fmt = "yuv444p" if codec == "libx264" else "yuv420p"
+            stream.pix_fmt = pix_fmt
             stream.time_base = time_base
             stream.codec_context.gop_size = 2 * fps
             if bit_rate is not None:
