@@ -69,6 +69,8 @@ def pivot_at_the_frame_centre(mode: str, orbit: tuple[float, float] = (0.15, 0.4
         centre, turn = size / 2, sprite.angle - sprite.angle[0]
         if mode == "hold":
             x, y = np.full_like(t, centre), np.full_like(t, centre)
+        elif mode == "corner":  # a patch corner of the 3 x 3 grid: the shape's turn crosses patches
+            x, y = np.full_like(t, size * 2 / 3), np.full_like(t, size * 2 / 3)
         else:
             distance = math.sqrt(rng.uniform(orbit[0] ** 2, orbit[1] ** 2)) * size
             bearing = rng.uniform(0, 2 * math.pi)
@@ -76,6 +78,43 @@ def pivot_at_the_frame_centre(mode: str, orbit: tuple[float, float] = (0.15, 0.4
         return dataclasses.replace(sprite, x=x, y=y)
 
     synth._sample_main = patched
+    if mode == "roll":
+        roll_the_background()
+
+
+def roll_the_background() -> None:
+    """Probe-only: rotation clips also turn the background about the frame centre (a camera roll).
+
+    The frame loop is ``synth._iter_frames`` with the background sampled at turned coordinates.
+    """
+    sample_scene, iter_frames = synth.sample_scene, synth._iter_frames
+
+    def scene(label: str, **kwargs) -> synth.Scene:
+        made = sample_scene(label, **kwargs)
+        if label.startswith("rotate_"):
+            object.__setattr__(made.background, "turn", made.main.angle - made.main.angle[0])
+        return made
+
+    def frames(scene: synth.Scene, chunk: int = synth.CHUNK_FRAMES):
+        turn = getattr(scene.background, "turn", None)
+        if turn is None:
+            yield from iter_frames(scene, chunk)
+            return
+        size, bg = scene.size, scene.background
+        grid = np.arange(size, dtype=np.float32) + np.float32(0.5) - size / 2
+        for start in range(0, scene.frames, chunk):
+            sl = slice(start, min(start + chunk, scene.frames))
+            c, s = (np.cos(turn[sl]).astype(np.float32)[:, None, None], np.sin(turn[sl]).astype(np.float32)[:, None, None])
+            px, py = grid[None, None, :], grid[None, :, None]
+            u, v = c * px + s * py + size / 2, c * py - s * px + size / 2  # R(-turn) about the centre
+            pattern = bg.texture.sample(u - bg.offset_x[sl].astype(np.float32)[:, None, None], v - bg.offset_y[sl].astype(np.float32)[:, None, None])
+            canvas = np.stack([a + (b - a) * pattern for a, b in zip(bg.colour_a, bg.colour_b)])
+            for sprite in (*scene.distractors, scene.main):
+                synth._draw_sprite(canvas, sprite, sl, size, grid + size / 2)
+            rgb = (np.clip(canvas, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
+            yield np.ascontiguousarray(rgb.transpose(1, 2, 3, 0))
+
+    synth.sample_scene, synth._iter_frames = scene, frames
 
 
 def render(n: int, seed: int, classes: list[str], args) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,8 +147,9 @@ def main() -> None:
     p.add_argument("--flips", action="store_true", help="random horizontal/vertical flips with the labels swapped")
     p.add_argument("--set", action="append", default=[], metavar="CONST=VALUE", help="override a vidfeat.synth constant")
     p.add_argument(
-        "--rotation-pivot", choices=("own", "hold", "orbit"), default="own",
-        help="rotation classes: spin about the shape's centre (the synth), spin held at the frame centre, or turn about the frame centre",
+        "--rotation-pivot", choices=("own", "hold", "corner", "orbit", "roll"), default="own",
+        help="rotation classes: spin about the shape's centre (the synth), spin held at the frame centre or at a patch corner, "
+        "turn about the frame centre, or that with the background turning too (a camera roll)",
     )
     p.add_argument("--eval-every", type=int, default=150)
     p.add_argument("--threads", type=int, default=2)
