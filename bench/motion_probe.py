@@ -53,12 +53,14 @@ def swap_tables(classes: list[str]) -> dict[str, torch.Tensor]:
     return {op: torch.tensor(table) for op, table in kept.tables(classes).items()}
 
 
-def pivot_at_the_frame_centre(mode: str, orbit: tuple[float, float] = (0.15, 0.45)) -> None:
-    """Patch ``synth`` so that rotation clips turn about the frame centre (probe-only variants).
+def move_the_rotation_pivot(mode: str, orbit: tuple[float, float] = (0.15, 0.45)) -> None:
+    """Patch ``synth`` so that rotation clips turn about another pivot (probe-only variants).
 
-    ``hold``: the shape sits at the frame centre and spins there. ``orbit``: a rigid rotation about
-    the frame centre (the shape turns and circles it); its centre is uniform over an annulus of
-    ``orbit`` frame widths, a law that rotations keep, so single frames still hide the sense.
+    The synth spins the shape in place at the frame centre. ``anywhere``: in place, at a uniform
+    position (the synth before 2026-11-23). ``corner``: in place at a patch corner of the 3 x 3
+    grid. ``orbit``: a rigid rotation about the frame centre (the shape turns and circles it); its
+    centre is uniform over an annulus of ``orbit`` frame widths, a law that rotations keep, so
+    single frames still hide the sense. ``roll``: ``orbit``, and the background turns with it.
     """
     sample_main = synth._sample_main
 
@@ -67,9 +69,9 @@ def pivot_at_the_frame_centre(mode: str, orbit: tuple[float, float] = (0.15, 0.4
         if not label.startswith("rotate_"):
             return sprite
         centre, turn = size / 2, sprite.angle - sprite.angle[0]
-        if mode == "hold":
-            x, y = np.full_like(t, centre), np.full_like(t, centre)
-        elif mode == "corner":  # a patch corner of the 3 x 3 grid: the shape's turn crosses patches
+        if mode == "anywhere":
+            x, y = (np.full_like(t, rng.uniform(0, size)) for _ in range(2))
+        elif mode == "corner":  # the shape's turn crosses patches
             x, y = np.full_like(t, size * 2 / 3), np.full_like(t, size * 2 / 3)
         else:
             distance = math.sqrt(rng.uniform(orbit[0] ** 2, orbit[1] ** 2)) * size
@@ -147,8 +149,8 @@ def main() -> None:
     p.add_argument("--flips", action="store_true", help="random horizontal/vertical flips with the labels swapped")
     p.add_argument("--set", action="append", default=[], metavar="CONST=VALUE", help="override a vidfeat.synth constant")
     p.add_argument(
-        "--rotation-pivot", choices=("own", "hold", "corner", "orbit", "roll"), default="own",
-        help="rotation classes: spin about the shape's centre (the synth), spin held at the frame centre or at a patch corner, "
+        "--rotation-pivot", choices=("synth", "anywhere", "corner", "orbit", "roll"), default="synth",
+        help="rotation classes: spin at the frame centre (the synth), spin in place anywhere or at a patch corner, "
         "turn about the frame centre, or that with the background turning too (a camera roll)",
     )
     p.add_argument("--eval-every", type=int, default=150)
@@ -158,8 +160,8 @@ def main() -> None:
     for item in args.set:
         name, value = item.split("=", 1)
         setattr(synth, name, ast.literal_eval(value))
-    if args.rotation_pivot != "own":
-        pivot_at_the_frame_centre(args.rotation_pivot)
+    if args.rotation_pivot != "synth":
+        move_the_rotation_pivot(args.rotation_pivot)
     classes = args.classes.split(",")
     started = time.perf_counter()
     train_x, train_y = render(args.train, 0, classes, args)
