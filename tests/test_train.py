@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from checkpoints import randomize_, save_hf, save_official, small_config
 from vidfeat.cli import main
 from vidfeat.clips import ClipSampling
-from vidfeat.data import ClipDataset, Entry, collate, load_data, read_entries
+from vidfeat.data import ClipDataset, Entry, RepeatSampler, collate, load_data, read_entries
 from vidfeat.errors import ConfigError
 from vidfeat.evaluate import evaluate, model_input
 from vidfeat.model import TimeSformer
@@ -122,6 +122,9 @@ def test_overrides_are_typed_by_the_config():
     assert config.optim.epochs == 3 and config.schedule.milestones == [1, 2]
     assert config.data.flip is True and config.data.train == "some dir/x.csv"
     assert config.model.arch.depth == 2 and config.data.scale == [1.0, 2.0]
+    weighted = load_config("synthetic_motion", ["data.class_weights=grow=2,shrink=0.5"]).data.class_weights
+    assert weighted == {"grow": 2.0, "shrink": 0.5} and isinstance(weighted["grow"], float)
+    assert load_config("synthetic_motion", ["data.class_weights={grow = 3}"]).data.class_weights == {"grow": 3.0}
 
 
 @pytest.mark.parametrize(
@@ -138,6 +141,8 @@ def test_overrides_are_typed_by_the_config():
         ("optim.optimizer=lamb", "optim.optimizer must be sgd or adamw"),
         ("model.arch.embed_dim=63", "not divisible by num_heads"),
         ("model.linear_init=kaiming", "model.linear_init must be official or xavier, got 'kaiming'"),
+        ("data.class_weights=grow=many", "data.class_weights must be a table of name = value, each a number"),
+        ("data.class_weights=grow=-1", "data.class_weights must be >= 0"),
     ],
 )
 def test_bad_overrides_are_config_errors(override, message):
@@ -247,6 +252,36 @@ def test_training_clips_depend_only_on_seed_epoch_and_index(motion):
     assert not torch.equal(make(1)[3].clip, a[3].clip)
 
 
+def test_repeat_sampler_repeats_classes_by_weight_in_a_seeded_order():
+    labels = [0, 0, 1, 1, 2, 2]
+    sampler = RepeatSampler(labels, [1.0, 2.5, 0.0], seed=3)
+    order = list(sampler)
+    # class 0 once, class 1 twice and one of its two videos a third time (round(0.5 + 0.5)), class 2 never
+    assert len(sampler) == len(order) == 7 and len(set(order)) == 7
+    counts = lambda order: [sum(i % 6 == v for i in order) for v in range(6)]  # noqa: E731
+    assert counts(order) in ([1, 1, 3, 2, 0, 0], [1, 1, 2, 3, 0, 0])
+    assert sorted(i // 6 for i in order if i % 6 in (2, 3)) == [0, 0, 1, 1, 2]  # repeat k of video i is i + 6k
+    assert list(RepeatSampler(labels, [1.0, 2.5, 0.0], seed=3)) == order  # same seed and epoch, same order
+    sampler.set_epoch(1)
+    assert list(sampler) != order and counts(sampler) in ([1, 1, 3, 2, 0, 0], [1, 1, 2, 3, 0, 0])
+    ranks = [list(RepeatSampler(labels, [1.0, 2.5, 0.0], num_replicas=2, rank=r, seed=3)) for r in (0, 1)]
+    assert [len(r) for r in ranks] == [3, 3] and ranks[0] + ranks[1] != order
+    assert sorted(ranks[0] + ranks[1]) == sorted(order[:6]) and ranks[0] == order[0:6:2]
+    with pytest.raises(ValueError, match="weight above 0"):
+        RepeatSampler(labels, [0.0, 0.0, 0.0])
+
+
+def test_a_repeated_video_is_the_same_video_with_its_own_clip(motion):
+    from vidfeat.cards import Preprocess
+
+    entries = read_entries(motion)
+    pre = Preprocess(num_frames=8, fps=8.0, short_side=16, crop_size=16)
+    dataset = ClipDataset(entries, CLASSES, pre, augment=TrainAugment(16, (1.0, 1.5), flip=False), seed=0)
+    first, repeat = dataset[3], dataset[3 + len(entries)]
+    assert repeat.index == first.index == 3 and repeat.label == first.label
+    assert not torch.equal(repeat.clip, first.clip)
+
+
 def test_flips_and_time_reversal_swap_the_paired_labels(motion):
     """Each operation TrainAugment reports is really applied to the crop, and the label follows
     the recipe's swap pairs; classes in no pair keep their label."""
@@ -319,6 +354,18 @@ def test_missing_label_is_an_error_before_training(tmp_path, recipe, motion):
     assert result.exit_code == 1
     assert "missing from the class list" in result.output and "'grow' (2 videos), 'shrink' (1 video)" in result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_class_weights_repeat_videos_in_each_epoch(tmp_path, recipe, motion):
+    with pytest.raises(ConfigError, match="data.class_weights names classes not in the class list: spin"):
+        train(tiny(recipe, motion, "data.class_weights=spin=2"), tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+    # 16 training videos, 2 a class: grow 7 times (14), shrink never: 26 an epoch, 6 steps of 4 (16 unweighted: 4)
+    run = tmp_path / "run"
+    result = train(tiny(recipe, motion, "optim.epochs=1", "data.class_weights=grow=7,shrink=0"), run)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["kind"] == "epoch" and records[-1]["step"] == 6
+    assert np.isfinite(result.history[-1]["train_loss"])
 
 
 def test_unreadable_videos_are_skipped_and_counted(tmp_path, recipe, motion):

@@ -25,6 +25,9 @@ by ``(seed, e, i)``, so a run and its resumed copy see the same clips whatever t
   them, flipped vertically and reversed in time), the label swapped as ``LabelSwaps`` says;
 * evaluation: the centre clip at the preprocessing's short side, 1 centre crop or 3 crops.
 
+Index ``i + k * len(dataset)`` is the ``k``-th repeat of video ``i`` in an epoch (what
+:class:`RepeatSampler` yields for classes weighted above 1): the same video, its own random draws.
+
 Items are ``(views, t, s, s, c)`` uint8 (one view in training, the crops in evaluation). A video
 that cannot be decoded gives a :class:`Failed` marker instead of an item: :func:`collate` drops it
 and lists it in ``Batch.failed``, so a corrupt file is counted, never a crash.
@@ -42,7 +45,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from .cards import Preprocess
 from .clips import ClipSampling
@@ -58,6 +61,7 @@ __all__ = [
     "Failed",
     "Item",
     "LabelledData",
+    "RepeatSampler",
     "check_labels",
     "collate",
     "load_data",
@@ -327,8 +331,9 @@ class ClipDataset(Dataset):
         return low + (rng.uniform(0.0, span) if self.augment is not None else span / 2)
 
     def __getitem__(self, index: int) -> Item | Failed:
+        rng = np.random.default_rng([self.seed, self.epoch, index])  # a repeat (index >= len) draws its own clip
+        index %= len(self.entries)
         entry = self.entries[index]
-        rng = np.random.default_rng([self.seed, self.epoch, index])
         short_side = self.augment.short_side(rng) if self.augment is not None else self.preprocess.short_side
         try:
             with ClipReader(entry.path, self.sampling, short_side=short_side, threads=self.decode_threads) as reader:
@@ -343,3 +348,43 @@ class ClipDataset(Dataset):
             return Item(torch.from_numpy(frames[None]), label, index)
         views = spatial_crops(clip.frame_list, self.preprocess.crop_size, self.crops)
         return Item(torch.from_numpy(np.ascontiguousarray(views)), self.labels[index], index)
+
+
+class RepeatSampler(Sampler[int]):
+    """A training order in which the videos of class ``c`` appear ``weights[c]`` times an epoch
+    (oversampling a hard or rare class, or balancing classes; a weight below 1 undersamples).
+
+    The whole part of a weight is repeats, the fractional part a seeded draw: exactly
+    ``round(sum of the fractions)`` extra videos, chosen in proportion to them without
+    replacement, so every epoch has the same length. Repeat ``k`` of video ``i`` is yielded as
+    ``i + k * len(labels)``, which :class:`ClipDataset` reads as video ``i`` with its own
+    random clip. The order is a permutation seeded by ``(seed, epoch)`` (call ``set_epoch``);
+    under DDP every rank takes every ``num_replicas``-th index of it, the tail dropped.
+    """
+
+    def __init__(self, labels: Sequence[int], weights: Sequence[float], *, num_replicas: int = 1, rank: int = 0, seed: int = 0) -> None:
+        per_video = np.asarray([weights[label] for label in labels], dtype=np.float64)
+        if per_video.size == 0 or (per_video < 0).any() or not per_video.any():
+            raise ValueError("class weights must be >= 0, and some video must have a weight above 0")
+        self.size = len(per_video)
+        self.whole = np.floor(per_video).astype(np.int64)
+        self.fraction = per_video - self.whole
+        self.extra = int(round(self.fraction.sum()))
+        self.num_replicas, self.rank, self.seed, self.epoch = num_replicas, rank, seed, 0
+        self.num_samples = (int(self.whole.sum()) + self.extra) // num_replicas
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        videos = np.repeat(np.arange(self.size), self.whole)
+        repeat = np.arange(len(videos)) - np.repeat(np.cumsum(self.whole) - self.whole, self.whole)
+        if self.extra:
+            drawn = rng.choice(self.size, self.extra, replace=False, p=self.fraction / self.fraction.sum())
+            videos, repeat = np.concatenate([videos, drawn]), np.concatenate([repeat, self.whole[drawn]])
+        order = rng.permutation(len(videos))[: self.num_samples * self.num_replicas]
+        return iter((videos[order] + repeat[order] * self.size)[self.rank :: self.num_replicas].tolist())

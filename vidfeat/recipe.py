@@ -69,6 +69,7 @@ class DataSection:
     vflip_swaps: list[list[str]] = field(default_factory=list)  # ... in vertically flipped clips
     reverse_swaps: list[list[str]] = field(default_factory=list)  # ... in clips played backwards
     reverse_pairs: bool = False  # every training clip also played backwards in the same batch (labels per reverse_swaps)
+    class_weights: dict[str, float] = field(default_factory=dict)  # {class = w}: its videos w times an epoch (others 1)
     workers: int = 2  # DataLoader decode processes per rank
     decode_threads: int = 1  # FFmpeg threads per decode process
 
@@ -150,6 +151,7 @@ class TrainConfig:
             (all(v > 0 for v in d.std), "data.std values must be positive"),
             (len(d.scale) == 2 and 1 <= d.scale[0] <= d.scale[1], "data.scale must be [low, high] with 1 <= low <= high"),
             (d.decode_threads >= 0, "data.decode_threads must be >= 0"),
+            (all(w >= 0 for w in d.class_weights.values()), "data.class_weights must be >= 0"),
             (all(len(p) == 2 for p in d.flip_swaps + d.vflip_swaps + d.reverse_swaps), "data.*_swaps must be lists of [class, class] pairs"),
             (not d.flip_swaps or d.flip, "data.flip_swaps needs data.flip = true"),
             (not d.vflip_swaps or d.vflip, "data.vflip_swaps needs data.vflip = true"),
@@ -185,6 +187,8 @@ _RESUMABLE_CHANGES = {"data.workers", "data.decode_threads", "run.log_every", "r
 def _type_name(kind: Any) -> str:
     if get_origin(kind) is list:
         return f"a list of {_type_name(get_args(kind)[0])}"
+    if get_origin(kind) is dict:
+        return f"a table of name = value, each {_type_name(get_args(kind)[1])} (e.g. {{name = 2.0}})"
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(kind, str(kind))
 
 
@@ -194,6 +198,10 @@ def _check(kind: Any, value: Any, key: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{key} must be {_type_name(kind)}, got {value!r}")
         return [_check(get_args(kind)[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if get_origin(kind) is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be {_type_name(kind)}, got {value!r}")
+        return {k: _check(get_args(kind)[1], v, f"{key}.{k}") for k, v in value.items()}
     if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if kind in (bool, str) and isinstance(value, kind):
@@ -228,7 +236,7 @@ def _build(cls: type, values: Any, prefix: str) -> Any:
 
 def _parse_override(kind: Any, raw: str, key: str) -> Any:
     """A ``--set`` value typed by its field: strings as given, the rest parsed as TOML values
-    (lists may omit the brackets: ``schedule.milestones=11,14``)."""
+    (lists and tables may omit the brackets: ``schedule.milestones=11,14``, ``data.class_weights=a=2,b=0.5``)."""
     text = raw.strip()
     if kind is str and not (len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'"):
         return text
@@ -236,6 +244,8 @@ def _parse_override(kind: Any, raw: str, key: str) -> Any:
         text = text.lower()
     if get_origin(kind) is list and not text.startswith("["):
         text = f"[{text}]"
+    if get_origin(kind) is dict and not text.startswith("{"):
+        text = f"{{{text}}}"
     try:
         value = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:

@@ -20,9 +20,10 @@ A run directory is a loadable model at every epoch::
 Checkpoints are committed atomically: written to ``.next/``, renamed to ``.commit/`` (the commit
 point), then moved into place; a run killed in between is rolled forward on restart.
 
-Determinism: the data order comes from ``DistributedSampler(seed)``, each clip's augmentation
-from ``(seed, epoch, index)`` (see ``vidfeat.data``) and the torch generator (dropout, stochastic
-depth) is re-seeded from ``(seed, epoch, rank)`` at the start of every epoch. So nothing random
+Determinism: the data order comes from ``DistributedSampler(seed)`` (``RepeatSampler`` when the
+recipe weights classes), each clip's augmentation from ``(seed, epoch, index)`` (see
+``vidfeat.data``) and the torch generator (dropout, stochastic depth) is re-seeded from
+``(seed, epoch, rank)`` at the start of every epoch. So nothing random
 is carried across epochs, and a run resumed from its epoch-``e`` checkpoint computes exactly
 what the uninterrupted run computes (bit-exact on the CPU with a fixed ``run.threads``).
 """
@@ -49,7 +50,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from .cards import ModelCard, Preprocess
-from .data import ClipDataset, Failed, collate, load_data
+from .data import ClipDataset, Failed, RepeatSampler, collate, load_data
 from .errors import ConfigError
 from .evaluate import autocast_dtype, model_input, resolve_device, run_eval
 from .model import TimeSformer
@@ -381,6 +382,9 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False) -> 
         # -- data: every label is checked before anything is built or written --
         d, o = config.data, config.optim
         data = load_data(d.train, val=d.val or None, val_fraction=d.val_fraction, classes=d.classes or None, seed=config.seed)
+        unknown = sorted(set(d.class_weights) - set(data.classes))
+        if unknown:
+            raise ConfigError(f"data.class_weights names classes not in the class list: {', '.join(unknown)}")
 
         # -- run directory and resume --
         if master:
@@ -425,7 +429,14 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False) -> 
         )
         # minimal pairs: each clip and its time reversal in one batch, so the gradient sees only the direction
         reversed_label = torch.tensor(train_set.swap_tables["reverse"]) if d.reverse_pairs else None
-        sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=config.seed, drop_last=True)
+        if d.class_weights:  # repeats per class (names checked with the data)
+            weights = [d.class_weights.get(name, 1.0) for name in data.classes]
+            try:
+                sampler = RepeatSampler(train_set.labels, weights, num_replicas=world, rank=rank, seed=config.seed)
+            except ValueError as exc:
+                raise ConfigError(f"data.class_weights: {exc}") from None
+        else:
+            sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=config.seed, drop_last=True)
         accum, rest = divmod(o.batch_size, o.micro_batch * world)
         if rest or not accum:
             raise ConfigError(f"optim.batch_size {o.batch_size} is not a multiple of micro_batch {o.micro_batch} x {world} ranks")
@@ -459,7 +470,8 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False) -> 
         progress.note(
             f"{run_dir} has finished its {o.epochs} epochs: nothing to do"
             if start_epoch >= o.epochs
-            else f"{'resuming at epoch ' + str(start_epoch + 1) if state else 'training'}: {len(train_set)} train / "
+            else f"{'resuming at epoch ' + str(start_epoch + 1) if state else 'training'}: {len(train_set)} train"
+            f"{f' (by data.class_weights {len(sampler) * world} an epoch)' if d.class_weights else ''} / "
             f"{len(data.val)} val videos, {len(data.classes)} classes, {o.epochs} epochs x {steps_per_epoch} steps "
             f"of {o.batch_size} clips{' + their reversals' if d.reverse_pairs else ''} ({o.micro_batch} x {accum} accumulated x {world} ranks), {device}, "
             f"{dtype or torch.float32} -> {run_dir}"
