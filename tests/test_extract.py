@@ -312,14 +312,23 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(tmp_path, ma
     assert not Path(str(out) + ".parts").exists()
 
 
-def test_ctrl_c_leaves_a_valid_file_of_what_finished(tmp_path, many_videos, model_dir):
+@pytest.mark.parametrize("to_group", [False, True], ids=["main-process", "terminal-group"])
+def test_ctrl_c_leaves_a_valid_file_of_what_finished(tmp_path, many_videos, model_dir, to_group):
+    """Ctrl-C in a terminal reaches the decode workers too (the process group); `kill -INT`
+    reaches the main process only. Either way: exit 130 (or 0 if it had just finished), no
+    traceback, and a valid file of the videos that finished."""
     out = tmp_path / "f.h5"
-    proc = subprocess.Popen(_cli(out, model_dir, many_videos), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _cli(out, model_dir, many_videos), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     parts = Path(str(out) + ".parts")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not any(parts.glob("*.h5")) and proc.poll() is None:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    if to_group:
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode in (130, 0), stderr
     assert "Traceback" not in stderr
@@ -329,6 +338,23 @@ def test_ctrl_c_leaves_a_valid_file_of_what_finished(tmp_path, many_videos, mode
     assert 1 <= done <= 14
     if proc.returncode == 130:
         assert "interrupted" in stderr
+
+
+def test_the_first_ctrl_c_is_deferred_to_a_safe_point_and_a_second_interrupts_at_once():
+    from vidfeat.extract import _StopOnCtrlC
+
+    before = signal.getsignal(signal.SIGINT)
+    with _StopOnCtrlC() as stop:
+        stop.check()  # nothing requested yet
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)  # the handler runs between bytecodes: it must not raise here
+        assert stop.requested
+        with pytest.raises(KeyboardInterrupt):
+            stop.check()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+    assert signal.getsignal(signal.SIGINT) is before
 
 
 def test_a_crashing_decode_worker_fails_its_video_and_the_run_goes_on(tmp_path, monkeypatch, model_dir):

@@ -162,6 +162,8 @@ class ClipStream(IterableDataset):
 
     def __iter__(self):
         worker = get_worker_info()
+        if worker is not None:  # Ctrl-C in a terminal reaches the whole group: the main process decides
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         shard = self.jobs if worker is None else self.jobs[worker.id :: worker.num_workers]
         for video, path in shard:
             if worker is not None and self.current is not None:
@@ -338,7 +340,8 @@ def extract(videos: list[VideoFile], output: Path, options: ExtractOptions, prog
             if todo:
                 batch = options.batch_size or _auto_batch_size(model, device, options.crops)
                 runner = ModelRunner(model, device, dtype, options.crops, batch)
-                _run(todo, sampling, card, options, workers, threads, runner, writer, report, progress)
+                with _StopOnCtrlC() as stop:
+                    _run(todo, sampling, card, options, workers, threads, runner, writer, report, progress, stop)
         except KeyboardInterrupt:
             report.interrupted = True
         finally:
@@ -442,6 +445,36 @@ class _Collector:
         self.progress.video_done(st.st_size, end.duration_sec, len(rows), end.decode_sec, self.runner.model_sec)
 
 
+class _StopOnCtrlC:
+    """The first SIGINT only asks the run to stop; :func:`_run` then raises KeyboardInterrupt at a
+    safe point (between loader items). Python's default raises it wherever the main process
+    happens to be, for instance inside a garbage-collector callback, which prints a traceback
+    and swallows the interrupt. A second Ctrl-C interrupts at once. Outside the main thread
+    (a library caller's thread) signals cannot be handled and nothing changes."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> _StopOnCtrlC:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
 def _received(items):
     """The loader's items. A worker that dies right after sending a batch takes its shared-memory
     file descriptors with it, and receiving that batch then fails (EOFError, ConnectionError or
@@ -457,7 +490,7 @@ def _received(items):
         yield item
 
 
-def _run(todo, sampling, card, options, workers, threads, runner, writer, report, progress) -> None:
+def _run(todo, sampling, card, options, workers, threads, runner, writer, report, progress, stop=None) -> None:
     """Decode and embed every video of ``todo``.
 
     If a decode worker dies (a crash inside FFmpeg on a hostile file), the videos the workers
@@ -465,6 +498,7 @@ def _run(todo, sampling, card, options, workers, threads, runner, writer, report
     recorded as failed, the others succeed, and the rest of the run goes on with fresh workers.
     """
     collector = _Collector(todo, card, runner, writer, report, progress)
+    stop = stop or _StopOnCtrlC()
     pending = [(i, v.path) for i, (v, _) in enumerate(todo)]
     isolate: list[tuple[int, Path]] = []  # suspects of a crash, each to be retried alone
     while pending or isolate:
@@ -488,11 +522,13 @@ def _run(todo, sampling, card, options, workers, threads, runner, writer, report
                 # from next(items) (the loader polls its workers), where it is handled below.
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             for item in _received(items):
+                stop.check()
                 collector.add(item)
             collector.flush()
             if not alone:
                 pending = []
         except RuntimeError as exc:
+            stop.check()  # workers that a terminal's Ctrl-C reached before they ignored it
             if not n or "DataLoader worker" not in str(exc):
                 raise
             collector.flush()
