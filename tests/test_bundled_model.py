@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from vidfeat.cards import DEFAULT_MODEL, find_card, sha256_file
 from vidfeat.cli import main
+from vidfeat.errors import ConfigError
+from vidfeat.recipe import check_resumable, load_config
 from vidfeat.synth import CLASSES, DEFAULT_SIZE, generate_dataset
 from vidfeat.weights import load_model
 
@@ -41,3 +44,20 @@ def test_bundled_model_reaches_its_claimed_heldout_accuracy(card, tmp_path):
     summary = json.loads(result.stdout)
     assert summary["model"] == DEFAULT_MODEL and summary["count"] == meta["heldout_videos"] and not summary["skipped"]
     assert abs(summary["top1"] - meta["heldout_top1"]) <= 0.02
+
+
+def test_bundled_model_was_trained_by_its_recipe_as_it_stands(card):
+    """The card keeps every setting of the run that made the weights; the recipe it names must still give
+    them, so a recipe changed without retraining (and re-measuring) the bundled model fails here."""
+    meta = card.meta
+    config = load_config(Path(meta["recipe"]).stem, ["data.train=data/motion"])  # the card's command
+    assert "--set data.train=data/motion" in meta["command"]
+    check_resumable(config, meta["trained_with"])  # same comparison as --resume: later-added keys are defaults
+    assert meta["epochs"] == config.optim.epochs
+    arch = config.model.arch
+    assert (arch.depth, arch.embed_dim, arch.num_heads, arch.patch_size, arch.img_size, arch.num_frames) == (
+        card.config.depth, card.config.embed_dim, card.config.num_heads, card.config.patch_size,
+        card.config.img_size, card.config.num_frames,
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match="optim.lr"):  # the check sees a changed setting
+        check_resumable(load_config(Path(meta["recipe"]).stem, ["data.train=data/motion", "optim.lr=0.002"]), meta["trained_with"])

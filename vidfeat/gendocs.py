@@ -45,7 +45,10 @@ def models_md() -> str:
         out.append(f"- weights: `{card.weights.file}` ({card.weights.format}), license {card.weights.license or '?'}, "
                    f"sha256 {card.weights.sha256 or 'not published'}")  # fmt: skip
         for key, value in card.meta.items():
-            out.append(f"- {key}: {value}")
+            if isinstance(value, dict):  # a whole table, e.g. every setting of the training run
+                out.append(f"- {key}: the card's `[meta.{key}]` table ({', '.join(value)})")
+            else:
+                out.append(f"- {key}: {value}")
         out.append("")
     return "\n".join(out)
 
