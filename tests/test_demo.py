@@ -28,7 +28,6 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
             assert clips.start_sec[0] == 0.0 and clips.end_sec[-1] >= video["duration_sec"] - 0.5
 
 
-
 def test_clip_labels_name_the_one_segment_a_clip_lies_inside():
     truth = {"v.mp4": {"segments": [{"start_sec": 0.0, "end_sec": 5.0, "label": "a"}, {"start_sec": 5.0, "end_sec": 10.0, "label": "b"}]}}
     starts, ends = np.array([0.0, 2.0, 5.0, 6.0]), np.array([3.96, 5.96, 8.96, 9.96])

@@ -27,6 +27,11 @@ from .store import open_features
 from .synth import generate_long_videos
 
 
+def _inside(seg: dict, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Which clips (start and end times) lie inside the segment."""
+    return (starts >= seg["start_sec"] - 1e-6) & (ends <= seg["end_sec"] + 1e-6)
+
+
 def segment_predictions(f, video: dict) -> list[tuple[dict, str, int]]:
     """For each ground-truth segment: (segment, predicted class, clips used). The prediction
     averages the logits of the clips lying inside the segment (the clip nearest its middle when
@@ -34,7 +39,7 @@ def segment_predictions(f, video: dict) -> list[tuple[dict, str, int]]:
     clips = f.clips(video["path"])
     out = []
     for seg in video["segments"]:
-        inside = (clips.start_sec >= seg["start_sec"] - 1e-6) & (clips.end_sec <= seg["end_sec"] + 1e-6)
+        inside = _inside(seg, clips.start_sec, clips.end_sec)
         if not inside.any():
             middle = (seg["start_sec"] + seg["end_sec"]) / 2
             inside = np.zeros(len(clips.start_sec), bool)
@@ -52,12 +57,13 @@ def label_at(video: dict, t: float) -> str:
 
 
 def clip_labels(truth: dict[str, dict], paths, video_of_row, starts, ends) -> np.ndarray:
-    """Each clip's class: that of the one segment it lies inside, "" when it straddles two."""
-    out = []
-    for v, start, end in zip(video_of_row, starts, ends):
-        segs = [s for s in truth[str(paths[v])]["segments"] if s["start_sec"] < end - 1e-6 and s["end_sec"] > start + 1e-6]
-        out.append(segs[0]["label"] if len(segs) == 1 else "")
-    return np.array(out, dtype=object)
+    """Each clip's class: that of the segment it lies inside, "" when it straddles two."""
+    out = np.full(len(starts), "", dtype=object)
+    for v, path in enumerate(paths):
+        rows = np.flatnonzero(video_of_row == v)
+        for seg in truth[str(path)]["segments"]:
+            out[rows[_inside(seg, starts[rows], ends[rows])]] = seg["label"]
+    return out
 
 
 def nearest_from_other_videos(emb: np.ndarray, video_of_row: np.ndarray, row: int, k: int, among=None) -> np.ndarray:
