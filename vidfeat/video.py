@@ -15,7 +15,10 @@ last frame interval, else one frame at the stream's average rate).
 as each is complete. For each target time it uses the decoded frame shown at that time (the
 last frame with time <= target); only those frames are converted to RGB (and resized and
 rotated), and it keeps only what the open clips still need, so memory stays bounded by about
-one clip window whatever the video length.
+one clip window whatever the video length. ``read_at`` (one clip at a time, for training and
+evaluation) runs the same loop from the keyframe before the clip: frame times come from the
+stamps, placed on the timeline by the first frame's, so a seek changes no frame nor time.
+``measure_end`` finds ``E`` from the last keyframe interval.
 
 Rotation metadata (the display matrix) is applied in steps of 90 degrees; a mirroring in the
 matrix is not. Pixel aspect ratio is not corrected: sizes are in stored pixels.
