@@ -618,7 +618,8 @@ class ClipReader:
 
         Seeks to the last keyframe and decodes from there (the whole video only where the file
         cannot seek, e.g. a raw stream without timestamps); sets ``duration_sec``. Call it
-        before reading; the reader stays usable.
+        before reading; the reader stays usable. On a file with a decode error before its last
+        keyframe this is the end of the stream, where the tiling stops at the error.
         """
         if self._iterated or self._source.closed:
             raise RuntimeError("measure_end must come before reading the ClipReader")
