@@ -39,7 +39,7 @@ from .inputs import VideoFile
 from .model import TimeSformer
 from .progress import Progress
 from .store import FeatureWriter, VideoResult
-from .transforms import normalize, spatial_crops
+from .transforms import Normalize, spatial_crops
 from .video import ClipReader
 from .weights import load_model
 
@@ -189,6 +189,7 @@ class ModelRunner:
         self.model, self.device, self.dtype, self.crops = model, device, dtype, crops
         self.batch_size = batch_size
         self.pre = model.card.preprocess
+        self.normalize = Normalize(self.pre.mean, self.pre.std, device)  # mean/std stay on the device
         self.model_sec = 0.0
         self._staging: list[torch.Tensor] = []  # CUDA: two pinned uint8 batch buffers, used in turn
         self._turn = 0
@@ -210,7 +211,7 @@ class ModelRunner:
         return torch.cat(crops, out=out)
 
     def _forward(self, clips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = normalize(clips.to(self.device, non_blocking=True), self.pre.mean, self.pre.std)
+        x = self.normalize(clips.to(self.device, non_blocking=True))
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
             feats = self.model.forward_features(x)
             logits = self.model.forward_head(feats)
@@ -251,16 +252,12 @@ class ModelRunner:
         return feats.numpy(), logits.numpy()
 
 
-def _auto_batch_size(model: TimeSformer, device: torch.device, crops: int) -> int:
-    """Clips per model step. CPU: 4. CUDA: half the free memory over a per-clip activation
-    estimate (bf16 MLP activations of one block dominate); out-of-memory halves it later."""
-    if device.type != "cuda":
-        return 4
-    c = model.config
-    tokens = model.card.preprocess.num_frames * (c.img_size // c.patch_size) ** 2
-    per_clip = tokens * c.embed_dim * (c.mlp_ratio + 4) * 2 * crops * 2  # bytes, 2x margin
-    free, _ = torch.cuda.mem_get_info(device)
-    return int(max(1, min(256, free * 0.5 // per_clip)))
+def _auto_batch_size(model: TimeSformer, device: torch.device, dtype: torch.dtype, crops: int) -> int:
+    """Clips per model step: the largest that fits with a margin (see :mod:`vidfeat.batchsize`);
+    out-of-memory still halves it later."""
+    from .batchsize import find_batch_size
+
+    return find_batch_size(model, device, dtype, crops)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -338,7 +335,7 @@ def extract(videos: list[VideoFile], output: Path, options: ExtractOptions, prog
         )
         try:
             if todo:
-                batch = options.batch_size or _auto_batch_size(model, device, options.crops)
+                batch = options.batch_size or _auto_batch_size(model, device, dtype, options.crops)
                 runner = ModelRunner(model, device, dtype, options.crops, batch)
                 with _StopOnCtrlC() as stop:
                     _run(todo, sampling, card, options, workers, threads, runner, writer, report, progress, stop)
