@@ -95,3 +95,13 @@ def test_cache_file_round_trip_and_damaged_file(tmp_path, monkeypatch):
     assert json.loads(path.read_text()) == {"k": 24} and batchsize._read(path) == {"k": 24}
     path.write_text("{not json")
     assert batchsize._read(path) == {}
+
+
+def test_spatial_crops_of_tensor_frames_equal_the_numpy_crops():
+    from vidfeat.transforms import spatial_crops
+
+    frames = [np.random.default_rng(i).integers(0, 256, (32, 48, 3), dtype=np.uint8) for i in range(3)]
+    want = spatial_crops(frames, 32, 3)
+    got = spatial_crops([torch.from_numpy(f) for f in frames], 32, 3)
+    assert isinstance(got, torch.Tensor) and got.shape == (3, 3, 32, 32, 3)
+    np.testing.assert_array_equal(got.numpy(), want)

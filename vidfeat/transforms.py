@@ -35,9 +35,10 @@ def crop_positions(length: int, size: int, n: int) -> list[int]:
     raise ValueError(f"crops must be 1 or 3, got {n}")
 
 
-def spatial_crops(frames: Sequence[np.ndarray] | np.ndarray, size: int, n: int = 1) -> np.ndarray:
+def spatial_crops(frames: Sequence[np.ndarray] | np.ndarray | Sequence[torch.Tensor], size: int, n: int = 1):
     """``t`` frames ``(h, w, c)`` (a list, or one ``(t, h, w, c)`` array) -> ``(n, t, size, size, c)``:
-    crops along the long side, centred on the other. Only the crops are copied."""
+    crops along the long side, centred on the other. Only the crops are copied. Torch tensors
+    (frames from the GPU decoder) give a tensor on their device."""
     h, w = frames[0].shape[:2]
     if h >= w:
         x = (w - size) // 2
@@ -45,7 +46,11 @@ def spatial_crops(frames: Sequence[np.ndarray] | np.ndarray, size: int, n: int =
     else:
         y = (h - size) // 2
         boxes = [(y, x) for x in crop_positions(w, size, n)]
-    out = np.empty((n, len(frames), size, size, frames[0].shape[2]), dtype=frames[0].dtype)
+    shape = (n, len(frames), size, size, frames[0].shape[2])
+    if isinstance(frames[0], torch.Tensor):  # frames decoded on the GPU stay there
+        out = torch.empty(shape, dtype=frames[0].dtype, device=frames[0].device)
+    else:
+        out = np.empty(shape, dtype=frames[0].dtype)
     for i, (y, x) in enumerate(boxes):
         for j, frame in enumerate(frames):
             out[i, j] = frame[y : y + size, x : x + size]
