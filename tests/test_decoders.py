@@ -124,3 +124,34 @@ def test_unknown_decoder_and_nvdec_without_a_gpu(tmp_path):
 
     if not torch.cuda.is_available():
         assert nvdec_unavailable() == "no CUDA device"
+
+
+@pytest.mark.slow
+def test_extract_with_torchcodec_writes_the_pyav_file_and_nvdec_falls_back(tmp_path, capfd):
+    from checkpoints import save_tiny_model
+    from vidfeat.extract import ExtractOptions, extract
+    from vidfeat.inputs import discover
+    from vidfeat.store import open_features
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    make_video(folder / "a.mp4", seconds=3.0, fps=25, size=(64, 48))
+    make_video(folder / "b.mkv", frame_times=[0, 0.1, 0.15, 0.5, 0.9, 1.0, 1.45, 2.2, 2.9], size=(64, 48))
+    model = save_tiny_model(tmp_path / "m", num_frames=8, fps=4.0, size=32)
+    videos, _ = discover([folder])
+    files = {}
+    for decoder in ("pyav", "torchcodec", "nvdec"):
+        out = tmp_path / f"{decoder}.h5"
+        report = extract(videos, out, ExtractOptions(model=str(model), device="cpu", workers=1, decoder=decoder))
+        assert report.counts["ok"] == 2
+        with open_features(out) as f:
+            files[decoder] = {v: f.clips(v) for v in f.videos.path}
+    assert "NVDEC is not available (the model runs on the CPU): decoding on the CPU with PyAV" in capfd.readouterr().err
+    for decoder in ("torchcodec", "nvdec"):
+        for name, want in files["pyav"].items():
+            got = files[decoder][name]
+            np.testing.assert_allclose(got.start_sec, want.start_sec, atol=1e-6)
+            np.testing.assert_allclose(got.end_sec, want.end_sec, atol=1e-6)
+            np.testing.assert_array_equal(got.valid_frames, want.valid_frames)
+            # bilinear vs swscale rounding at the tiny test size moves the embeddings a little
+            np.testing.assert_allclose(got.embedding.astype(np.float32), want.embedding.astype(np.float32), atol=0.1)

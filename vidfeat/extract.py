@@ -25,7 +25,7 @@ import signal
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +61,8 @@ class ExtractOptions:
     commit_seconds: float = 10.0  # commit finished videos to disk at least this often (0: each video)
     overwrite: bool = False
     retry_failed: bool = False
+    decoder: str = "pyav"  # pyav | torchcodec | nvdec (NVDEC_WORKERS GPU decoders beside CPU ones)
+    compile: bool = False  # torch.compile the model step
 
 
 @dataclass
@@ -116,17 +118,22 @@ def _one_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-def decode_video(video: int, path: Path, sampling: ClipSampling, card: ModelCard, crops: int, threads: int):
-    """Yield the ClipItems of one video, then its VideoEnd. Never raises for a bad video."""
+def decode_video(
+    video: int, path: Path, sampling: ClipSampling, card: ModelCard, crops: int, threads: int, decoder: str = "pyav"
+):
+    """Yield the ClipItems of one video, then its VideoEnd. Never raises for a bad video.
+    ``decoder``: see ``vidfeat.decoders``; crops of GPU-decoded frames are copied to the host
+    (the loader hands items between processes)."""
     start = time.perf_counter()
     sent, info = 0, None
     status, error, duration = "failed", "", math.nan
     try:
-        with ClipReader(path, sampling, short_side=card.preprocess.short_side, threads=threads) as reader:
+        with ClipReader(path, sampling, short_side=card.preprocess.short_side, threads=threads, decoder=decoder) as reader:
             info = reader.info
             for clip in reader:
                 views = spatial_crops(clip.frame_list, card.preprocess.crop_size, crops)
-                yield ClipItem(video, clip.index, torch.from_numpy(views), clip.start_sec, clip.end_sec, clip.valid_frames)
+                views = views.cpu() if isinstance(views, torch.Tensor) else torch.from_numpy(views)
+                yield ClipItem(video, clip.index, views, clip.start_sec, clip.end_sec, clip.valid_frames)
                 sent += 1
             status, error, duration = reader.status, reader.error, reader.duration_sec
     except VideoError as exc:
@@ -156,8 +163,9 @@ class ClipStream(IterableDataset):
     into ``current[w]`` (shared memory, -1 when idle), so that if the process dies the main
     process knows which video it was on."""
 
-    def __init__(self, jobs, sampling: ClipSampling, card: ModelCard, crops: int, threads: int, current=None):
+    def __init__(self, jobs, sampling: ClipSampling, card: ModelCard, crops: int, threads: int, current=None, decoder="pyav"):
         self.jobs, self.sampling, self.card, self.crops, self.threads = jobs, sampling, card, crops, threads
+        self.decoder = decoder
         self.current = current
 
     def __iter__(self):
@@ -168,9 +176,39 @@ class ClipStream(IterableDataset):
         for video, path in shard:
             if worker is not None and self.current is not None:
                 self.current[worker.id] = video
-            yield from decode_video(video, path, self.sampling, self.card, self.crops, self.threads)
+            yield from decode_video(video, path, self.sampling, self.card, self.crops, self.threads, _worker_decoder(self.decoder, worker))
         if worker is not None and self.current is not None:
             self.current[worker.id] = -1
+
+
+NVDEC_WORKERS = 4
+"""With ``decoder="nvdec"``, decode workers 0..NVDEC_WORKERS-1 decode on the GPU, the others
+with PyAV on the CPU: both feed the model."""
+
+
+def _worker_decoder(decoder: str, worker) -> str:
+    if decoder != "nvdec" or worker is None:
+        return decoder
+    return decoder if worker.id < NVDEC_WORKERS else "pyav"
+
+
+def _usable_decoder(decoder: str, device: torch.device) -> str:
+    """``decoder``, or "pyav" with one line on stderr when NVDEC cannot run here; a VidfeatError
+    when torchcodec was asked for and does not work."""
+    from .decoders import DECODERS, nvdec_unavailable, torchcodec_unavailable
+
+    if decoder not in DECODERS:
+        raise VidfeatError(f"--decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
+    if decoder == "torchcodec" and (reason := torchcodec_unavailable()):
+        raise VidfeatError(reason)
+    if decoder == "nvdec":
+        reason = "the model runs on the CPU" if device.type != "cuda" else nvdec_unavailable(device.index or 0)
+        if reason:
+            import sys
+
+            print(f"NVDEC is not available ({reason}): decoding on the CPU with PyAV", file=sys.stderr)
+            return "pyav"
+    return decoder
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,8 +223,12 @@ class ModelRunner:
     is halved and the batch retried, so the default batch size is "as large as fits".
     """
 
-    def __init__(self, model: TimeSformer, device: torch.device, dtype: torch.dtype, crops: int, batch_size: int):
+    def __init__(
+        self, model: TimeSformer, device: torch.device, dtype: torch.dtype, crops: int, batch_size: int, compile: bool = False
+    ):
         self.model, self.device, self.dtype, self.crops = model, device, dtype, crops
+        # torch.compile of the model step (its outputs equal eager's; tests/test_compile.py)
+        self._step = torch.compile(self._model_step) if compile else self._model_step
         self.batch_size = batch_size
         self.pre = model.card.preprocess
         self.normalize = Normalize(self.pre.mean, self.pre.std, device)  # mean/std stay on the device
@@ -213,9 +255,12 @@ class ModelRunner:
     def _forward(self, clips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.normalize(clips.to(self.device, non_blocking=True))
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-            feats = self.model.forward_features(x)
-            logits = self.model.forward_head(feats)
+            feats, logits = self._step(x)
         return feats.float(), logits.float()
+
+    def _model_step(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = self.model.forward_features(x)
+        return feats, self.model.forward_head(feats)
 
     @torch.inference_mode()
     def submit(self, crops: list[torch.Tensor]):
@@ -252,12 +297,12 @@ class ModelRunner:
         return feats.numpy(), logits.numpy()
 
 
-def _auto_batch_size(model: TimeSformer, device: torch.device, dtype: torch.dtype, crops: int) -> int:
+def _auto_batch_size(model: TimeSformer, device: torch.device, dtype: torch.dtype, crops: int, compile: bool = False) -> int:
     """Clips per model step: the largest that fits with a margin (see :mod:`vidfeat.batchsize`);
     out-of-memory still halves it later."""
     from .batchsize import find_batch_size
 
-    return find_batch_size(model, device, dtype, crops)
+    return find_batch_size(model, device, dtype, crops, compiled=compile)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,6 +346,7 @@ def extract(videos: list[VideoFile], output: Path, options: ExtractOptions, prog
     card = model.card
     sampling = ClipSampling(card.preprocess.num_frames, options.fps or card.preprocess.fps, options.stride_sec)
     workers = _default_workers() if options.workers is None else options.workers
+    options = replace(options, decoder=_usable_decoder(options.decoder, device))
     threads = max(1, (os.cpu_count() or 2) // max(1, workers))
     progress = progress or Progress(enabled=False)
     report = ExtractReport(output=output, total=len(videos))
@@ -335,8 +381,8 @@ def extract(videos: list[VideoFile], output: Path, options: ExtractOptions, prog
         )
         try:
             if todo:
-                batch = options.batch_size or _auto_batch_size(model, device, dtype, options.crops)
-                runner = ModelRunner(model, device, dtype, options.crops, batch)
+                batch = options.batch_size or _auto_batch_size(model, device, dtype, options.crops, options.compile)
+                runner = ModelRunner(model, device, dtype, options.crops, batch, compile=options.compile)
                 with _StopOnCtrlC() as stop:
                     _run(todo, sampling, card, options, workers, threads, runner, writer, report, progress, stop)
         except KeyboardInterrupt:
@@ -502,7 +548,7 @@ def _run(todo, sampling, card, options, workers, threads, runner, writer, report
         alone = bool(isolate)
         jobs, n = ([isolate.pop(0)], 1) if alone else (pending, workers)
         current = mp.Array("q", [-1] * max(1, n), lock=False)
-        stream = ClipStream(jobs, sampling, card, options.crops, threads, current)
+        stream = ClipStream(jobs, sampling, card, options.crops, threads, current, decoder=options.decoder)
         loader = DataLoader(
             stream,
             batch_size=None,
@@ -510,6 +556,7 @@ def _run(todo, sampling, card, options, workers, threads, runner, writer, report
             pin_memory=runner.device.type == "cuda",
             prefetch_factor=4 if n else None,
             in_order=False,  # take whichever worker is ready: a slow video does not stall the others
+            multiprocessing_context="spawn" if options.decoder == "nvdec" and n else None,  # CUDA in workers
         )
         try:
             items = iter(loader)
