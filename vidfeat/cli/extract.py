@@ -37,8 +37,11 @@ from . import main
 @click.option("--overwrite", is_flag=True, help="Replace an output made with another model or setting.")
 @click.option("--retry-failed", is_flag=True, help="Try again the videos that failed in an earlier run.")
 @click.option("--quiet", is_flag=True, help="No progress display (failures are still printed).")
+@click.option("--decoder", type=click.Choice(["pyav", "torchcodec", "nvdec"]), default="pyav", show_default=True,
+              help="Video decoder: PyAV, torchcodec on the CPU, or NVDEC on the GPU beside PyAV workers (extra vidfeat[torchcodec]).")
+@click.option("--compile", "compile_model", is_flag=True, help="torch.compile the model (a slower start for faster steps).")
 def extract_cmd(inputs, output, list_file, model, fps, num_frames, stride, batch_size, device, dtype, workers, crops,
-                embedding_dtype, commit_every, overwrite, retry_failed, quiet) -> None:  # fmt: skip
+                embedding_dtype, commit_every, overwrite, retry_failed, quiet, decoder="pyav", compile_model=False) -> None:  # fmt: skip
     """Extract per-clip embeddings and class scores of every video in INPUTS into one HDF5 file.
 
     INPUTS are folders (searched recursively for video files), video files, or --list. Videos
@@ -56,6 +59,7 @@ def extract_cmd(inputs, output, list_file, model, fps, num_frames, stride, batch
       vidfeat extract --list todo.txt -o feats.h5 --workers 14 --batch-size 32
       find /data -name '*.mp4' | vidfeat extract --list - -o feats.h5
       vidfeat extract videos/ -o feats.h5 --model runs/my-finetune --fps 4 --stride 2
+      vidfeat extract videos/ -o feats.h5 --model large --decoder nvdec --compile
     """
     paths = list(inputs)
     if list_file:
@@ -91,6 +95,8 @@ def extract_cmd(inputs, output, list_file, model, fps, num_frames, stride, batch
         commit_seconds=commit_every,
         overwrite=overwrite,
         retry_failed=retry_failed,
+        decoder=decoder,
+        compile=compile_model,
     )
     progress = Progress(enabled=not quiet)
     if not quiet:
