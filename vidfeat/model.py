@@ -193,10 +193,22 @@ class Block(nn.Module):
         cls = cls + cls_res
         x = x + rearrange(res[:, 1:], "(b t) n d -> b t n d", b=b)
 
-        # MLP, token-wise: applied to CLS and patches separately (same result, no concatenation)
-        cls = cls + self.drop_path(self.mlp(self.norm2(cls)))
-        x = x + self.drop_path(self.mlp(self.norm2(x)))
-        return cls, x
+        # MLP, token-wise: applied to CLS and patches separately (same result, no concatenation);
+        # stochastic depth drops a sample's whole MLP branch, CLS and patches together (one mask)
+        cls_res, res = self.mlp(self.norm2(cls)), self.mlp(self.norm2(x))
+        keep = self._keep_mask(b, cls)
+        if keep is not None:
+            cls_res, res = cls_res * keep, res * keep.unsqueeze(1)
+        return cls + cls_res, x + res
+
+    def _keep_mask(self, batch: int, like: torch.Tensor) -> torch.Tensor | None:
+        """Stochastic-depth mask ``(batch, 1, 1)`` drawn as timm's ``DropPath`` draws it (one
+        Bernoulli per sample, kept samples scaled by 1 / keep), or None when nothing is dropped."""
+        if not isinstance(self.drop_path, DropPath) or not self.training:
+            return None
+        keep_prob = 1.0 - self.drop_path.drop_prob
+        mask = like.new_empty((batch, 1, 1)).bernoulli_(keep_prob)
+        return mask.div_(keep_prob) if keep_prob > 0.0 else mask
 
 
 # ---------------------------------------------------------------------------------------------
