@@ -261,7 +261,7 @@ def _assumed_preprocess(config: TimeSformerConfig, name: str, **kwargs) -> tuple
     if match and int(match.group(1)) == config.num_frames and int(match.group(2)) > 0:
         step = int(match.group(2))
         fps = _OFFICIAL_SOURCE_FPS / step
-        why = f"every {step}th frame of 30 fps video, from the file name's {match.group(1)}x{step}"
+        why = f"one frame in {step} of 30 fps video, from the file name's {match.group(1)}x{step}"
     else:
         fps = config.num_frames / _FALLBACK_CLIP_SEC
         why = f"no card and no {config.num_frames}xSTEP in the file name; clips of {_FALLBACK_CLIP_SEC:.2f} s as the base model's"
@@ -416,7 +416,7 @@ def _card_from_state(state: StateDict, path: Path, num_heads: int | None = None)
             raise WeightsError(
                 f"{path} is the checkpoint of {card.name!r}, which has {card.config.num_heads} heads, not {num_heads}"
             )
-        weights = replace(card.weights, file=path.name, sha256=digest, url=card.weights.url)
+        weights = replace(card.weights, file=path.name, sha256=digest)
         return replace(card, weights=weights, path=None, description=f"{card.description} Loaded from {path}."), state
     preprocess, sampling = _assumed_preprocess(config, path.name)
     meta = {"sampling_assumed": sampling}
@@ -531,10 +531,13 @@ def _resize_embeddings(state: StateDict, *, num_frames: int | None, image_size: 
     return state
 
 
-def _load_strict(model: TimeSformer, state: StateDict, name: str, fresh: tuple[str, ...] = ()) -> None:
-    """Load ``state`` strictly, or raise one WeightsError naming every missing, unexpected and
-    mis-shaped key. ``fresh``: parameters the caller declared new (a replaced head)."""
-    expected = {k: v for k, v in model.state_dict().items() if k not in fresh}
+def _check_fits(config: TimeSformerConfig, state: StateDict, name: str, fresh: tuple[str, ...] = ()) -> None:
+    """Raise one WeightsError naming every missing, unexpected and mis-shaped key of ``state`` for a
+    model of ``config`` (built on the meta device: no memory, so a misfit is told at once).
+    ``fresh``: parameters the caller declared new (a replaced head)."""
+    with torch.device("meta"):
+        reference = TimeSformer(config).state_dict()
+    expected = {k: v for k, v in reference.items() if k not in fresh}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     shapes = sorted(
@@ -549,7 +552,6 @@ def _load_strict(model: TimeSformer, state: StateDict, name: str, fresh: tuple[s
             problems.append(f"{label}: {shown}")
     if problems:
         raise WeightsError(f"checkpoint {name!r} does not fit the model; " + "; ".join(problems))
-    model.load_state_dict(state, strict=not fresh)
 
 
 def load_model(
@@ -590,8 +592,10 @@ def load_model(
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
         config.num_classes = num_classes
         card.classes = [f"class_{i}" for i in range(num_classes)]
+    fresh = ("head.weight", "head.bias") if new_head else ()
+    _check_fits(config, state, card.name, fresh)
     model = TimeSformer(config, card=card)  # a new head keeps its random init
-    _load_strict(model, state, card.name, fresh=("head.weight", "head.bias") if new_head else ())
+    model.load_state_dict(state, strict=not fresh)
     return model.to(device=device, dtype=dtype).eval()
 
 
