@@ -189,6 +189,20 @@ def test_resume_check_reads_settings_added_later_as_their_defaults():
         load_config("synthetic_motion", ["data.reverse_swaps=[]"])
 
 
+def test_resume_may_change_epochs_not_below_those_done():
+    from vidfeat.recipe import check_resumable
+
+    stored = load_config("synthetic_motion", ["optim.epochs=3"]).to_dict()
+    longer, shorter = load_config("synthetic_motion", ["optim.epochs=5"]), load_config("synthetic_motion", ["optim.epochs=2"])
+    check_resumable(longer, stored, epochs_done=3)  # extend a finished run
+    check_resumable(shorter, stored, epochs_done=2)
+    with pytest.raises(ConfigError) as info:
+        check_resumable(shorter, stored, epochs_done=3)
+    assert str(info.value) == "optim.epochs is 2, but this run has already done 3 epochs: resume with optim.epochs >= 3"
+    with pytest.raises(ConfigError, match=r"optim.epochs: 3 -> 5"):  # a card's trained_with: every setting counts
+        check_resumable(longer, stored)
+
+
 def test_get_lr_official_steps_warmup_and_cosine():
     config = load_config("kinetics_finetune")
     per_epoch = 10
@@ -450,6 +464,27 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(tmp_path, recipe, moti
 
     with pytest.raises(ConfigError, match=r"optim.lr: 0.003 -> 0.004"):
         train(tiny(recipe, motion, f"optim.epochs={epochs}", "model.dropout=0.1", "optim.lr=0.004"), run, resume=True)
+
+
+@pytest.mark.slow
+def test_resume_with_more_epochs_extends_a_finished_run(tmp_path, recipe, motion, capsys):
+    step = ["schedule.kind=step", "schedule.milestones=[2]", "schedule.gamma=0.5"]  # lr of a step independent of the length
+    straight = train(tiny(recipe, motion, "optim.epochs=3", *step), tmp_path / "straight")
+    run = tmp_path / "run"
+    train(tiny(recipe, motion, "optim.epochs=2", *step), run)
+    capsys.readouterr()
+    extended = train(tiny(recipe, motion, "optim.epochs=3", *step), run, resume=True)
+    assert "resuming at epoch 3 (optim.epochs 2 -> 3: the learning-rate schedule is recomputed for 3 epochs)" in capsys.readouterr().err
+    assert [h["epoch"] for h in extended.history] == [2] and extended.history[0]["lr"] == pytest.approx(0.0015)
+    final, expected = weights(run), weights(tmp_path / "straight")
+    for name in expected:
+        torch.testing.assert_close(final[name], expected[name], rtol=0, atol=1e-6, msg=name)
+    assert extended.history[0]["train_loss"] == pytest.approx(straight.history[2]["train_loss"], abs=1e-6)
+    assert load_model(run).card.meta["epoch"] == 3
+
+    lower = CliRunner().invoke(main, ["train", str(recipe), "--set", f"data.train={motion}", "--set", "optim.epochs=2", *sum((["--set", s] for s in step), []), "-o", str(run), "--resume"])
+    assert lower.exit_code == 1 and lower.exception.__class__ is SystemExit
+    assert lower.output.strip().splitlines()[-1] == "Error: optim.epochs is 2, but this run has already done 3 epochs: resume with optim.epochs >= 3"
 
 
 def test_reverse_pairs_put_each_clip_and_its_reversal_in_one_batch(recipe, motion, tmp_path, monkeypatch):
