@@ -582,22 +582,73 @@ def test_options_sgd_step_clip_checkpointing_bf16_and_frozen_embeddings(tmp_path
     assert not torch.equal(result.model.state_dict()["head.weight"], initial.state_dict()["head.weight"])
 
 
-def test_torchrun_two_cpu_ranks_write_one_checkpoint(tmp_path, recipe, motion):
-    run = tmp_path / "run"
-    command = [str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "-m", "vidfeat", "train", str(recipe)]
-    command += ["--set", f"data.train={motion}", "--set", "data.val_fraction=0.25", "-o", str(run)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+# `vidfeat train` under torchrun, each rank logging the training clips it reads (workers = 0:
+# __getitem__ runs in the rank's own process).
+LOGGED_TRAIN = """
+import os
+from vidfeat import data
+from vidfeat.cli import main
+
+read = data.ClipDataset.__getitem__
+
+def logged(self, index):
+    if self.augment is not None:  # the training set
+        with open(os.environ["SEEN_LOG"] + "." + os.environ["RANK"], "a") as fh:
+            fh.write(f"{self.epoch} {index}\\n")
+    return read(self, index)
+
+data.ClipDataset.__getitem__ = logged
+main(prog_name="vidfeat")
+"""
+
+
+def torchrun_train(tmp_path: Path, recipe: Path, motion: Path, run: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """``vidfeat train`` on 2 CPU ranks (gloo); returns the run and {rank: [(epoch, index), ...]}."""
+    script = tmp_path / "logged_train.py"
+    script.write_text(LOGGED_TRAIN)
+    log = tmp_path / f"seen-{run.name}-{len(list(tmp_path.glob(f'seen-{run.name}-*')))}"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script), "train", str(recipe)]
+    command += ["--set", f"data.train={motion}", "--set", "data.val_fraction=0.25", "--set", "schedule.kind=step", "-o", str(run), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SEEN_LOG": str(log)}
     done = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("run saved in") == 1 and done.stderr.count("training:") == 1
+    seen = {}
+    for rank in (0, 1):
+        lines = Path(f"{log}.{rank}").read_text().split()
+        seen[rank] = [(int(e), int(i)) for e, i in zip(lines[::2], lines[1::2])]
+    return done, seen
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_ranks_sample_apart_write_once_and_resume(tmp_path, recipe, motion):
+    run = tmp_path / "run"
+    done, seen = torchrun_train(tmp_path, recipe, motion, run)
+    assert done.stdout.count("run saved in") == 1 and done.stderr.count("training:") == 1  # rank 0 alone prints
     assert "8 train / 8 val videos" in done.stderr and "2 x 1 accumulated x 2 ranks" in done.stderr
+    for epoch in (0, 1):  # 8 training videos, 2 steps of 2 ranks x 2 clips: each video once an epoch
+        mine = {rank: [i for e, i in seen[rank] if e == epoch] for rank in (0, 1)}
+        assert len(mine[0]) == len(mine[1]) == 4 and sorted(mine[0] + mine[1]) == list(range(8))
+    assert [i for e, i in seen[0] if e == 0] != [i for e, i in seen[0] if e == 1]  # reshuffled each epoch
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in records if r["kind"] == "epoch"]
-    assert [r["epoch"] for r in epochs] == [0, 1] and all(r["val_top1"] is not None for r in epochs)
+    assert [r["epoch"] for r in epochs] == [0, 1] and [r["step"] for r in epochs] == [2, 4]
+    assert all(r["val_top1"] is not None for r in epochs)
     assert sorted(p.name for p in run.iterdir()) == [
         "card.toml", "classes.txt", "curves.png", "metrics.jsonl", "model.safetensors", "train_state.pt",
     ]  # fmt: skip
     assert load_model(run).card.classes == list(CLASSES)
+
+    # the same run in two sessions: 1 epoch, then --resume to 2 (the step schedule's lr does not
+    # depend on the length): same clips and the same weights as the uninterrupted run
+    parts = tmp_path / "parts"
+    _, first = torchrun_train(tmp_path, recipe, motion, parts, "--set", "optim.epochs=1")
+    resumed, second = torchrun_train(tmp_path, recipe, motion, parts, "--resume")
+    assert "resuming at epoch 2 (optim.epochs 1 -> 2" in resumed.stderr and resumed.stdout.count("run saved in") == 1
+    assert {r: first[r] + second[r] for r in (0, 1)} == seen
+    final, expected = weights(parts), weights(run)
+    for name in expected:
+        torch.testing.assert_close(final[name], expected[name], rtol=0, atol=1e-6, msg=name)
+    assert torch.load(parts / "train_state.pt", weights_only=True)["world_size"] == 2
 
 
 def test_scratch_models_start_from_sine_cosine_embeddings(recipe, motion):
