@@ -73,6 +73,14 @@ def test_extract_unknown_device_is_one_line(tmp_path):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1 and result.exception.__class__ is SystemExit
     assert result.output == "Error: unknown device 'gpu': use auto, cpu, cuda or cuda:N\n"
+    assert not (tmp_path / "f.h5").exists()
+
+
+@pytest.mark.slow
+def test_extract_unknown_device_in_a_process_is_one_line(tmp_path):
+    video = tmp_path / "v.mp4"
+    make_video(video, seconds=1.0, fps=8, size=(32, 32))
+    args = ["extract", str(video), "-o", str(tmp_path / "f.h5"), "--device", "gpu", "--quiet"]
     env = {k: v for k, v in os.environ.items() if k != "VIDFEAT_RAISE_ERRORS"}
     done = subprocess.run([sys.executable, "-m", "vidfeat", *args], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 1 and "Traceback" not in done.stderr
@@ -80,6 +88,7 @@ def test_extract_unknown_device_is_one_line(tmp_path):
     assert not (tmp_path / "f.h5").exists()
 
 
+@pytest.mark.slow
 def test_reading_a_recipe_does_not_import_the_decoder():
     code = "import sys, vidfeat.recipe as r; r.load_config(r.bundled_recipes()[0]); print(sorted(m for m in ('av', 'vidfeat.evaluate', 'vidfeat.data') if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

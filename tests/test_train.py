@@ -402,6 +402,7 @@ def test_unreadable_videos_are_skipped_and_counted(tmp_path, recipe, motion):
 # training
 
 
+@pytest.mark.slow
 def test_training_lowers_the_loss_and_writes_a_loadable_checkpoint(tmp_path, recipe, motion):
     config = tiny(recipe, motion, "optim.epochs=6")
     result = train(config, tmp_path / "run")
@@ -424,7 +425,9 @@ def test_training_lowers_the_loss_and_writes_a_loadable_checkpoint(tmp_path, rec
     cli = CliRunner().invoke(main, ["eval", "--weights", str(run), str(motion), "--workers", "0", "--json"])
     assert cli.exit_code == 0, cli.output
     report = json.loads(cli.output)
-    assert report["count"] == 16 and len(report["confusion"]) == 8 and 0 <= report["top1"] <= report["top5"] <= 1
+    direct = evaluate(result.model, motion, workers=0, device="cpu")  # the model in memory, not the saved run
+    assert report["count"] == 16 and report["confusion"] == direct["confusion"] and sum(map(sum, report["confusion"])) == 16
+    assert report["top1"] == direct["top1"] and report["loss"] == pytest.approx(direct["loss"], abs=1e-5)
     table = CliRunner().invoke(main, ["eval", "--weights", str(run), str(motion), "--workers", "0"])
     assert table.exit_code == 0 and "top-1" in table.output and "move_left" in table.output
 
@@ -432,6 +435,7 @@ def test_training_lowers_the_loss_and_writes_a_loadable_checkpoint(tmp_path, rec
     assert again.exit_code == 1 and "pass --resume" in again.output
 
 
+@pytest.mark.slow
 def test_kill_and_resume_reproduces_the_uninterrupted_run(tmp_path, recipe, motion):
     epochs = 8  # with dropout: the random stream must be reproduced too
     straight = train(tiny(recipe, motion, f"optim.epochs={epochs}", "model.dropout=0.1", "data.workers=1"), tmp_path / "straight")
@@ -632,7 +636,6 @@ def test_torchrun_two_cpu_ranks_sample_apart_write_once_and_resume(tmp_path, rec
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in records if r["kind"] == "epoch"]
     assert [r["epoch"] for r in epochs] == [0, 1] and [r["step"] for r in epochs] == [2, 4]
-    assert all(r["val_top1"] is not None for r in epochs)
     assert sorted(p.name for p in run.iterdir()) == [
         "card.toml", "classes.txt", "curves.png", "metrics.jsonl", "model.safetensors", "train_state.pt",
     ]  # fmt: skip
@@ -649,6 +652,10 @@ def test_torchrun_two_cpu_ranks_sample_apart_write_once_and_resume(tmp_path, rec
     for name in expected:
         torch.testing.assert_close(final[name], expected[name], rtol=0, atol=1e-6, msg=name)
     assert torch.load(parts / "train_state.pt", weights_only=True)["world_size"] == 2
+    again = [json.loads(line) for line in (parts / "metrics.jsonl").read_text().splitlines()]
+    for key in ("train_loss", "val_loss", "val_top1", "val_top5"):  # validation is all-reduced over the ranks
+        assert [r[key] for r in again if r["kind"] == "epoch"] == pytest.approx([r[key] for r in epochs], abs=1e-6)
+    assert epochs[1]["val_loss"] > 0 and epochs[1]["val_top1"] * 8 == round(epochs[1]["val_top1"] * 8)
 
 
 def test_scratch_models_start_from_sine_cosine_embeddings(recipe, motion):
@@ -695,7 +702,8 @@ def test_synth_command_writes_a_usable_dataset(tmp_path):
     assert "wrote 8 videos" in result.output and "wrote 1 long videos" in result.output
     entries = read_entries(tmp_path / "s")  # labels.csv: the long videos are not a class
     assert sorted(e.label for e in entries) == sorted(CLASSES)
-    assert json.loads((tmp_path / "s" / "long" / "segments.json").read_text())["videos"][0]["segments"]
+    segments = json.loads((tmp_path / "s" / "long" / "segments.json").read_text())["videos"][0]["segments"]
+    assert 4 <= len(segments) <= 7 and f"wrote 1 long videos ({len(segments)} segments)" in result.output
     assert Entry(tmp_path / "s" / "grow" / "grow_00006.mp4", "grow") in entries
 
 
