@@ -141,8 +141,8 @@ def _xavier_linears_(model: TimeSformer) -> None:
     zero biases, instead of the official truncated normal (std 0.02) with a zero ``temporal_fc``.
 
     A small model trained from scratch starts with its temporal attention switched off under the
-    official init; with Xavier every path carries signal from the first step (bench/motion_probe.py:
-    43% against 35% validation top-1 after ~800 steps on easy synthetic motion data).
+    official init; with Xavier every path carries signal from the first step (measurements:
+    docs/results.md).
     """
     for module in model.modules():
         if isinstance(module, torch.nn.Linear):
