@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import SettingsMismatch, StoreError
-from .assemble import _assemble
+from .assemble import NoSpace, _assemble
 from .format import (
     _CHUNK_RE,
     _CLIP_COPY,
@@ -78,6 +78,10 @@ def _fsync_dir(path: Path) -> None:
             raise
     finally:
         os.close(fd)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
 
 
 def _unlink_quiet(path: Path) -> None:
@@ -166,6 +170,8 @@ class VideoResult:
     the resume key. Unknown ``duration_sec``/``fps`` are NaN (``None`` is accepted), unknown
     ``width``/``height`` 0. ``embedding`` is ``[n, D]``, ``logits`` ``[n, C]``, ``start_sec``,
     ``end_sec`` and ``valid_frames`` ``[n]``; the writer casts them to the file's dtypes.
+    ``warning`` is "" or one line about a usable but suspect result (e.g. "sampling at 30 fps
+    from a 10 fps video: 66% repeated frames"), stored in /videos/warning.
     """
 
     path: str
@@ -173,6 +179,7 @@ class VideoResult:
     size_bytes: int
     mtime: float
     error: str = ""  # "" or a one-line reason (partial/failed)
+    warning: str = ""  # "" or a one-line note on a result that is usable but suspect
     duration_sec: float | None = math.nan
     fps: float | None = math.nan
     width: int | None = 0
@@ -240,6 +247,7 @@ def _normalized(
         path=path,
         status=result.status,
         error=_one_line(result.error),
+        warning=_one_line(result.warning),
         size_bytes=size,
         mtime=float(result.mtime),
         duration_sec=math.nan if result.duration_sec is None else float(result.duration_sec),
@@ -607,6 +615,12 @@ class FeatureWriter:
                 _fsync_file(tmp)
                 os.replace(tmp, self.output)
                 _fsync_dir(self.output.parent)
+            except NoSpace as exc:
+                raise StoreError(
+                    f"cannot assemble {self.output}: it needs about {_mb(exc.needed)} in {self.parts}, which has "
+                    f"{_mb(exc.free)} free; the {self._committed_count()} committed videos there are kept: free "
+                    f"at least {_mb(exc.needed - exc.free)} there and rerun the same command to finish"
+                ) from None
             except BaseException as exc:
                 _unlink_quiet(tmp)
                 if not isinstance(exc, (OSError, RuntimeError)):
