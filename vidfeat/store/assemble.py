@@ -38,8 +38,9 @@ _DATASET_CHUNK_BYTES = 1 << 20  # largest HDF5 chunk of the final file's dataset
 _MAX_CHUNK_ROWS = 1 << 16
 # Free-space estimate: HDF5 metadata (superblock, object headers, chunk indexes, heaps) on top
 # of the data. Generous: a refused run costs more than a few hundred KiB of margin.
-_META_BYTES = 256 << 10
-_META_BYTES_PER_DATASET = 8 << 10
+_META_BYTES = 64 << 10
+_META_BYTES_PER_DATASET = 4 << 10
+_META_BYTES_PER_CHUNK = 64  # chunk index entries
 _STRING_OVERHEAD = 32  # bytes per variable-length string: heap object header and reference
 
 
@@ -66,7 +67,7 @@ def _allocated_bytes(shape: tuple[int, ...], dtype: Any) -> int:
     """Bytes the chunks of a dataset take on disk (whole chunks)."""
     chunk = _dataset_chunks(shape, dtype)
     n_chunks = -(-shape[0] // chunk[0])
-    return n_chunks * int(np.prod(chunk, dtype=np.int64)) * np.dtype(dtype).itemsize
+    return n_chunks * (int(np.prod(chunk, dtype=np.int64)) * np.dtype(dtype).itemsize + _META_BYTES_PER_CHUNK)
 
 
 def _needed_bytes(
@@ -231,9 +232,10 @@ def _write(
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Class probabilities of each row of ``logits``, computed in float64."""
     z = logits.astype(np.float64)
-    z -= z.max(axis=1, keepdims=True)
-    np.exp(z, out=z)
-    z /= z.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", over="ignore"):  # rows with inf/NaN give NaN (verify names them)
+        z -= z.max(axis=1, keepdims=True)
+        np.exp(z, out=z)
+        z /= z.sum(axis=1, keepdims=True)
     return z
 
 
