@@ -5,13 +5,11 @@ from __future__ import annotations
 import errno
 import json
 import os
-import random
 import resource
 import shutil
 import signal
 import subprocess
 import sys
-import time
 import zlib
 from pathlib import Path
 
@@ -138,7 +136,7 @@ def test_round_trip_keeps_every_value(reference):
         assert attrs["vidfeat_version"] and "created" in attrs and "torch_version" in attrs
         assert f.classes == CLASSES
         assert list(f.videos.path) == sorted(PATHS)
-        assert len(f) == sum(make_result(p).num_clips for p in PATHS) == f.embeddings.shape[0]
+        assert len(f) == sum(make_result(p).num_clips for p in PATHS)
         for path in PATHS:
             want = make_result(path)
             got = f.clips(path)
@@ -450,45 +448,6 @@ def test_leftover_temporary_files_are_removed(tmp_path, reference):
     assert_same_content(out, reference)
 
 
-def _child_main() -> None:
-    """Run in a subprocess by the SIGKILL test: add the videos not yet done, slowly, then finalize."""
-    out, seed = Path(sys.argv[1]), int(sys.argv[2])
-    order = list(PATHS)
-    random.Random(seed).shuffle(order)
-    with open_writer(out, flush_videos=2) as writer:
-        print("ready", flush=True)
-        for path in order:
-            result = make_result(path)
-            if not writer.is_done(path, result.size_bytes, result.mtime):
-                time.sleep(0.03)  # "decoding"
-                writer.add(result)
-        writer.finalize()
-
-
-def test_sigkill_at_random_moments_then_resume_gives_the_same_file(tmp_path, reference):
-    out = tmp_path / "feats.h5"
-    rng = random.Random(1234)
-    tests = str(Path(__file__).parent)
-    code = f"import sys; sys.path.insert(0, {tests!r}); import test_store; test_store._child_main()"
-    killed = 0
-    for attempt in range(8):
-        child = subprocess.Popen(
-            [sys.executable, "-c", code, str(out), str(attempt)], stdout=subprocess.PIPE, text=True
-        )
-        assert child.stdout.readline() == "ready\n"
-        time.sleep(rng.uniform(0.0, 0.4))
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-        child.stdout.close()
-        killed += child.returncode == -signal.SIGKILL
-        if out.exists():  # never a half-written final file
-            assert verify(out) == []
-    assert killed >= 1  # the first attempt needs > 0.4 s of "decoding" after "ready"
-    write_all(out)
-    assert_same_content(out, reference)
-    assert not parts_path(out).exists()
-
-
 _FILE_OPS = ("fsync", "replace", "unlink", "rmdir")
 
 
@@ -538,6 +497,7 @@ def _crash_job(out: Path, resume: bool = False) -> None:
         writer.finalize()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("when", ["before", "after"])
 def test_sigkill_at_every_file_operation_then_resume_gives_the_same_file(tmp_path, monkeypatch, when):
     start = tmp_path / "start.h5"
@@ -630,8 +590,10 @@ def test_a_real_write_error_from_hdf5_is_a_store_error(tmp_path):
         finally:
             os._exit(0)
     os.waitpid(pid, 0)
-    assert report.read_text().startswith("cannot write chunk-000002.h5")
-    assert "1 videos committed before are kept" in report.read_text()
+    assert report.read_text() == (
+        f"cannot write chunk-000002.h5 in {parts_path(out)}: File too large; the 1 videos committed before are "
+        "kept: free space (or fix the cause) and rerun the same command to resume"
+    )  # one line: HDF5's own multi-line description of the failed write is left out
     with open_writer(out, embedding_dtype="float32") as writer:
         assert writer.is_done("a.mp4", make_result("a.mp4").size_bytes, make_result("a.mp4").mtime)
         assert not writer.is_done("big.mp4", big.size_bytes, big.mtime)
