@@ -933,6 +933,13 @@ def test_warnings_are_stored_and_summarized(tmp_path):
     info = summarize(out)
     assert info["format_version"] == 2 and info["warnings"] == 1
     assert info["warned"] == [{"path": "a/b.mp4", "warning": "sampling at 30 fps from a 10 fps video: 66% repeated frames"}]
+    from click.testing import CliRunner
+
+    from vidfeat.cli import main
+
+    shown = CliRunner().invoke(main, ["info", str(out)]).output.splitlines()
+    assert "format_version: 2" in shown and "warnings: 1" in shown
+    assert shown[shown.index("warned (1):") + 1] == "  a/b.mp4: sampling at 30 fps from a 10 fps video: 66% repeated frames"
     broken = _with(out, tmp_path, _set("videos/warning", 0, "two\nlines"))
     assert verify(broken) == ["videos/warning with more than one line: a-b.mp4"]
 
