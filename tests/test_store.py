@@ -820,28 +820,57 @@ def _small_disk_main() -> None:
         print(str(exc), flush=True)
 
 
-def test_a_really_full_filesystem(tmp_path, big_reference):
-    """A 600 KB tmpfs: the chunks fit, the final file beside them does not; then space is freed."""
+@pytest.fixture
+def small_fs(tmp_path):
+    """A mount point for a small tmpfs (``mount(size)``; remount to resize); skips where mounting is refused."""
     mnt = tmp_path / "small"
     mnt.mkdir()
-    try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mnt)], check=True,
-                       capture_output=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        pytest.skip("cannot mount a small tmpfs here (needs root)")
-    try:
-        out = mnt / "feats.h5"
-        child = _run_child("_small_disk_main", str(out))
-        assert (child.returncode, child.stderr) == (0, "")
-        [line] = child.stdout.splitlines()
-        assert line.startswith(f"cannot assemble {out}: it needs about 0.5 MB") and "rerun the same command" in line
-        _assert_parts_intact(out)
-        subprocess.run(["mount", "-o", "remount,size=2m", str(mnt)], check=True, capture_output=True, timeout=30)
-        child = _run_child("_small_disk_main", str(out))
-        assert (child.returncode, child.stdout, child.stderr) == (0, "", "")
-        assert_same_content(out, big_reference)
-    finally:
+    mounted = []
+
+    def mount(size: str) -> Path:
+        options = f"remount,size={size}" if mounted else f"size={size}"
+        command = ["mount", "-o", options, str(mnt)] if mounted else ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mnt)]
+        try:
+            subprocess.run(command, check=True, capture_output=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            pytest.skip("cannot mount a small tmpfs here (needs root)")
+        mounted.append(size)
+        return mnt
+
+    yield mount
+    if mounted:
         subprocess.run(["umount", str(mnt)], capture_output=True, timeout=30)
+
+
+def test_a_really_full_filesystem_at_assembly(small_fs, big_reference):
+    """A 600 KB tmpfs: the chunks fit, the final file beside them does not; then space is freed."""
+    out = small_fs("600k") / "feats.h5"
+    child = _run_child("_small_disk_main", str(out))
+    assert (child.returncode, child.stderr) == (0, "")
+    [line] = child.stdout.splitlines()
+    assert line.startswith(f"cannot assemble {out}: it needs about 0.5 MB") and "rerun the same command" in line
+    _assert_parts_intact(out)
+    small_fs("2m")
+    child = _run_child("_small_disk_main", str(out))
+    assert (child.returncode, child.stdout, child.stderr) == (0, "", "")
+    assert_same_content(out, big_reference)
+
+
+def test_a_really_full_filesystem_while_committing(small_fs, big_reference):
+    """A 200 KB tmpfs fills up while chunks are committed: one line, the earlier chunks kept."""
+    out = small_fs("200k") / "feats.h5"
+    child = _run_child("_small_disk_main", str(out))
+    assert (child.returncode, child.stderr) == (0, "")
+    [line] = child.stdout.splitlines()
+    kept = sorted(p.name for p in parts_path(out).iterdir() if p.name.startswith("chunk-"))
+    assert 1 <= len(kept) < len(_BIG_PATHS) and kept == [f"chunk-{i:06d}.h5" for i in range(1, len(kept) + 1)]
+    assert line == (f"cannot write chunk-{len(kept) + 1:06d}.h5 in {parts_path(out)}: No space left on device; the "
+                    f"{len(kept)} videos committed before are kept: free space (or fix the cause) and rerun the "
+                    "same command to resume")
+    small_fs("2m")
+    child = _run_child("_small_disk_main", str(out))
+    assert (child.returncode, child.stdout, child.stderr) == (0, "", "")
+    assert_same_content(out, big_reference)
 
 
 # file size

@@ -271,6 +271,26 @@ def _table_from_results(results: Sequence[VideoResult]) -> dict[str, np.ndarray]
     return table
 
 
+def _chunk_image(records: Sequence[VideoResult]) -> bytes:
+    """The bytes of a chunk file holding ``records``, built in memory.
+
+    HDF5 never writes the chunk to disk itself: a write that fails inside HDF5 (a full disk)
+    can surface while a file is being closed, where it cannot be reported cleanly and leaves
+    the library in a state that crashes the process. Writing the image with plain Python file
+    calls makes a full disk an ordinary OSError. A chunk holds at most ``flush_videos`` videos.
+    """
+    with h5py.File(f"chunk-{id(records)}.h5", "w", driver="core", backing_store=False) as h5:
+        h5.attrs["format"] = "vidfeat-chunk"
+        h5.attrs["format_version"] = FORMAT_VERSION
+        table = _table_from_results(records)
+        for name, dtype in VIDEO_COLUMNS.items():
+            h5.create_dataset(f"videos/{name}", data=table[name], dtype=dtype)
+        for name in _CLIP_COPY:
+            h5.create_dataset(f"clips/{name}", data=np.concatenate([getattr(r, name) for r in records]))
+        h5.flush()
+        return h5.id.get_file_image()
+
+
 # writing
 
 
@@ -556,15 +576,11 @@ class FeatureWriter:
         chunk = self.parts / f"chunk-{self._next_seq:06d}.h5"
         tmp = chunk.with_name(chunk.name + _TMP_SUFFIX)
         try:
-            with h5py.File(tmp, "w") as h5:
-                h5.attrs["format"] = "vidfeat-chunk"
-                h5.attrs["format_version"] = FORMAT_VERSION
-                table = _table_from_results(records)
-                for name, dtype in VIDEO_COLUMNS.items():
-                    h5.create_dataset(f"videos/{name}", data=table[name], dtype=dtype)
-                for name in _CLIP_COPY:
-                    h5.create_dataset(f"clips/{name}", data=np.concatenate([getattr(r, name) for r in records]))
-            _fsync_file(tmp)
+            image = _chunk_image(records)
+            with open(tmp, "wb") as f:
+                f.write(image)
+                f.flush()
+                os.fsync(f.fileno())
             os.replace(tmp, chunk)
         except BaseException as exc:  # Ctrl-C too: no temporary file left behind
             _unlink_quiet(tmp)
