@@ -138,7 +138,7 @@ def _format_summary(summary: dict) -> str:
             for row in rows:
                 if isinstance(row, dict) and "path" in row:
                     clips = f" [{row['clips']} clips kept]" if row.get("clips") else ""
-                    lines.append(f"  {row['path']}: {row.get('error', '')}{clips}")
+                    lines.append(f"  {row['path']}: {row.get('error', row.get('warning', ''))}{clips}")
                 else:
                     lines.append(f"  {row}")
     return "\n".join(lines)

@@ -34,6 +34,7 @@ class VideoTable:
     path: np.ndarray  # str objects
     status: np.ndarray  # str objects
     error: np.ndarray  # str objects
+    warning: np.ndarray  # str objects ("" in version-1 files)
     size_bytes: np.ndarray
     mtime: np.ndarray
     duration_sec: np.ndarray
@@ -115,6 +116,20 @@ class FeatureFile:
     def attrs(self) -> dict[str, Any]:
         """Root attrs as plain Python values."""
         return {key: _canon(value) for key, value in self.h5.attrs.items()}
+
+    @property
+    def format_version(self) -> int:
+        return int(_canon(self.h5.attrs.get("format_version", 0)))
+
+    @property
+    def embedding_mean(self) -> h5py.Dataset | None:
+        """/videos/embedding_mean ``[V, D]`` float32 (None in version-1 files), lazy."""
+        return self.h5.get("videos/embedding_mean")
+
+    @property
+    def scores_mean(self) -> h5py.Dataset | None:
+        """/videos/scores_mean ``[V, C]``: mean class probabilities (None in version-1 files), lazy."""
+        return self.h5.get("videos/scores_mean")
 
     @property
     def classes(self) -> list[str]:
