@@ -20,6 +20,7 @@ from click.testing import CliRunner
 
 from videos import make_text, make_video
 from vidfeat.cli import main
+from vidfeat.errors import VidfeatError
 from vidfeat.inputs import discover
 from vidfeat.shard import Shard, detect_shard, parse_shard, select, shard_of, shard_output
 from vidfeat.store import verify
@@ -130,6 +131,9 @@ def test_detect_shard_from_the_launchers():
     array = detect_shard({"SLURM_ARRAY_TASK_ID": "12", "SLURM_ARRAY_TASK_COUNT": "64", "SLURM_ARRAY_TASK_MIN": "10",
                           "SLURM_PROCID": "0", "SLURM_NTASKS": "1"})  # fmt: skip
     assert (array.index, array.count, array.distributed) == (2, 64, False)
+    with pytest.raises(VidfeatError, match="has gaps"):  # --array=3,17: the tasks cannot tell N
+        detect_shard({"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "2", "SLURM_ARRAY_TASK_MIN": "3",
+                      "SLURM_ARRAY_TASK_MAX": "17"})  # fmt: skip
     srun = detect_shard({"SLURM_PROCID": "5", "SLURM_NTASKS": "8"})
     assert (srun.index, srun.count) == (5, 8)
     assert detect_shard({"RANK": "0", "WORLD_SIZE": "1", "SLURM_NTASKS": "1", "SLURM_PROCID": "0"}) is None
@@ -297,6 +301,7 @@ def flush(self):
 
 FeatureWriter.flush = flush
 from vidfeat.cli import main
+from vidfeat.errors import VidfeatError
 
 main(prog_name="vidfeat")
 """

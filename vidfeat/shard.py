@@ -83,7 +83,7 @@ def detect_shard(env: Mapping[str, str] | None = None) -> Shard | None:
     """The shard the launcher gave this process, or None (a single run).
 
     In order: torchrun (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``), a SLURM job
-    array (``SLURM_ARRAY_TASK_ID`` - ``SLURM_ARRAY_TASK_MIN`` of ``SLURM_ARRAY_TASK_COUNT``), srun
+    array (``SLURM_ARRAY_TASK_ID`` - ``SLURM_ARRAY_TASK_MIN`` of ``SLURM_ARRAY_TASK_COUNT``, refused if the array has gaps), srun
     tasks (``SLURM_PROCID`` of ``SLURM_NTASKS``). One process in all (world size 1, one task)
     is a single run.
     """
@@ -96,7 +96,12 @@ def detect_shard(env: Mapping[str, str] | None = None) -> Shard | None:
         )
     task, count = _int(env, "SLURM_ARRAY_TASK_ID"), _int(env, "SLURM_ARRAY_TASK_COUNT")
     if task is not None and count is not None and count > 1:
-        first = _int(env, "SLURM_ARRAY_TASK_MIN") or 0
+        first, last = _int(env, "SLURM_ARRAY_TASK_MIN") or 0, _int(env, "SLURM_ARRAY_TASK_MAX")
+        if last is not None and last - first + 1 != count:
+            raise VidfeatError(
+                f"the SLURM array {first}-{last} has gaps ({count} tasks): pass the shard explicitly, "
+                "e.g. --shard $SLURM_ARRAY_TASK_ID/N"
+            )
         return _checked(Shard(task - first, count, "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT"))
     proc, tasks = _int(env, "SLURM_PROCID"), _int(env, "SLURM_NTASKS")
     if proc is not None and tasks is not None and tasks > 1:
