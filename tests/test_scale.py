@@ -189,6 +189,36 @@ def test_three_shards_then_merge_equal_a_single_run(tmp_path, three_shards, refe
     assert_same_file(reference, out)
 
 
+def test_merge_streams_in_small_blocks_and_copies_columns_it_does_not_know(tmp_path, three_shards, reference,
+                                                                         monkeypatch):  # fmt: skip
+    """One-row output blocks and read-ahead buffers give the same file (the streaming path), and a
+    /videos or /clips column added by a newer format flows through, reordered with its rows."""
+    import vidfeat.store.merge as merge
+
+    monkeypatch.setattr(merge, "_BLOCK_BYTES", 1)
+    monkeypatch.setattr(merge, "_READ_AHEAD_BYTES", 1)
+    monkeypatch.setattr(merge, "_MIN_AHEAD_ROWS", 2)  # reads of 2 rows: runs of 1-3 clips straddle them
+    out = tmp_path / "small-blocks.h5"
+    merge_shards(out, shard_files(Path(str(three_shards) + ".shards")))
+    assert_same_file(reference, out)
+    folder = tmp_path / "shards"
+    shutil.copytree(Path(str(three_shards) + ".shards"), folder)
+    for f in shard_files(folder):
+        with h5py.File(f, "a") as h5:
+            paths = h5["videos/path"].asstr()[()]
+            h5["videos/name_length"] = np.array([len(p) for p in paths], np.int32)
+            video = np.repeat(np.arange(len(paths)), h5["videos/clip_count"][()])
+            h5["clips/name_length_x2"] = np.array([[len(paths[v])] * 2 for v in video], np.float32).reshape(-1, 2)
+    out = tmp_path / "extra.h5"
+    merge_shards(out, shard_files(folder))
+    with h5py.File(out) as f:
+        paths = f["videos/path"].asstr()[()]
+        np.testing.assert_array_equal(f["videos/name_length"][()], [len(p) for p in paths])
+        expected = np.repeat([len(p) for p in paths], f["videos/clip_count"][()])
+        assert f["clips/name_length_x2"].shape == (len(expected), 2)
+        np.testing.assert_array_equal(f["clips/name_length_x2"][:, 1], expected)
+
+
 def _one_line_error(result, *words):
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output

@@ -34,6 +34,7 @@ __all__ = ["merge_shards", "shard_files"]
 
 _BLOCK_BYTES = 16 << 20  # output block per column
 _READ_AHEAD_BYTES = 64 << 20  # read-ahead buffers of all shards together, per column
+_MIN_AHEAD_ROWS = 256  # fewer rows a read would cost more in HDF5 calls than it saves in memory
 _TMP_SUFFIX = ".merging.tmp"
 
 
@@ -284,7 +285,7 @@ def _copy_column(dest: h5py.Dataset, sources: Sequence[h5py.Dataset], run_shard:
     """Fill ``dest`` from the per-shard columns ``sources`` run by run, one output block at a time."""
     row_bytes = max(1, int(np.prod(dest.shape[1:], dtype=np.int64)) * dest.dtype.itemsize)
     block_rows = max(1, _BLOCK_BYTES // row_bytes)
-    ahead_rows = max(1024, _READ_AHEAD_BYTES // (row_bytes * max(1, len(sources))))
+    ahead_rows = max(_MIN_AHEAD_ROWS, _READ_AHEAD_BYTES // (row_bytes * max(1, len(sources))))
     readers = [_Ahead(ds, ahead_rows) for ds in sources]
     pending: list[np.ndarray] = []
     pending_rows, written = 0, 0
