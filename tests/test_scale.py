@@ -380,10 +380,15 @@ def _ray_extract(videos, out, progress=None, **changes):
 @pytest.mark.slow
 def test_ray_on_a_local_two_cpu_cluster_equals_a_single_run(tmp_path, videos, reference, ray_cluster):
     out = tmp_path / "ray.h5"
-    report = _ray_extract(videos, out)  # default: one decode worker process per actor
-    assert report.counts == {"ok": 8, "partial": 0, "failed": 1} and not report.interrupted
+    # the CLI with the default decode workers: one actor (2 CPUs: model + its decode process)
+    result = run(["extract", videos, "-o", out, "--quiet", "--ray"])
+    assert result.exit_code == 3, result.output  # broken.mp4 failed
+    assert "ray: 1 actors (2 CPU each) for 9 videos" in result.output
+    assert "8 ok, 0 partial, 1 failed this run" in result.output
     assert verify(out) == []
     assert_same_file(reference, out)
+    report = _ray_extract(videos, out)  # a rerun resumes: nothing left to do
+    assert report.skipped == 9 and report.counts == {"ok": 0, "partial": 0, "failed": 0}
 
 
 @pytest.mark.slow
