@@ -14,6 +14,7 @@ from ..inputs import discover, read_list
 from ..progress import Progress
 from ..store import summarize, verify
 from . import main
+from .scale import scale_options
 
 
 @main.command(name="extract")
@@ -37,8 +38,9 @@ from . import main
 @click.option("--overwrite", is_flag=True, help="Replace an output made with another model or setting.")
 @click.option("--retry-failed", is_flag=True, help="Try again the videos that failed in an earlier run.")
 @click.option("--quiet", is_flag=True, help="No progress display (failures are still printed).")
+@scale_options
 def extract_cmd(inputs, output, list_file, model, fps, num_frames, stride, batch_size, device, dtype, workers, crops,
-                embedding_dtype, commit_every, overwrite, retry_failed, quiet) -> None:  # fmt: skip
+                embedding_dtype, commit_every, overwrite, retry_failed, quiet, shard, gpus, ray_address) -> None:  # fmt: skip
     """Extract per-clip embeddings and class scores of every video in INPUTS into one HDF5 file.
 
     INPUTS are folders (searched recursively for video files), video files, or --list. Videos
@@ -56,7 +58,17 @@ def extract_cmd(inputs, output, list_file, model, fps, num_frames, stride, batch
       vidfeat extract --list todo.txt -o feats.h5 --workers 14 --batch-size 32
       find /data -name '*.mp4' | vidfeat extract --list - -o feats.h5
       vidfeat extract videos/ -o feats.h5 --model runs/my-finetune --fps 4 --stride 2
+      vidfeat extract videos/ -o feats.h5 --gpus 8
+      vidfeat extract videos/ -o feats.h5 --shard 3/64
+      vidfeat merge feats.h5 --from feats.h5.shards
+      vidfeat extract videos/ -o feats.h5 --ray
     """
+    if gpus is not None and (shard is not None or ray_address is not None):
+        raise click.UsageError("--gpus starts its own ranks: drop --shard / --ray")
+    if gpus is not None:
+        from ..launch import launch_gpus, strip_gpus
+
+        sys.exit(launch_gpus(gpus, strip_gpus(sys.argv[1:])))
     paths = list(inputs)
     if list_file:
         paths += read_list(list_file)
@@ -95,7 +107,10 @@ def extract_cmd(inputs, output, list_file, model, fps, num_frames, stride, batch
     progress = Progress(enabled=not quiet)
     if not quiet:
         progress.console.print(f"{len(videos)} videos under {root} -> {output}")
-    report = extract(videos, output, options, progress)
+    from ..launch import dispatch
+
+    report = dispatch(videos, output, options, progress, shard=shard, ray=ray_address,
+                      echo=lambda line: click.echo(line, err=True))  # fmt: skip
     c = report.counts
     message = (
         f"{output}: {c['ok']} ok, {c['partial']} partial, {c['failed']} failed this run, "
