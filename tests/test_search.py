@@ -1,0 +1,167 @@
+"""Exact cosine search over a vidfeat file: streaming, chunk-size independent, video-level means."""
+
+from __future__ import annotations
+
+import tracemalloc
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from vidfeat.errors import VidfeatError
+from vidfeat.search import exact_search, softmax, video_means
+from vidfeat.store import FeatureWriter, VideoResult, open_features
+
+D, C = 16, 5
+CLASSES = [f"class_{i}" for i in range(C)]
+SETTINGS = {"model": "test-model", "weights_sha256": "0" * 64, "num_frames": 8, "fps": 2.0, "stride_sec": 2.0,
+            "input_size": 32, "mean": [0.45] * 3, "std": [0.225] * 3}  # fmt: skip
+
+
+def make_file(out: Path, videos: int, clips: int = 6, seed: int = 0, dtype: str = "float16", dim: int = D) -> Path:
+    """``videos`` videos of ``clips`` clips each (video 3 failed: no clips), random embeddings."""
+    rng = np.random.default_rng(seed)
+    with FeatureWriter(out, settings=SETTINGS, classes=CLASSES, embedding_dim=dim, embedding_dtype=dtype,
+                       flush_videos=64) as writer:  # fmt: skip
+        for v in range(videos):
+            n = 0 if v == 3 else clips
+            start = np.arange(n) * 2.0
+            writer.add(VideoResult(
+                path=f"v{v:04d}.mp4", status="failed" if n == 0 else "ok", error="no video stream" if n == 0 else "",
+                size_bytes=100 + v, mtime=1.7e9, duration_sec=n * 2.0 + 2.0, fps=30.0, width=64, height=64,
+                embedding=rng.standard_normal((n, dim)).astype(np.float32),
+                logits=(rng.standard_normal((n, C)) * 3).astype(np.float32),
+                start_sec=start, end_sec=start + 4.0, valid_frames=np.full(n, 8, np.int32),
+            ))  # fmt: skip
+        return writer.finalize()
+
+
+@pytest.fixture(scope="module")
+def feats(tmp_path_factory) -> Path:
+    return make_file(tmp_path_factory.mktemp("search") / "feats.h5", videos=12)
+
+
+def brute_force(matrix: np.ndarray, query: np.ndarray, k: int, allowed: np.ndarray):
+    m = matrix.astype(np.float64)
+    m /= np.linalg.norm(m, axis=1, keepdims=True) + 1e-300
+    q = query.astype(np.float64) / np.linalg.norm(query)
+    sims = m @ q
+    sims[~allowed] = -np.inf
+    rows = np.argsort(-sims, kind="stable")[:k]
+    return sims[rows], rows
+
+
+def test_exact_search_matches_brute_force_for_every_chunk_size(feats):
+    with open_features(feats) as f:
+        matrix = f.load_embeddings(np.float32)
+        video = f.h5["clips/video"][:]
+        for query_row in (0, 17, len(f) - 1):
+            allowed = video != video[query_row]
+            want_s, want_r = brute_force(matrix, matrix[query_row], 7, allowed)
+            results = []
+            for chunk in (1, 5, 16, 1000):
+                s, r = exact_search(f.embeddings, matrix[query_row], k=7, chunk_rows=chunk,
+                                    exclude=lambda a, b: (video[a:b] == video[query_row])[None])  # fmt: skip
+                results.append((s[0], r[0]))
+                assert r[0].tolist() == want_r.tolist()
+                np.testing.assert_allclose(s[0], want_s, rtol=1e-5, atol=1e-6)
+            for s, r in results[1:]:
+                assert r.tolist() == results[0][1].tolist()
+                np.testing.assert_allclose(s, results[0][0], rtol=1e-6, atol=1e-6)
+
+
+def test_open_features_search_equals_exact_search(feats):
+    with open_features(feats) as f:
+        video = f.h5["clips/video"][:]
+        row = 20
+        hits = f.search(clip=row, k=5, exclude_same_video=True)
+        s, r = exact_search(f.load_embeddings(), f.embeddings[row], k=5, chunk_rows=3,
+                            exclude=lambda a, b: (video[a:b] == video[row])[None])  # fmt: skip
+        assert [h.row for h in hits] == r[0].tolist()
+        np.testing.assert_allclose([h.similarity for h in hits], s[0], rtol=1e-6)
+        assert all(h.video != f.video_of(row) for h in hits)
+        # each hit carries its clip's times and top class
+        h = hits[0]
+        assert (h.start_sec, h.end_sec) == (f.h5["clips/start_sec"][h.row], f.h5["clips/end_sec"][h.row])
+        assert h.top_class == f.topk(h.row, 1)[0][0]
+        assert h.score == pytest.approx(f.topk(h.row, 1)[0][1], rel=1e-6)
+
+
+def test_a_clip_query_never_returns_itself_but_may_return_its_video(feats):
+    with open_features(feats) as f:
+        hits = f.search(clip=7, k=len(f))
+        rows = [h.row for h in hits]
+        assert 7 not in rows and len(rows) == len(f) - 1
+        assert f.video_of(7) in {h.video for h in hits}
+
+
+def test_video_and_time_pick_the_clip_there(feats):
+    with open_features(feats) as f:
+        clips = f.clips("v0005.mp4")
+        # clips start every 2 s and last 4 s: t=5.1 lies in clips 1 (2-6) and 2 (4-8); 2's middle (6) is nearer
+        a = f.search(video="v0005.mp4", at=5.1, k=3)
+        b = f.search(clip=clips.first_row + 2, k=3)
+        assert a == b
+        with pytest.raises(VidfeatError, match="no video"):
+            f.search(video="nope.mp4", at=1.0)
+        with pytest.raises(VidfeatError, match="no clips"):
+            f.search(video="v0003.mp4", at=1.0)
+        with pytest.raises(VidfeatError, match="out of range"):
+            f.search(clip=len(f))
+
+
+def test_video_means_equal_the_means_of_each_videos_rows(feats):
+    with open_features(feats) as f:
+        emb, scores = video_means(f, chunk_rows=5)
+        for v, clips in enumerate(f):
+            if len(clips) == 0:
+                assert np.isnan(emb[v]).all() and np.isnan(scores[v]).all()
+                continue
+            np.testing.assert_allclose(emb[v], clips.embedding.astype(np.float64).mean(axis=0), rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(scores[v], softmax(clips.logits).mean(axis=0), rtol=1e-5, atol=1e-7)
+        np.testing.assert_array_equal(f.video_embeddings(), emb)
+
+
+def test_stored_video_means_are_used_when_present(tmp_path):
+    out = make_file(tmp_path / "v2.h5", videos=5)
+    with open_features(out) as f:
+        emb, scores = video_means(f)
+    with h5py.File(out, "r+") as h5:  # as the format version 2 writer stores them
+        h5["videos/embedding_mean"] = emb * 0 + 1.0
+        h5["videos/scores_mean"] = scores
+    with open_features(out) as f:
+        got, _ = video_means(f)
+        assert np.nanmax(np.abs(got - 1.0)) == 0
+
+
+def test_video_level_search_ranks_the_mean_vectors(feats):
+    with open_features(feats) as f:
+        means = f.video_embeddings()
+        q = f.videos.index("v0002.mp4")
+        hits = f.search(video="v0002.mp4", level="video", k=20)
+        allowed = ~np.isnan(means).any(axis=1)
+        allowed[q] = False
+        want_s, want_r = brute_force(np.nan_to_num(means), means[q], allowed.sum(), allowed)
+        assert [h.row for h in hits] == want_r.tolist()
+        assert "v0003.mp4" not in {h.video for h in hits}  # no clips: never matches
+        assert hits[0].top_class == CLASSES[int(np.argmax(f.video_scores()[hits[0].row]))]
+
+
+def _peak_search_memory(path: Path) -> int:
+    with open_features(path) as f:
+        query = f.embeddings[0]
+        tracemalloc.start()
+        exact_search(f.embeddings, query, k=10, chunk_rows=256)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+def test_exact_search_memory_is_flat_in_the_file_size(tmp_path):
+    small = make_file(tmp_path / "small.h5", videos=20, clips=50, dim=64)  # 1,000 rows
+    large = make_file(tmp_path / "large.h5", videos=20, clips=1000, dim=64)  # 20,000 rows (20x)
+    small_peak, large_peak = _peak_search_memory(small), _peak_search_memory(large)
+    matrix_bytes = 20_000 * 64 * 4
+    assert large_peak < matrix_bytes / 4, (small_peak, large_peak)
+    assert large_peak < 2 * small_peak + 200_000, (small_peak, large_peak)
