@@ -12,8 +12,10 @@ and otherwise computes the means from the clips, streaming (:func:`video_means`)
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -260,3 +262,39 @@ def clip_hit(f, row: int, similarity: float) -> Hit:
     return Hit(row=row, video=f.video_of(row), start_sec=float(f.h5["clips/start_sec"][row]),
                end_sec=float(f.h5["clips/end_sec"][row]), similarity=similarity,
                top_class=f.classes[c], score=float(p[c]))  # fmt: skip
+
+
+def embed_query_video(f, video_path: str | os.PathLike[str], progress=None) -> np.ndarray:
+    """``[D]``: the mean clip embedding of a video file outside ``f``, extracted with ``f``'s own
+    model and clip settings. Raises VidfeatError naming the model and weights when the model
+    cannot be loaded here or its weights differ from those that made ``f``."""
+    import tempfile
+
+    from .errors import WeightsError
+    from .extract import ExtractOptions, extract
+    from .inputs import VideoFile
+
+    attrs = f.attrs
+    model = attrs.get("model")
+    wanted = f"model {model!r} (weights sha256 {str(attrs.get('weights_sha256'))[:12]}...)"
+    path = Path(video_path)
+    if not path.is_file():
+        raise VidfeatError(f"query video {path} does not exist")
+    options = ExtractOptions(model=str(model), fps=attrs.get("fps"), num_frames=attrs.get("num_frames"),
+                             stride_sec=attrs.get("stride_sec"), crops=int(attrs.get("crops", 1)),
+                             embedding_dtype="float32", workers=0, commit_seconds=0.0)  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="vidfeat-query-") as tmp:
+        out = Path(tmp) / "query.h5"
+        try:
+            extract([VideoFile(path=path, name=path.name)], out, options, progress)
+        except (WeightsError, VidfeatError) as exc:
+            raise VidfeatError(f"--query-video needs the {wanted} that made {f.path}: {exc}") from exc
+        from .store import open_features
+
+        with open_features(out) as q:
+            if q.attrs.get("weights_sha256") != attrs.get("weights_sha256"):
+                raise VidfeatError(f"--query-video: {model!r} here has other weights than the {wanted} that made "
+                                   f"{f.path}; install those weights")  # fmt: skip
+            if len(q) == 0:
+                raise VidfeatError(f"query video {path} gave no clips: {q.videos.error[0] or 'no frames'}")
+            return q.load_embeddings(np.float32).mean(axis=0)
