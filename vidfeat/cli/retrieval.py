@@ -27,11 +27,14 @@ def _open(path: str):
 @click.option("--exclude-same-video", is_flag=True, help="Drop the clips of the query's own video.")
 @click.option("--level", type=click.Choice(["clip", "video"]), default="clip", show_default=True,
               help="Rank clips, or videos by their mean embedding.")
+@click.option("--exact", is_flag=True, help="Exact search even when a FAISS index (feats.faiss) is beside the file.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-def search_cmd(feats, video, at, clip, query_video, k, exclude_same_video, level, as_json) -> None:
+def search_cmd(feats, video, at, clip, query_video, k, exclude_same_video, level, exact, as_json) -> None:
     """Cosine nearest clips (or videos) of a query clip, exact search streaming the file.
 
-    A query clip never matches itself. Results: video, start-end time, cosine similarity and the
+    Exact search by default; at clip level a FAISS index built by `vidfeat index` beside the
+    file (feats.faiss, same model and rows) is used instead unless --exact. A query clip never
+    matches itself. Results: video, start-end time, cosine similarity and the
     top class with its probability.
 
     \b
@@ -53,8 +56,14 @@ def search_cmd(feats, video, at, clip, query_video, k, exclude_same_video, level
             from ..search import embed_query_video
 
             query = embed_query_video(f, query_video)
+        index = None
+        if level == "clip" and not exact:
+            from ..index import index_path, open_index_for
+
+            if index_path(feats).is_file():
+                index = open_index_for(f)
         hits = f.search(query=query, clip=clip, video=video, at=at, k=k, level=level,
-                        exclude_same_video=exclude_same_video)  # fmt: skip
+                        exclude_same_video=exclude_same_video, index=index)  # fmt: skip
     if as_json:
         click.echo(json.dumps([h.to_dict() for h in hits], indent=2))
         return
@@ -101,3 +110,68 @@ def export_cmd(feats, out_dir, fmt, shard_rows, dtype, table) -> None:
         written = export(f, out_dir, format=fmt, shard_rows=shard_rows, dtype=dtype, table=table)
         n = len(f)
     click.echo(f"wrote {n} clips to {out_dir} ({len(written)} files)")
+
+
+def _query_row(f, query: str | None) -> int | None:
+    """``--query``: a /clips row, or ``PATH@SECONDS`` (the clip of that video at that time)."""
+    if query is None:
+        return None
+    if query.lstrip("-").isdigit():
+        return int(query)
+    path, sep, at = query.rpartition("@")
+    try:
+        seconds = float(at)
+    except ValueError:
+        seconds = None
+    if not sep or seconds is None:
+        raise click.UsageError(f"--query {query!r}: give a clip row or PATH@SECONDS")
+    from ..search import clip_at
+
+    return clip_at(f, path, seconds)
+
+
+@main.command(name="plot")
+@click.argument("feats", type=click.Path(dir_okay=False))
+@click.option("--video", required=True, metavar="PATH", help="The video (its path as stored in the file).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Image file (.png, .svg, .pdf).")
+@click.option("--query", metavar="ROW|PATH@SECONDS", help="Add the similarity of each clip to this clip.")
+@click.option("--top", type=click.IntRange(min=1), default=4, show_default=True, help="Classes drawn over time.")
+def plot_cmd(feats, video, output, query, top) -> None:
+    """Plot a video's top classes over time (clip spans on the x axis; needs vidfeat[plot]).
+
+    \b
+    Examples:
+      vidfeat plot feats.h5 --video a/x.mp4 -o timeline.png
+      vidfeat plot feats.h5 --video a/x.mp4 -o timeline.png --query b/y.mp4@30
+      vidfeat plot feats.h5 --video a/x.mp4 -o timeline.svg --query 120 --top 6
+    """
+    from ..plot import plot_timeline
+
+    with _open(feats) as f:
+        out = plot_timeline(f, video, output, query=_query_row(f, query), top=top)
+    click.echo(f"wrote {out}")
+
+
+@main.command(name="index")
+@click.argument("feats", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Index file [default: beside FEATS, feats.faiss, where search finds it].")
+@click.option("--factory", default=None, metavar="STRING",
+              help='FAISS index_factory string, e.g. "IVF4096,PQ64" [default: by collection size].')
+def index_cmd(feats, output, factory) -> None:
+    """Build a FAISS index of the clip embeddings (needs vidfeat[faiss]).
+
+    Default by size (FAISS's guidelines): Flat up to 50,000 clips, IVF{~8 sqrt(N)},Flat up to 1M,
+    IVF65536_HNSW32,PQ64 up to 10M, IVF262144_HNSW32,PQ64 beyond.
+
+    \b
+    Examples:
+      vidfeat index feats.h5
+      vidfeat index feats.h5 -o feats.faiss --factory "IVF4096,PQ64"
+    """
+    from ..index import build_index
+
+    with _open(feats) as f:
+        out = build_index(f, output, factory=factory)
+        factory = json.loads(out.with_name(out.name + ".json").read_text())["factory"]
+    click.echo(f"wrote {out} ({factory})")
