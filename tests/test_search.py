@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tracemalloc
 from pathlib import Path
 
@@ -165,3 +166,51 @@ def test_exact_search_memory_is_flat_in_the_file_size(tmp_path):
     matrix_bytes = 20_000 * 64 * 4
     assert large_peak < matrix_bytes / 4, (small_peak, large_peak)
     assert large_peak < 2 * small_peak + 200_000, (small_peak, large_peak)
+
+
+# FAISS (optional extra)
+
+
+def _recall_at_10(f, index, queries) -> float:
+    found = 0
+    for row in queries:
+        exact = set(exact_search(f.embeddings, f.embeddings[row], k=10)[1][0].tolist())
+        approx = set(index.search(f.embeddings[row], k=10, n=len(f))[1][0].tolist())
+        found += len(exact & approx)
+    return found / (10 * len(queries))
+
+
+def test_flat_faiss_index_agrees_with_exact_search(feats, tmp_path):
+    pytest.importorskip("faiss")
+    from vidfeat.index import FaissIndex, build_index, open_index_for
+
+    with open_features(feats) as f:
+        out = build_index(f, tmp_path / "feats.faiss")
+        assert json.loads((tmp_path / "feats.faiss.json").read_text())["factory"] == "Flat"
+        index = FaissIndex(out)
+        for row in range(0, len(f), 7):
+            exact = f.search(clip=row, k=5, exclude_same_video=True)
+            approx = f.search(clip=row, k=5, exclude_same_video=True, index=index)
+            assert approx[0].row == exact[0].row
+            assert approx[0].similarity == pytest.approx(exact[0].similarity, abs=1e-5)
+            assert len(approx) == 5 and all(h.video != f.video_of(row) for h in approx)
+        assert _recall_at_10(f, index, range(0, len(f), 5)) == 1.0
+        assert open_index_for(f, out) is not None
+
+
+def test_ivf_index_recall_and_stale_index_is_ignored(tmp_path, capsys):
+    pytest.importorskip("faiss")
+    from vidfeat.index import FaissIndex, build_index, open_index_for
+
+    feats = make_file(tmp_path / "big.h5", videos=40, clips=100, dim=32)  # 3,900 clips
+    with open_features(feats) as f:
+        # random Gaussian vectors (no clusters) are the hardest case for IVF: 0.96 with nprobe 32
+        index = FaissIndex(build_index(f, factory="IVF64,Flat"))
+        assert _recall_at_10(f, index, range(0, len(f), 97)) >= 0.9
+        assert open_index_for(f) is not None  # beside the file: feats.faiss
+    other = make_file(tmp_path / "other.h5", videos=40, clips=99, dim=32)
+    (tmp_path / "big.faiss").rename(tmp_path / "other.faiss")
+    (tmp_path / "big.faiss.json").rename(tmp_path / "other.faiss.json")
+    with open_features(other) as f:
+        assert open_index_for(f) is None
+    assert "built from another model or file" in capsys.readouterr().err
