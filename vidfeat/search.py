@@ -298,3 +298,21 @@ def embed_query_video(f, video_path: str | os.PathLike[str], progress=None) -> n
             if len(q) == 0:
                 raise VidfeatError(f"query video {path} gave no clips: {q.videos.error[0] or 'no frames'}")
             return q.load_embeddings(np.float32).mean(axis=0)
+
+
+def precision_at_k(f, labels: np.ndarray, *, k: int = 5) -> tuple[float, int]:
+    """``(precision, queries)``: for each clip with a label (``labels[row] != ""``) that has at
+    least ``k`` same-label clips in other videos, the share of its ``k`` nearest labelled clips
+    from other videos (exact cosine search) that carry its label, averaged over those queries."""
+    labels = np.asarray(labels, dtype=object)
+    labelled = labels != ""
+    video_of = f.h5["clips/video"][:]
+    hits = queries = 0
+    for row in np.flatnonzero(labelled):
+        gallery = labelled & (video_of != video_of[row])
+        if (gallery & (labels == labels[row])).sum() < k:
+            continue
+        _, rows = exact_search(f.embeddings, f.embeddings[row], k=k, exclude=lambda a, b: ~gallery[a:b][None])
+        hits += int((labels[rows[0]] == labels[row]).sum())
+        queries += 1
+    return (hits / (k * queries) if queries else float("nan")), queries
