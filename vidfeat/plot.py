@@ -40,7 +40,7 @@ def plot_timeline(
     dpi: int = 120,
 ) -> Path:
     """Write the timeline of ``video`` (a path in the open file ``f``) to ``output`` (PNG, SVG,
-    PDF: by suffix). ``query``: a /clips row whose similarity to each clip is drawn."""
+    PDF: by suffix; a binary file object gets PNG). ``query``: a /clips row whose similarity to each clip is drawn."""
     plt = _pyplot()
     try:
         clips = f.clips(video)
@@ -92,6 +92,12 @@ def plot_timeline(
     axes[-1].set_xlabel("time (s)")
     axes[-1].set_xlim(0, float(clips.end_sec.max()))
     fig.tight_layout()
+    if hasattr(output, "write"):  # a binary file object (the view's server): PNG
+        try:
+            fig.savefig(output, dpi=dpi, bbox_inches="tight", format="png")
+        finally:
+            plt.close(fig)
+        return output
     out = Path(output)
     try:
         fig.savefig(out, dpi=dpi, bbox_inches="tight")

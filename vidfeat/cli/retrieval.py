@@ -1,4 +1,4 @@
-"""``vidfeat search``, ``vidfeat export`` and ``vidfeat plot``: using a finished file."""
+"""``vidfeat search``, ``index``, ``export``, ``plot`` and ``view``: using a finished file."""
 
 from __future__ import annotations
 
@@ -175,3 +175,22 @@ def index_cmd(feats, output, factory) -> None:
         out = build_index(f, output, factory=factory)
         factory = json.loads(out.with_name(out.name + ".json").read_text())["factory"]
     click.echo(f"wrote {out} ({factory})")
+
+
+@main.command(name="view")
+@click.argument("feats", type=click.Path(dir_okay=False))
+@click.option("--videos", type=click.Path(file_okay=False), default=None,
+              help="Folder the file's video paths are relative to [default: FEATS's folder].")
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="Port on 127.0.0.1.")
+def view_cmd(feats, videos, port) -> None:
+    """Browse nearest clips in a local web page (127.0.0.1): pick a clip, see its nearest clips
+    as thumbnails, play any of them from its start time, with each video's timeline plot.
+
+    \b
+    Examples:
+      vidfeat view feats.h5 --videos videos/
+      vidfeat view demo_out/feats.h5 --videos demo_out/videos --port 9000
+    """
+    from ..view import serve
+
+    serve(feats, videos, port=port)
