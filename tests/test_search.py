@@ -243,3 +243,35 @@ def test_nearest_clips_share_the_ground_truth_motion_class(tmp_path):
         precision, queries = precision_at_k(f, labels, k=5)
     assert queries >= 20
     assert precision >= 0.7, precision
+
+
+def test_query_video_is_refused_naming_the_model_when_it_is_not_here(feats, tmp_path):
+    from click.testing import CliRunner
+
+    from vidfeat.cli import main
+
+    video = tmp_path / "q.mp4"
+    video.write_bytes(b"not used: the model is checked first")
+    result = CliRunner().invoke(main, ["search", str(feats), "--query-video", str(video)])
+    assert result.exit_code == 1
+    assert "--query-video needs the model 'test-model' (weights sha256 000000000000...)" in result.output
+
+
+@pytest.mark.slow
+def test_query_video_embeds_with_the_files_model(tmp_path):
+    """A video already in the file, given as --query-video, gives its own mean clip embedding."""
+    from vidfeat.extract import DEFAULT_MODEL, ExtractOptions, extract
+    from vidfeat.inputs import discover
+    from vidfeat.search import embed_query_video
+    from vidfeat.synth import generate_long_videos
+
+    videos = tmp_path / "videos"
+    generate_long_videos(videos, videos=2, seed=7, segments=(1, 2), segment_seconds=(6.0, 8.0))
+    files, _ = discover([videos])
+    extract(files, tmp_path / "feats.h5", ExtractOptions(model=DEFAULT_MODEL, workers=0))
+    with open_features(tmp_path / "feats.h5") as f:
+        query = embed_query_video(f, videos / "long_001.mp4")
+        want = f.video_embeddings()[f.videos.index("long_001.mp4")]
+        np.testing.assert_allclose(query, want, atol=2e-3)  # the file stores float16
+        hits = f.search(query=query, level="video", k=1)
+        assert hits[0].video == "long_001.mp4" and hits[0].similarity > 0.999

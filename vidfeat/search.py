@@ -270,7 +270,6 @@ def embed_query_video(f, video_path: str | os.PathLike[str], progress=None) -> n
     cannot be loaded here or its weights differ from those that made ``f``."""
     import tempfile
 
-    from .errors import WeightsError
     from .extract import ExtractOptions, extract
     from .inputs import VideoFile
 
@@ -287,7 +286,7 @@ def embed_query_video(f, video_path: str | os.PathLike[str], progress=None) -> n
         out = Path(tmp) / "query.h5"
         try:
             extract([VideoFile(path=path, name=path.name)], out, options, progress)
-        except (WeightsError, VidfeatError) as exc:
+        except VidfeatError as exc:
             raise VidfeatError(f"--query-video needs the {wanted} that made {f.path}: {exc}") from exc
         from .store import open_features
 
