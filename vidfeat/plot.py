@@ -55,7 +55,9 @@ def plot_timeline(
     for c in dict.fromkeys(best.tolist()):  # every top class of some clip gets a colour
         if c not in shown:
             shown.append(c)
-    colours = {c: plt.get_cmap("tab10" if len(shown) <= 10 else "tab20")(i % 20) for i, c in enumerate(shown)}
+    # a class has the same colour in every plot of the file (by class index)
+    cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+    colours = {c: cmap(c % cmap.N) for c in shown}
     middle = (clips.start_sec + clips.end_sec) / 2
 
     panels = 3 if query is not None else 2
