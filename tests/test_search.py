@@ -275,3 +275,13 @@ def test_query_video_embeds_with_the_files_model(tmp_path):
         np.testing.assert_allclose(query, want, atol=2e-3)  # the file stores float16
         hits = f.search(query=query, level="video", k=1)
         assert hits[0].video == "long_001.mp4" and hits[0].similarity > 0.999
+
+
+def test_search_export_plot_view_and_index_need_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, vidfeat.search, vidfeat.export, vidfeat.plot, vidfeat.view, vidfeat.index;"
+            "print(sorted(m for m in ('torch', 'av', 'timm') if m in sys.modules))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
