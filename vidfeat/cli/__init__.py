@@ -52,6 +52,7 @@ def run() -> None:  # pragma: no cover - console entry for `python -m vidfeat`
 from . import extract, models  # noqa: E402,F401
 from . import train  # noqa: E402,F401
 from . import scale  # noqa: E402,F401
+from . import retrieval  # noqa: E402,F401
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(run())
