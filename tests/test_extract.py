@@ -196,7 +196,7 @@ def test_bad_inputs_each_get_a_status_and_reason_and_the_run_goes_on(tmp_path, m
     # a rerun skips everything; --retry-failed tries the failed ones again (and only those)
     cli = [sys.executable, "-m", "vidfeat", *map(str, extract_args([root], out, model_dir))]
     again = subprocess.run(cli, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and f"{len(table)} already done" in again.stderr
+    assert again.returncode == 3 and f"{len(table)} already done" in again.stderr  # the file still holds failures
     retry = subprocess.run([*cli, "--retry-failed"], capture_output=True, text=True, timeout=300)
     failed = sum(r["status"] == "failed" for r in table.values())
     assert retry.returncode == 3 and f"{failed} failed this run, {len(table) - failed} already done" in retry.stderr
@@ -254,7 +254,7 @@ def test_without_model_the_bundled_demo_model_is_used_and_said(tmp_path, good_vi
     assert "bundled demo model 'tiny-motion'" in result.output and "--model base" in result.output
     with open_features(out) as f:
         assert f.attrs["model"] == "tiny-motion" and len(f) > 0
-    monkeypatch.setattr("vidfeat.cli.extract.find_card", lambda name: None)  # an install without it
+    monkeypatch.setattr("vidfeat.cards.find_card", lambda name: None)  # an install without it
     result = run(["extract", good_videos / "a", "-o", tmp_path / "g.h5"])
     assert result.exit_code == 2 and "not bundled" in result.output and "--model" in result.output
 
@@ -376,8 +376,7 @@ def test_a_crashing_decode_worker_fails_its_video_and_the_run_goes_on(tmp_path, 
         yield from real(video, path, *args)
 
     monkeypatch.setattr(extract_module, "decode_video", crashing)
-    videos, _ = discover([root])
-    report = extract(videos, tmp_path / "f.h5", ExtractOptions(model=str(model_dir), workers=2, commit_seconds=0))
+    report = extract(discover([root]), tmp_path / "f.h5", ExtractOptions(model=str(model_dir), workers=2, commit_seconds=0))
     assert report.exit_code == 3
     with open_features(tmp_path / "f.h5") as f:
         table = {r["path"]: r for r in f.videos.records()}
@@ -410,8 +409,7 @@ def test_a_batch_lost_with_its_dying_worker_is_handled_as_the_crash(tmp_path, mo
     # workers (forked) pickle the rebuild function by its module and name: keep the real ones
     first_hand_over_fails.__module__, first_hand_over_fails.__qualname__ = real.__module__, real.__qualname__
     monkeypatch.setattr(reductions, "rebuild_storage_fd", first_hand_over_fails)
-    videos, _ = discover([root])
-    report = extract(videos, tmp_path / "f.h5", ExtractOptions(model=str(model_dir), workers=2, commit_seconds=0))
+    report = extract(discover([root]), tmp_path / "f.h5", ExtractOptions(model=str(model_dir), workers=2, commit_seconds=0))
     assert len(calls) > 1 and report.exit_code == 0
     with open_features(tmp_path / "f.h5") as f:
         assert {r["path"]: r["status"] for r in f.videos.records()} == {"a.mp4": "ok", "b.mp4": "ok", "c.mp4": "ok"}
@@ -429,3 +427,95 @@ def test_info_text_lists_failed_videos_with_reasons(tmp_path, model_dir):
     assert result.exit_code == 0
     assert "failed (1):\n  bad.mp4: not a readable video file" in result.output
     assert "  ok: 1" in result.output and "model: random.tiny" in result.output
+
+
+# names, --root, --list ------------------------------------------------------------------------
+
+
+def _list_run(out, model_dir, paths, *extra):
+    listing = "".join(f"{p}\n" for p in paths)
+    return run(["extract", "--list", "-", "-o", out, "--model", model_dir, "--workers", "0", "--quiet", *extra],
+               input=listing)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    """videos/b.mp4, videos/city.mp4, videos/sub/a.mp4, videos/sub/c.mp4 (1.2 s each: one clip)."""
+    root = tmp_path_factory.mktemp("tree") / "videos"
+    for name in ("b.mp4", "city.mp4", "sub/a.mp4", "sub/c.mp4"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        make_video(root / name, seconds=1.2, size=(32, 32))
+    return root
+
+
+def _paths(out):
+    with open_features(out) as f:
+        return list(f.videos.path), f.attrs["root"]
+
+
+def test_names_keep_the_first_runs_root_whatever_else_a_rerun_lists(tmp_path, tree, model_dir):
+    out = tmp_path / "f.h5"
+    assert _list_run(out, model_dir, [tree / "sub/a.mp4", tree / "b.mp4"]).exit_code == 0
+    assert _paths(out) == (["b.mp4", "sub/a.mp4"], str(tree))
+    # this list's own common folder is videos/sub: the names stay relative to videos/
+    result = _list_run(out, model_dir, [tree / "sub/a.mp4", tree / "sub/c.mp4"])
+    assert result.exit_code == 0, result.output
+    assert _paths(out) == (["b.mp4", "sub/a.mp4", "sub/c.mp4"], str(tree))  # one row per video
+
+
+def test_root_option_lets_a_growing_list_reach_outside_the_first_inputs(tmp_path, tree, model_dir):
+    out = tmp_path / "f.h5"
+    assert _list_run(out, model_dir, [tree / "sub/a.mp4"], "--root", tree).exit_code == 0
+    assert _list_run(out, model_dir, [tree / "sub/a.mp4", tree / "city.mp4"]).exit_code == 0
+    assert _paths(out) == (["city.mp4", "sub/a.mp4"], str(tree))
+
+
+def test_a_rerun_with_an_input_outside_the_stored_root_is_refused(tmp_path, tree, model_dir):
+    out = tmp_path / "f.h5"
+    assert _list_run(out, model_dir, [tree / "sub/a.mp4"]).exit_code == 0
+    result = _list_run(out, model_dir, [tree / "sub/a.mp4", tree / "city.mp4"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    line = result.output.strip()
+    assert "\n" not in line and str(tree / "city.mp4") in line and f"input root {tree / 'sub'}," in line
+    assert _paths(out) == (["a.mp4"], str(tree / "sub"))
+    # another --root than the stored one is a settings mismatch (names would change)
+    result = _list_run(out, model_dir, [tree / "sub/a.mp4"], "--root", tree)
+    assert result.exit_code == 1 and "root" in result.output and "--overwrite" in result.output
+
+
+def test_stale_list_entries_fail_as_not_found_and_the_run_goes_on(tmp_path, tree, model_dir):
+    out = tmp_path / "f.h5"
+    listing = tree / "todo.txt"  # relative entries are relative to the list file's folder
+    listing.write_text(f"b.mp4\ngone/x.mp4\n{tree / 'sub/a.mp4'}\nsub/gone.mp4\n")
+    result = run(["extract", "--list", listing, "-o", out, "--model", model_dir, "--workers", "0", "--quiet"])
+    assert result.exit_code == 3, result.output
+    assert f"vidfeat: failed: sub/gone.mp4: not found" in result.output
+    with open_features(out) as f:
+        table = {r["path"]: (r["status"], r["error"]) for r in f.videos.records()}
+    assert table == {"b.mp4": ("ok", ""), "sub/a.mp4": ("ok", ""), "sub/gone.mp4": ("failed", "not found"),
+                     "gone/x.mp4": ("failed", "not found")}  # fmt: skip
+    listing = tmp_path / "stale.txt"
+    listing.write_text("gone/x.mp4\nalso-gone.mp4\n")
+    result = run(["extract", "--list", listing, "-o", tmp_path / "g.h5", "--model", model_dir, "--quiet"])
+    assert result.exit_code == 1 and "none of the 2 listed videos exists" in result.output
+
+
+def test_a_rerun_over_a_file_with_failed_videos_exits_3(tmp_path, model_dir):
+    root = tmp_path / "in"
+    root.mkdir()
+    make_video(root / "good.mp4", seconds=1.2, size=(32, 32))
+    make_text(root / "bad.mp4")
+    out = tmp_path / "f.h5"
+    assert run(extract_args([root], out, model_dir)).exit_code == 3
+    result = run(extract_args([root], out, model_dir))
+    assert result.exit_code == 3, result.output
+    assert "0 failed this run, 2 already done" in result.output and "the file holds 1 failed, 0 partial" in result.output
+
+
+def test_model_precision_is_a_setting_a_rerun_must_match(tmp_path, tree, model_dir):
+    out = tmp_path / "f.h5"
+    assert run(extract_args([tree / "sub"], out, model_dir, "--dtype", "fp32")).exit_code == 0
+    with open_features(out) as f:
+        assert f.attrs["dtype"] == "float32"
+    result = run(extract_args([tree / "sub"], out, model_dir, "--dtype", "bf16"))
+    assert result.exit_code == 1 and "dtype" in result.output and "--overwrite" in result.output

@@ -21,15 +21,15 @@ def test_folders_are_walked_and_names_are_relative_to_the_common_root(tmp_path):
     touch(tmp_path / "v" / "b" / "x.MKV")
     touch(tmp_path / "v" / "b" / "notes.txt")
     touch(tmp_path / "w" / "x.webm")
-    videos, root = discover([tmp_path / "v"])
-    assert root == tmp_path / "v" and [v.name for v in videos] == ["a/x.mp4", "b/x.MKV"]
-    videos, root = discover([tmp_path / "v" / "a", tmp_path / "v" / "b", tmp_path / "w"])
-    assert root == tmp_path and [v.name for v in videos] == ["v/a/x.mp4", "v/b/x.MKV", "w/x.webm"]
+    found = discover([tmp_path / "v"])
+    assert found.root == tmp_path / "v" and [v.name for v in found.videos] == ["a/x.mp4", "b/x.MKV"]
+    found = discover([tmp_path / "v" / "a", tmp_path / "v" / "b", tmp_path / "w"])
+    assert found.root == tmp_path and [v.name for v in found.videos] == ["v/a/x.mp4", "v/b/x.MKV", "w/x.webm"]
 
 
 def test_explicit_files_any_extension_and_duplicates_once(tmp_path):
     f = touch(tmp_path / "clip.bin")
-    videos, _ = discover([f, f, tmp_path])
+    videos = discover([f, f, tmp_path]).videos
     assert [v.name for v in videos] == ["clip.bin"]
 
 
@@ -37,7 +37,7 @@ def test_undecodable_file_names_become_valid_utf8(tmp_path):
     raw = os.path.join(os.fsencode(tmp_path), b"caf\xe9.mp4")
     with open(raw, "wb") as fh:
         fh.write(b"x")
-    videos, _ = discover([tmp_path])
+    videos = discover([tmp_path]).videos
     assert [v.name for v in videos] == ["caf\\xe9.mp4"]
     assert videos[0].name.encode("utf-8") and os.path.exists(videos[0].path)
 
