@@ -37,7 +37,7 @@ from videos import (
 )
 from vidfeat.clips import SHOW_TOLERANCE, ClipSampling
 from vidfeat.errors import VideoError
-from vidfeat.video import Clip, ClipReader, VideoInfo, probe
+from vidfeat.video import Clip, ClipReader, VideoInfo, probe, probe_duration
 
 CODEC_NAMES = {"libx264": "h264", "libx265": "hevc", "libvpx-vp9": "vp9", "mpeg4": "mpeg4"}
 
@@ -488,3 +488,45 @@ def test_partial_status_is_set_only_after_iteration(tmp_path: Path) -> None:
     clips = list(reader)
     assert [clip.index for clip in clips] == list(range(len(clips)))
     assert reader.status == "partial"
+
+
+@pytest.mark.parametrize(("ext", "container_format", "declared"), [
+    ("mp4", None, 3.0),
+    ("mkv", None, 3.0),
+    ("ts", None, 3.0),
+    ("h264", "h264", None),  # a raw elementary stream declares no duration
+])
+def test_probe_duration_reads_the_metadata(
+    tmp_path: Path, ext: str, container_format: str | None, declared: float | None
+) -> None:
+    path = tmp_path / f"video.{ext}"
+    make_video(path, seconds=3, fps=25, container_format=container_format)
+    before = open_fds()
+    assert probe_duration(path) == (None if declared is None else pytest.approx(declared, abs=0.05))
+    assert open_fds() == before
+
+
+def test_probe_duration_does_not_decode(tmp_path: Path) -> None:
+    """A download cut short still declares its full length: the metadata, not the frames."""
+    path = tmp_path / "download.mp4"
+    make_truncated_tail(path, seconds=4.0, keep_fraction=0.3)
+    assert probe_duration(path) == pytest.approx(4.0)
+    reader, _ = read(path, ClipSampling(4, 4))
+    assert reader.duration_sec is not None and reader.duration_sec < 2.0  # the frames end early
+
+
+@pytest.mark.parametrize(
+    ("name", "maker"),
+    [pytest.param(name, maker, id=kind) for kind, name, maker, _ in BAD_FILES],
+)
+def test_probe_duration_of_a_bad_file_is_none(
+    tmp_path: Path, name: str, maker: Callable[[Path], object]
+) -> None:
+    path = tmp_path / name
+    maker(path)
+    before = open_fds()
+    if name == "nothing.mkv":  # its header declares a length though no frame follows
+        assert probe_duration(path) == pytest.approx(0.4)
+    else:
+        assert probe_duration(path) is None
+    assert open_fds() == before

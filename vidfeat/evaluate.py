@@ -1,15 +1,15 @@
 """Classification accuracy of a model on labelled videos: top-1, top-5, per class, confusion.
 
 The clip protocol is the model card's preprocessing: the centre clip of each video (or of each
-row's ``[start_sec, end_sec]``), 1 centre crop, or 3 crops along the long side whose softmax
-probabilities are averaged (the official test protocol uses 3). Training validates with the same
+row's ``[start_sec, end_sec]``), 1 centre crop, or 3 crops along the long side combined by
+:func:`vidfeat.runtime.combine_views` (softmax probabilities averaged, as ``vidfeat extract``
+does; the official test protocol uses 3). Training validates with the same
 code (:func:`run_eval`), one crop.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from .cards import DEFAULT_MODEL, find_card
 from .data import ClipDataset, Failed, check_labels, collate, read_entries
 from .errors import ConfigError
 from .model import TimeSformer
+from .runtime import PRECISIONS, autocast_dtype, combine_views, resolve_device
 from .transforms import normalize
 from .weights import load_model
 
@@ -34,33 +35,7 @@ __all__ = [
     "model_input",
     "resolve_device",
     "run_eval",
-    "view_log_probs",
 ]
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto``: the CUDA device of this rank when there is one, else the CPU."""
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} asked for, but CUDA is not available")
-    return device
-
-
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of a precision setting, None for full precision.
-
-    ``auto``: bf16 on CUDA, full precision on the CPU (CPU autocast only when asked for).
-    """
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
 
 
 def model_input(clips: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> torch.Tensor:
@@ -70,12 +45,6 @@ def model_input(clips: torch.Tensor, mean: tuple[float, ...], std: tuple[float, 
     """
     flat = rearrange(clips, "b v t h w c -> (b v) t h w c").to(device, non_blocking=True)
     return normalize(flat, mean, std)
-
-
-def view_log_probs(logits: torch.Tensor, views: int) -> torch.Tensor:
-    """``(b*v, k)`` logits -> ``(b, k)`` log of the softmax probabilities averaged over the views."""
-    log_probs = rearrange(F.log_softmax(logits.float(), dim=-1), "(b v) k -> b v k", v=views)
-    return torch.logsumexp(log_probs, dim=1) - math.log(views)
 
 
 @dataclass
@@ -165,7 +134,8 @@ def run_eval(
         views = batch.clips.shape[1]
         with ctx or contextlib.nullcontext():
             logits = model(model_input(batch.clips, mean, std, device))
-        tally.add(view_log_probs(logits, views), batch.labels)
+        scores, _ = combine_views(logits, views)
+        tally.add(F.log_softmax(scores, dim=-1), batch.labels)
     return tally
 
 

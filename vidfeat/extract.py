@@ -233,8 +233,9 @@ class ModelRunner:
                     raise
                 self.batch_size = max(1, self.batch_size // 2)
                 torch.cuda.empty_cache()
-        feats = torch.cat([p[0] for p in parts]).view(len(crops), self.crops, -1).mean(dim=1)
-        logits = torch.cat([p[1] for p in parts]).view(len(crops), self.crops, -1).mean(dim=1)
+        from .runtime import combine_views
+
+        logits, feats = combine_views(torch.cat([p[1] for p in parts]), self.crops, torch.cat([p[0] for p in parts]))
         if self.device.type == "cuda":
             host = (torch.empty(feats.shape, pin_memory=True), torch.empty(logits.shape, pin_memory=True))
             host[0].copy_(feats, non_blocking=True)
@@ -311,11 +312,10 @@ def stored_root(output: Path) -> str | None:
 
 
 def _resolve_device(options: ExtractOptions) -> tuple[torch.device, torch.dtype]:
-    device = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise VidfeatError("--device cuda: no CUDA device is available")
-    name = options.dtype or ("bf16" if device.type == "cuda" else "fp32")
-    return device, {"bf16": torch.bfloat16, "fp32": torch.float32}[name]
+    from .runtime import autocast_dtype, resolve_device
+
+    device = resolve_device(options.device)
+    return device, autocast_dtype(options.dtype, device) or torch.float32
 
 
 def _default_workers() -> int:

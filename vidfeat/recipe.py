@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
 from .errors import ConfigError
-from .evaluate import PRECISIONS
 from .model import TimeSformerConfig
+from .runtime import PRECISIONS
 
 if sys.version_info >= (3, 11):
     import tomllib

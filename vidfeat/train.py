@@ -52,9 +52,10 @@ from torch.utils.data import DataLoader, DistributedSampler
 from .cards import ModelCard, Preprocess
 from .data import ClipDataset, Failed, RepeatSampler, collate, load_data
 from .errors import ConfigError
-from .evaluate import autocast_dtype, model_input, resolve_device, run_eval
+from .evaluate import model_input, run_eval
 from .model import TimeSformer
 from .recipe import DataSection, ModelSection, OptimSection, TrainConfig, bundled_recipes, check_resumable, load_config
+from .runtime import autocast_dtype, resolve_device
 from .transforms import LabelSwaps, TrainAugment
 from .weights import load_model, save_checkpoint
 

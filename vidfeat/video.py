@@ -189,6 +189,15 @@ def _pick_stream(container: InputContainer) -> VideoStream:
     return stream
 
 
+def _declared_duration(container: InputContainer, stream: VideoStream) -> float | None:
+    """The duration the metadata declares: the stream's, else the container's; None if neither."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if container.duration:
+        return container.duration / av.time_base
+    return None
+
+
 class _VideoSource:
     """An open video stream decoding into timeline-stamped frames.
 
@@ -235,12 +244,7 @@ class _VideoSource:
         stream = self._stream
         container = self._container
         assert container is not None
-        if stream.duration:
-            duration: float | None = float(stream.duration * self._time_base)
-        elif container.duration:
-            duration = container.duration / av.time_base
-        else:
-            duration = None
+        duration = _declared_duration(container, stream)
         rotation = (round(frame.rotation / 90) % 4) * 90
         width, height = frame.width, frame.height
         if rotation in (90, 270):
@@ -331,6 +335,21 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo:
     source = _VideoSource(path)
     source.close()
     return source.info
+
+
+def probe_duration(path: str | os.PathLike[str]) -> float | None:
+    """The video's duration in seconds as its metadata declares it, without decoding a frame.
+
+    The video stream's duration, else the container's. ``None`` when the metadata declares none
+    and for any file that cannot be opened as a video (missing, not a video, no video stream):
+    it never raises for a bad file. A cheap estimate (e.g. for progress), not the measured end.
+    """
+    try:
+        _check_file(os.fspath(path))
+        with av.open(os.fspath(path), metadata_errors="replace") as container:
+            return _declared_duration(container, _pick_stream(container))
+    except (VideoError, av.FFmpegError, OSError, ValueError):
+        return None
 
 
 class ClipReader:

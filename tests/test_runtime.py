@@ -1,0 +1,87 @@
+"""vidfeat.runtime: device and precision resolution, the crop rule, one-line reasons."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from videos import make_video
+from vidfeat.cli import main
+from vidfeat.errors import ConfigError
+from vidfeat.runtime import autocast_dtype, combine_views, one_line, resolve_device
+
+CPU = torch.device("cpu")
+
+
+def test_resolve_device_names():
+    assert resolve_device("cpu") == CPU and resolve_device(" CPU ") == CPU
+    if not torch.cuda.is_available():
+        assert resolve_device("auto") == CPU and resolve_device(None) == CPU
+    for name in ("gpu", "cpu:0", "cuda:x", "mps", ""):
+        with pytest.raises(ConfigError) as info:
+            resolve_device(name)
+        assert str(info.value) == f"unknown device {name.strip()!r}: use auto, cpu, cuda or cuda:N"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda_is_one_line():
+    for name in ("cuda", "cuda:1"):
+        with pytest.raises(ConfigError, match=rf"^device '{name}' asked for, but CUDA is not available here: use cpu or auto$"):
+            resolve_device(name)
+
+
+def test_precisions():
+    cuda = torch.device("cuda", 0)  # a device object needs no GPU
+    assert autocast_dtype(None, CPU) is None and autocast_dtype(None, cuda) is torch.bfloat16
+    assert autocast_dtype("auto", CPU) is None and autocast_dtype("fp32", cuda) is None
+    assert autocast_dtype("bf16", CPU) is torch.bfloat16 and autocast_dtype("fp16", cuda) is torch.float16
+    with pytest.raises(ConfigError, match="^precision must be one of auto, bf16, fp16, fp32, got 'half'$"):
+        autocast_dtype("half", CPU)
+
+
+def test_combine_views_averages_probabilities_and_embeddings():
+    # clip 0: view 0 is sure of class 0, views 1 and 2 mildly prefer class 1. Averaged logits
+    # say class 0 ((3 + 0 + 0) / 3 = 1 > (0 + 1 + 1) / 3); averaged probabilities say class 1.
+    rows = [[3.0, 0.0], [0.0, 1.0], [0.0, 1.0], [2.0, 0.0], [0.0, 1.0], [1.0, 0.0]]
+    logits, embeddings = torch.tensor(rows), torch.arange(12, dtype=torch.float32).view(6, 2)
+    scores, mean = combine_views(logits, 3, embeddings)
+    p0 = [sum(1 / (1 + math.exp(b - a)) for a, b in rows[i : i + 3]) / 3 for i in (0, 3)]  # P(class 0)
+    assert p0 == pytest.approx([0.4968, 0.6269], abs=1e-4)
+    assert torch.allclose(scores.softmax(dim=-1), torch.tensor([[p, 1 - p] for p in p0]), atol=1e-6)
+    assert scores.argmax(dim=-1).tolist() == [1, 0] and logits.view(2, 3, 2).mean(1).argmax(-1).tolist() == [0, 0]
+    assert torch.equal(mean, torch.tensor([[2.0, 3.0], [8.0, 9.0]]))
+    one, same = combine_views(logits, 1, embeddings)
+    assert torch.equal(one, logits) and torch.equal(same, embeddings)  # one view: the logits themselves
+    assert combine_views(logits, 2)[1] is None
+
+
+def test_one_line():
+    assert one_line(ValueError("bad\n  value\tthere ")) == "bad value there"
+    assert one_line(KeyError()) == "KeyError"
+
+
+def test_extract_unknown_device_is_one_line(tmp_path):
+    video = tmp_path / "v.mp4"
+    make_video(video, seconds=1.0, fps=8, size=(32, 32))
+    args = ["extract", str(video), "-o", str(tmp_path / "f.h5"), "--device", "gpu", "--quiet"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1 and result.exception.__class__ is SystemExit
+    assert result.output == "Error: unknown device 'gpu': use auto, cpu, cuda or cuda:N\n"
+    env = {k: v for k, v in os.environ.items() if k != "VIDFEAT_RAISE_ERRORS"}
+    done = subprocess.run([sys.executable, "-m", "vidfeat", *args], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == ["Error: unknown device 'gpu': use auto, cpu, cuda or cuda:N"]
+    assert not (tmp_path / "f.h5").exists()
+
+
+def test_reading_a_recipe_does_not_import_the_decoder():
+    code = "import sys, vidfeat.recipe as r; r.load_config(r.bundled_recipes()[0]); print(sorted(m for m in ('av', 'vidfeat.evaluate', 'vidfeat.data') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
