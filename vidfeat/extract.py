@@ -388,10 +388,7 @@ class _DurationProbe:
         self._thread = threading.Thread(target=self._probe, name="vidfeat-probe", daemon=True)
 
     def _probe(self) -> None:
-        try:
-            from .video import probe_duration
-        except ImportError:  # TEMPORARY until the decode branch lands
-            return
+        from .video import probe_duration
 
         for vid, (v, _) in enumerate(self.todo):
             if self._stop.is_set():

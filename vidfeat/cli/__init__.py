@@ -34,8 +34,7 @@ class VidfeatGroup(click.Group):
         except KeyboardInterrupt:
             if os.environ.get("VIDFEAT_RAISE_ERRORS"):
                 raise
-            click.echo("vidfeat: interrupted", err=True)
-            raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
+            _interrupted()
 
 
 @click.group(cls=VidfeatGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -56,9 +55,18 @@ def run() -> None:  # pragma: no cover - console entry for `python -m vidfeat`
     main(prog_name="vidfeat")
 
 
-# Command modules register themselves on `main`.
-from . import extract, models  # noqa: E402,F401
-from . import train  # noqa: E402,F401
+def _interrupted() -> None:
+    click.echo("vidfeat: interrupted", err=True)
+    sys.exit(EXIT_INTERRUPTED)
+
+
+# Command modules register themselves on `main`. A Ctrl-C while they import (some import torch)
+# ends the program with one line, not a traceback.
+try:
+    from . import extract, models  # noqa: E402,F401
+    from . import train  # noqa: E402,F401
+except KeyboardInterrupt:
+    _interrupted()
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(run())
