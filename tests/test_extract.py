@@ -579,3 +579,51 @@ def test_help_info_and_verify_do_not_import_torch(small_file):
     assert _heavy_imports(["info", small_file]) == []
     assert _heavy_imports(["verify", small_file]) == []
     assert _heavy_imports(["extract", "--help"]) == []
+
+
+# progress -------------------------------------------------------------------------------------
+
+
+class _StampedLines:
+    """A console file that keeps each line written with the time and the progress state then."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[float, float, float, str]] = []  # (time, video-seconds done, ETA, text)
+        self.progress = None
+
+    def write(self, text: str) -> int:
+        p = self.progress
+        for line in text.splitlines():
+            if line.startswith("videos "):
+                self.lines.append((time.monotonic(), p.done_sec, p.eta(), line))
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+@pytest.mark.slow
+def test_a_long_video_in_a_pipe_shows_progress_before_it_finishes_with_a_fair_eta(tmp_path, model_dir):
+    from rich.console import Console
+
+    from vidfeat.extract import ExtractOptions, extract
+    from vidfeat.inputs import discover
+    from vidfeat.progress import Progress
+
+    video = tmp_path / "long.mp4"
+    make_video(video, seconds=600, fps=1, size=(32, 32))  # 10 minutes, 600 frames
+    sink = _StampedLines()
+    progress = Progress(log_every=0, console=Console(file=sink, force_terminal=False, width=200))
+    sink.progress = progress
+    options = ExtractOptions(model=str(model_dir), fps=1.0, workers=0, batch_size=2)  # 8 s clips every 4 s
+    report = extract(discover([video]), tmp_path / "f.h5", options, progress)
+    assert report.exit_code == 0 and report.clips == 149
+    end = sink.lines[-1][0]
+    during = [(t, done, eta) for t, done, eta, text in sink.lines if text.startswith("videos 0/1 ")]
+    assert len(during) >= 100, "a line per computed clip while the video is not finished"
+    assert "video 10:00 of 10:00" in sink.lines[-1][3]
+    assert all("of 10:00" in text for *_, text in sink.lines)  # the duration was known from the start
+    checked = [(eta, end - t) for t, done, eta in during if 60 <= done <= 480]
+    assert len(checked) >= 50
+    for eta, real in checked:
+        assert real / 2 <= eta <= real * 2, (eta, real)
