@@ -49,6 +49,13 @@ def test_sampling_is_frozen() -> None:
         ({"num_frames": 8, "fps": 4, "stride_sec": 0}, "stride_sec must be a positive"),
         ({"num_frames": 8, "fps": 4, "stride_sec": -1.0}, "stride_sec must be a positive"),
         ({"num_frames": 8, "fps": 4, "stride_sec": math.nan}, "stride_sec must be a positive"),
+        ({"num_frames": 8, "fps": 4, "offset_sec": -0.5}, "offset_sec must be a finite time >= 0"),
+        ({"num_frames": 8, "fps": 4, "offset_sec": math.inf}, "offset_sec must be a finite time >= 0"),
+        ({"num_frames": 8, "fps": 4, "offset_sec": math.nan}, "offset_sec must be a finite time >= 0"),
+        ({"num_frames": 8, "fps": 4, "offset_sec": "1"}, "offset_sec must be a finite time >= 0"),
+        ({"num_frames": 8, "fps": 4, "max_clips": 0}, "max_clips must be a positive integer"),
+        ({"num_frames": 8, "fps": 4, "max_clips": 1.5}, "max_clips must be a positive integer"),
+        ({"num_frames": 8, "fps": 4, "max_clips": True}, "max_clips must be a positive integer"),
     ],
 )
 def test_invalid_sampling_is_refused(kwargs: dict[str, object], message: str) -> None:
@@ -117,6 +124,24 @@ def test_gaps_when_stride_exceeds_clip() -> None:
     assert sampling.valid_frames(2, 6.5) == 2  # 6.0, 6.25
 
 
+def test_one_clip_at_a_time() -> None:
+    sampling = ClipSampling(4, 8).at(1.3)  # targets every 0.125 s from 1.3 s
+    assert (sampling.offset_sec, sampling.max_clips, sampling.stride_sec) == (1.3, 1, 0.25)
+    assert sampling.clip_targets(0) == pytest.approx((1.3, 1.425, 1.55, 1.675))
+    assert [sampling.num_clips(end) for end in (0.0, 1.4, 1.6, 100.0)] == [1, 1, 1, 1]
+    assert [sampling.valid_frames(0, end) for end in (0.0, 1.4, 1.55, 1.6, 100.0)] == [1, 1, 2, 3, 4]
+    assert not sampling.clip_exists(1, 100.0)
+
+
+def test_a_tiling_with_an_offset() -> None:
+    sampling = ClipSampling(8, 4, offset_sec=1.5)  # clips of 2 s every 1 s from 1.5 s
+    assert sampling.clip_start(2) == 3.5
+    assert sampling.num_clips(3.5) == 1  # clip 0 covers [1.5, 3.5)
+    assert sampling.num_clips(5.5) == 3  # starts 1.5, 2.5, 3.5: the last reaches 5.5
+    assert sampling.num_clips(5.6) == 4
+    assert ClipSampling(8, 4, offset_sec=1.5, max_clips=2).num_clips(5.6) == 2
+
+
 # --- properties against the definition -------------------------------------------------------
 
 
@@ -136,12 +161,26 @@ def samplings_and_ends(
 
 def reference_clip_count(sampling: ClipSampling, end: float) -> int:
     """The definition, literally: clip i > 0 exists iff clip i - 1 did not reach the end."""
-    stride, clip = sampling.stride_sec, sampling.clip_sec
+    stride, clip, offset = sampling.stride_sec, sampling.clip_sec, sampling.offset_sec
     assert stride is not None
     n = 1
-    while (n - 1) * stride + clip < end - END_TOLERANCE and n * stride < end - REAL_TOLERANCE:
+    while (
+        (sampling.max_clips is None or n < sampling.max_clips)
+        and offset + (n - 1) * stride + clip < end - END_TOLERANCE
+        and offset + n * stride < end - REAL_TOLERANCE
+    ):
         n += 1
     return n
+
+
+@given(samplings_and_ends(max_stride_ratio=3.0), st.floats(0.0, 30.0), st.none() | st.integers(1, 5))
+def test_clip_count_with_an_offset_and_a_cap(
+    case: tuple[ClipSampling, float], offset: float, cap: int | None
+) -> None:
+    base, end = case
+    sampling = dataclasses.replace(base, offset_sec=offset * base.clip_sec, max_clips=cap)
+    assert sampling.num_clips(end) == reference_clip_count(sampling, end)
+    assert sampling.clip_targets(0)[0] == sampling.offset_sec
 
 
 @given(samplings_and_ends(max_stride_ratio=3.0))
@@ -157,7 +196,9 @@ def test_clips_cover_the_video_minimally(case: tuple[ClipSampling, float]) -> No
     starts = [sampling.clip_start(i) for i in range(n)]
     assert starts[0] == 0.0
     for before, after in zip(starts, starts[1:]):
-        assert after <= before + sampling.clip_sec  # no gap between consecutive clips
+        # No gap between consecutive clips (up to float rounding: stride == clip_sec gives
+        # i * stride one ulp above (i - 1) * stride + clip_sec).
+        assert after <= before + sampling.clip_sec + 1e-12
     assert starts[-1] + sampling.clip_sec >= end - END_TOLERANCE  # the last reaches the end
     if n > 1:  # and it is needed: without it the end is not reached
         assert starts[-2] + sampling.clip_sec < end - END_TOLERANCE

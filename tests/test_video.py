@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from videos import (
+    declare_mkv_duration,
     ffmpeg_first_frame,
     frame_index_of,
     make_audio_only,
@@ -31,6 +32,7 @@ from videos import (
     make_truncated_tail,
     make_unreadable,
     make_video,
+    make_video_without_duration,
     make_zero_length_stream,
     red_band_edge,
     tag_rotate_with_ffmpeg,
@@ -284,8 +286,8 @@ def test_file_names_with_spaces_and_non_ascii(tmp_path: Path) -> None:
     assert probe(path).codec == "h264"
     reader, clips = read(path, sampling)
     check_clips(reader, clips, times, sampling)
-    reader, clips = read(Path(str(path)), sampling)  # str and PathLike both work
-    assert reader.status == "ok"
+    with ClipReader(str(path), sampling, short_side=None) as by_name:  # a str works as a Path does
+        check_clips(by_name, list(by_name), times, sampling)
 
 
 def test_only_sampled_frames_are_converted(
@@ -319,6 +321,7 @@ print(most, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
+@pytest.mark.slow  # encodes and decodes a 60 s 320x240 video
 def test_memory_is_bounded_by_one_clip_window(tmp_path: Path) -> None:
     """Peak RSS of a fresh process reading every clip does not grow with the video's length.
 
@@ -530,3 +533,140 @@ def test_probe_duration_of_a_bad_file_is_none(
     else:
         assert probe_duration(path) is None
     assert open_fds() == before
+
+
+# --- seeking: read_at and the measured end ---------------------------------------------------
+
+# Irregular frame spacing (10 ms to 0.6 s) over about 10 s, with a freeze.
+VFR_TIMES = [round(sum(0.01 + 0.09 * ((i * 7) % 5) for i in range(n)), 2) for n in range(60)]
+VFR_TIMES = VFR_TIMES[:40] + [VFR_TIMES[39] + 0.6 + t - VFR_TIMES[40] for t in VFR_TIMES[40:]]
+
+SEEK_VIDEOS: dict[str, Callable[[Path], list[float]]] = {
+    "cfr.mp4": lambda p: make_video(p, seconds=8, fps=25, gop=12),
+    "vfr.mkv": lambda p: make_video(p, frame_times=VFR_TIMES, gop=6),
+    "offset.ts": lambda p: make_video(p, seconds=6, fps=30, gop=15),  # MPEG-TS: starts at 1.4 s
+    "late.mkv": lambda p: make_video(p, frame_times=[5.0 + i / 25 for i in range(150)], gop=10),
+    "undeclared.mkv": lambda p: make_video_without_duration(p, seconds=6, fps=25, gop=10),
+    "raw.h264": lambda p: make_video(p, seconds=4, fps=25, container_format="h264"),  # no seeking
+}
+
+
+@pytest.mark.parametrize("name", list(SEEK_VIDEOS))
+def test_read_at_gives_what_decoding_from_the_start_gives(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    times = SEEK_VIDEOS[name](path)
+    times = [t - times[0] for t in times]
+    sampling = ClipSampling(6, 5, stride_sec=0.7)
+    tiler, tiled = read(path, sampling)
+    end = tiler.duration_sec
+    assert end is not None
+    for clip in tiled:
+        with ClipReader(path, sampling, short_side=None) as reader:
+            one = reader.read_at(sampling.clip_start(clip.index))
+        assert [frame_index_of(f) for f in one.frames] == [frame_index_of(f) for f in clip.frames]
+        assert (one.start_sec, one.end_sec, one.valid_frames) == (
+            clip.start_sec, clip.end_sec, clip.valid_frames
+        ), f"clip {clip.index}"
+    # Starts between frames, on frames, and past the end.
+    for start in [0.0, 0.013, 1.0, end / 2 + 0.031, end - 0.5, end - 1e-4, end + 3.0]:
+        with ClipReader(path, sampling, short_side=None) as reader:
+            one = reader.read_at(start)
+        shown, valid = expected_clip(times, sampling.at(start), end, 0)
+        assert [frame_index_of(f) for f in one.frames] == shown, f"start {start}"
+        assert one.valid_frames == valid
+        assert one.start_sec == pytest.approx(times[shown[0]], abs=1e-6)
+        assert one.end_sec == pytest.approx(times[shown[valid - 1]], abs=1e-6)
+    with ClipReader(path, sampling) as reader:
+        assert reader.measure_end() == pytest.approx(end, abs=1e-9)
+        assert reader.duration_sec == pytest.approx(end, abs=1e-9)
+        late = reader.read_at(end - 0.3)  # the reader still reads after measuring
+    assert late.valid_frames == sampling.at(end - 0.3).valid_frames(0, end)
+
+
+def test_a_late_clip_decodes_about_one_keyframe_interval(tmp_path: Path) -> None:
+    path = tmp_path / "long.mp4"
+    make_video(path, seconds=40, fps=25, gop=25)
+    sampling = ClipSampling(8, 8)  # 1 s: 25 frames of video
+    with ClipReader(path, sampling, short_side=None) as reader:
+        clip = reader.read_at(36.02)
+    times = [i / 25 for i in range(1000)]
+    assert [frame_index_of(f) for f in clip.frames] == expected_clip(times, sampling.at(36.02), 40.0, 0)[0]
+    # The first frame (on opening), at most one keyframe interval before the clip, the clip's
+    # 25 frames, and the few the decoder hands out before the one after the clip.
+    assert 25 < reader.decoded_frames <= 1 + 25 + 25 + 4
+    with ClipReader(path, sampling, short_side=None) as reader:
+        assert reader.measure_end() == pytest.approx(40.0)
+        measured = reader.decoded_frames
+    assert measured <= 1 + 25
+
+
+def test_measure_end_ignores_a_wrong_declared_duration(tmp_path: Path) -> None:
+    path = tmp_path / "claims20s.mkv"
+    make_video(path, seconds=3, fps=25, gop=10)
+    declare_mkv_duration(path, 20.0)
+    with ClipReader(path, ClipSampling(4, 4)) as reader:
+        assert reader.info.duration_sec == pytest.approx(20.0)
+        assert reader.measure_end() == pytest.approx(3.0)
+    cut = tmp_path / "download.mp4"  # the index declares 4 s, the frames stop early
+    make_truncated_tail(cut, seconds=4.0, keep_fraction=0.3)
+    tiler, _ = read(cut, ClipSampling(4, 4))
+    with ClipReader(cut, ClipSampling(4, 4)) as reader:
+        assert reader.measure_end() == pytest.approx(tiler.duration_sec) and tiler.duration_sec < 2.0
+
+
+# --- sampling warnings -----------------------------------------------------------------------
+
+
+def repeats_in(clips: list[Clip]) -> tuple[int, int]:
+    """(real targets, real targets showing the previous target's frame) of decoded clips."""
+    sampled = repeated = 0
+    for clip in clips:
+        shown = [frame_index_of(f) for f in clip.frame_list[: clip.valid_frames]]
+        sampled += len(shown)
+        repeated += sum(1 for a, b in zip(shown, shown[1:]) if a == b)
+    return sampled, repeated
+
+
+def test_sampling_above_the_video_rate_warns(tmp_path: Path) -> None:
+    path = tmp_path / "slow.mp4"
+    make_video(path, seconds=3, fps=10)
+    reader, clips = read(path, ClipSampling(16, 30))
+    assert (reader.sampled_frames, reader.repeated_frames) == repeats_in(clips) == (170, 106)
+    assert reader.warning == "sampling at 30 fps from a 10.0 fps video: 62% of sampled frames repeat the previous one"
+    with ClipReader(path, ClipSampling(16, 30)) as one:
+        assert one.warning == "sampling at 30 fps from a 10.0 fps video"  # nothing sampled yet
+        clip = one.read_at(1.0)
+    assert (one.sampled_frames, one.repeated_frames) == repeats_in([clip]) == (16, 10)
+    assert one.warning.endswith(": 62% of sampled frames repeat the previous one")
+
+
+@pytest.mark.parametrize(
+    ("fps", "repeated", "warns"),
+    # Just above 25 fps, target 1 (at 1 / fps s) comes before frame 1 (at 0.04 s): one repeat.
+    [(8, 0, False), (25, 0, False), (25.2, 1, False), (25.3, 1, True)],
+)
+def test_sampling_at_or_below_the_video_rate(tmp_path: Path, fps: float, repeated: int, warns: bool) -> None:
+    path = tmp_path / "video.mp4"
+    make_video(path, seconds=2, fps=25)
+    reader, clips = read(path, ClipSampling(8, fps))
+    assert (reader.sampled_frames, reader.repeated_frames) == repeats_in(clips)
+    assert reader.repeated_frames == repeated
+    share = 100 * repeated // reader.sampled_frames
+    expected = f"sampling at {fps:g} fps from a 25.0 fps video: {share}% of sampled frames repeat the previous one"
+    assert reader.warning == (expected if warns else "")
+
+
+def test_padding_is_not_a_repeat_but_a_freeze_is(tmp_path: Path) -> None:
+    short = tmp_path / "short.mp4"
+    make_video(short, num_frames=10, fps=10)  # 1 s: a 16-frame clip at 8 fps is half padding
+    reader, clips = read(short, ClipSampling(16, 8))
+    assert clips[0].valid_frames == 8
+    assert (reader.sampled_frames, reader.repeated_frames, reader.warning) == (8, 0, "")
+    frozen = tmp_path / "frozen.mp4"  # one frame a second, then 25 fps: rate metadata says 25
+    make_video(frozen, frame_times=[0.0, 1.0, 2.0, 3.0] + [3.04 + i / 25 for i in range(10)])
+    reader, clips = read(frozen, ClipSampling(8, 8, stride_sec=2.0))
+    sampled, repeated = repeats_in(clips)
+    assert (reader.sampled_frames, reader.repeated_frames) == (sampled, repeated)
+    assert repeated * 2 > sampled
+    assert reader.warning.startswith("sampling at 8 fps from a ")
+    assert reader.warning.endswith(f": {100 * repeated // sampled}% of sampled frames repeat the previous one")

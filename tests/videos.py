@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 import subprocess
 from collections.abc import Sequence
 from fractions import Fraction
@@ -148,6 +149,8 @@ def make_video(
     time_base: Fraction = DEFAULT_TIME_BASE,
     faststart: bool = False,
     container_format: str | None = None,
+    gop: int | None = None,
+    muxer_options: dict[str, str] | None = None,
 ) -> list[float]:
     """Encode a video of index frames (see the module docstring); return the frame times.
 
@@ -161,7 +164,9 @@ def make_video(
     matrix out (to add rotation metadata another way, e.g. :func:`tag_rotate_with_ffmpeg`),
     so that the file's frames look turned by ``-rotation``. ``faststart`` puts an mp4's index in
     front of the data. ``container_format`` overrides the format guessed from the file name.
-    Skips the test when the encoder is missing.
+    ``gop`` caps the frames between keyframes (the encoder may put more keyframes), so that a
+    reader can seek; ``muxer_options`` go to the container's muxer. Skips the test when the
+    encoder is missing.
     """
     require_encoder(codec)
     if frame_times is None:
@@ -179,11 +184,14 @@ def make_video(
     width, height = size
     coded_w, coded_h = (height, width) if turns % 2 else (width, height)
     options = {"movflags": "faststart"} if faststart else {}
+    options.update(muxer_options or {})
     with av.open(os.fspath(path), "w", format=container_format, options=options) as container:
         stream = container.add_stream(codec, rate=fps, options=_ENCODER_OPTIONS.get(codec, {}))
         stream.width, stream.height, stream.pix_fmt = coded_w, coded_h, pix_fmt
         stream.time_base = time_base
         stream.codec_context.time_base = time_base
+        if gop is not None:
+            stream.codec_context.gop_size = gop
         if turns and display_matrix:
             stream.set_display_rotation(rotation)
         frame_step = round(1 / (Fraction(fps) * time_base))
@@ -197,6 +205,22 @@ def make_video(
         for packet in stream.encode():
             container.mux(packet)
     return [float(tick * time_base) for tick in ticks]
+
+
+def make_video_without_duration(path: str | os.PathLike[str], **kwargs: object) -> list[float]:
+    """A Matroska file written as a live stream: its header declares no duration (and it has
+    no index, so seeking searches the file). Takes :func:`make_video`'s arguments."""
+    return make_video(path, container_format="matroska", muxer_options={"live": "1"}, **kwargs)  # type: ignore[arg-type]
+
+
+def declare_mkv_duration(path: str | os.PathLike[str], seconds: float) -> None:
+    """Overwrite the duration a :func:`make_video` Matroska file declares (its frames stay)."""
+    data = bytearray(Path(path).read_bytes())
+    at = data.find(bytes.fromhex("448988"))  # Duration element, 8-byte float, in ms here
+    if at < 0 or data.find(bytes.fromhex("448988"), at + 1) >= 0:
+        raise ValueError("expected one 8-byte Duration element")
+    data[at + 3 : at + 11] = struct.pack(">d", seconds * 1000)
+    Path(path).write_bytes(bytes(data))
 
 
 def ffmpeg_first_frame(path: str | os.PathLike[str]) -> np.ndarray:

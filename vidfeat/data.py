@@ -323,11 +323,16 @@ class ClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.entries)
 
-    def _start(self, entry: Entry, duration: float | None, rng: np.random.Generator) -> float:
-        """Clip start: random (training) or centred (evaluation) in the entry's time range."""
+    def _start(self, entry: Entry, reader: ClipReader, rng: np.random.Generator) -> float:
+        """Clip start: random (training) or centred (evaluation) in the entry's time range.
+
+        Without an end in the entry the range ends at the video's measured end (the end the
+        tiling of ``extract`` uses), which ``reader.measure_end()`` finds by decoding the last
+        keyframe interval; the declared duration plays no part.
+        """
         low = entry.start_sec or 0.0
-        high = entry.end_sec if entry.end_sec is not None else duration
-        span = max(0.0, (high or low) - low - self.sampling.clip_sec)
+        high = entry.end_sec if entry.end_sec is not None else reader.measure_end()
+        span = max(0.0, high - low - self.sampling.clip_sec)
         return low + (rng.uniform(0.0, span) if self.augment is not None else span / 2)
 
     def __getitem__(self, index: int) -> Item | Failed:
@@ -337,7 +342,7 @@ class ClipDataset(Dataset):
         short_side = self.augment.short_side(rng) if self.augment is not None else self.preprocess.short_side
         try:
             with ClipReader(entry.path, self.sampling, short_side=short_side, threads=self.decode_threads) as reader:
-                clip = reader.read_at(self._start(entry, reader.info.duration_sec, rng))
+                clip = reader.read_at(self._start(entry, reader, rng))
         except VideoError as exc:
             return Failed(index, str(entry.path), str(exc))
         if self.augment is not None:

@@ -15,7 +15,10 @@ last frame interval, else one frame at the stream's average rate).
 as each is complete. For each target time it uses the decoded frame shown at that time (the
 last frame with time <= target); only those frames are converted to RGB (and resized and
 rotated), and it keeps only what the open clips still need, so memory stays bounded by about
-one clip window whatever the video length.
+one clip window whatever the video length. ``read_at`` (one clip at a time, for training and
+evaluation) runs the same loop from the keyframe before the clip: frame times come from the
+stamps, placed on the timeline by the first frame's, so a seek changes no frame nor time.
+``measure_end`` finds ``E`` from the last keyframe interval.
 
 Rotation metadata (the display matrix) is applied in steps of 90 degrees; a mirroring in the
 matrix is not. Pixel aspect ratio is not corrected: sizes are in stored pixels.
@@ -23,6 +26,7 @@ matrix is not. Pixel aspect ratio is not corrected: sizes are in stored pixels.
 
 from __future__ import annotations
 
+import math
 import os
 import stat
 from collections import deque
@@ -39,7 +43,7 @@ from av.video.frame import VideoFrame
 from av.video.reformatter import VideoReformatter
 from av.video.stream import VideoStream
 
-from vidfeat.clips import REAL_TOLERANCE, SHOW_TOLERANCE, ClipSampling
+from vidfeat.clips import SHOW_TOLERANCE, ClipSampling
 from vidfeat.errors import VideoError
 
 INTERPOLATION = "FAST_BILINEAR"
@@ -54,6 +58,15 @@ resizing the sampled frames is the decode workers' main cost after decoding itse
 # seconds, `stated` being the duration the container declares.
 PARTIAL_FRACTION = 0.9
 PARTIAL_SLACK_SEC = 0.5
+
+REPEAT_WARN_FRACTION = 0.5
+"""ClipReader.warning: warn when more than this share of the sampled targets repeat a frame."""
+
+FPS_WARN_MARGIN = 0.01
+"""ClipReader.warning: warn when the sampling fps exceeds the stream's average rate by more."""
+
+# Seconds: a seek target past the end of any video, to land on its last keyframe.
+_FAR_SEC = 1e7
 
 _IMAGE_DEMUXERS = frozenset({"image2", "image2pipe"})
 _IMAGE_CODECS = frozenset(
@@ -202,32 +215,33 @@ class _VideoSource:
     """An open video stream decoding into timeline-stamped frames.
 
     Opening decodes the first frame (it fixes time 0, the display size and the rotation).
-    ``frames()`` yields ``(time, frame)`` with non-decreasing times. A decode or demux error
-    ends the stream early: ``error`` then holds its one-line reason. After ``frames()`` is
-    exhausted, ``end_sec`` is the measured end ``E``.
+    ``frames()`` yields ``(time, frame)`` from the start with non-decreasing times;
+    ``frames_from(t)`` seeks to the keyframe before ``t`` and yields the same frames, with the
+    same times, as decoding from the start does from there on; ``measure_end()`` finds the
+    measured end ``E`` by decoding only the last keyframe interval where the file allows it.
+    Each of them starts a new pass over the file (the previous one is abandoned). A decode or
+    demux error ends a pass early: ``error`` then holds its one-line reason. After a pass
+    reaches the end of the stream, ``end_sec`` is the measured end ``E``. ``decoded_frames``
+    counts the frames the decoder has produced, over all passes.
     """
 
     def __init__(self, path: str | os.PathLike[str], threads: int = 0) -> None:
-        name = os.fspath(path)
-        _check_file(name)
-        try:
-            container = av.open(name, metadata_errors="replace")
-        except PermissionError:
-            raise VideoError("permission denied") from None
-        except av.FFmpegError as error:
-            raise VideoError(f"not a readable video file: {_reason(error)}") from None
-        self._container: InputContainer | None = container
+        self._path = os.fspath(path)
+        _check_file(self._path)
+        self._threads = threads
+        self._container: InputContainer | None = None
         self.error = ""
         self.end_sec: float | None = None
+        self.decoded_frames = 0
+        # (timestamp, timeline time) of the first stamped frame: places every stamp on the timeline.
+        self._origin: tuple[int, float] | None = None
+        self._fresh = True  # the pass opened with the first frame is not handed out yet
+        self._open()
         try:
-            stream = _pick_stream(container)
-            stream.thread_type = "AUTO"
-            stream.codec_context.thread_count = threads
-            self._stream = stream
-            self._time_base = stream.time_base or Fraction(1, 1)
+            stream = self._stream
             rate = stream.average_rate
             self._nominal_step = 1 / float(rate) if rate else 0.0
-            self._timeline = self._timed_frames()
+            self._timeline = self._timed_frames(from_start=True)
             first = next(self._timeline, None)
             if first is None:
                 if self.error:
@@ -236,9 +250,31 @@ class _VideoSource:
             self._first = first
             self.coded_size = (first[1].width, first[1].height)
             self.info = self._describe(first[1])
+            # Seeking needs times <-> stamps: a first frame without a stamp (raw streams) has none.
+            self.seekable = self._origin is not None
         except BaseException:
             self.close()
             raise
+
+    def _open(self) -> None:
+        try:
+            container = av.open(self._path, metadata_errors="replace")
+        except PermissionError:
+            raise VideoError("permission denied") from None
+        except FileNotFoundError:
+            raise VideoError("file not found") from None
+        except av.FFmpegError as error:
+            raise VideoError(f"not a readable video file: {_reason(error)}") from None
+        self._container = container
+        try:
+            stream = _pick_stream(container)
+            stream.thread_type = "AUTO"
+            stream.codec_context.thread_count = self._threads
+        except BaseException:
+            self.close()
+            raise
+        self._stream = stream
+        self._time_base = stream.time_base or Fraction(1, 1)
 
     def _describe(self, frame: VideoFrame) -> VideoInfo:
         stream = self._stream
@@ -265,13 +301,18 @@ class _VideoSource:
         container = self._container
         assert container is not None
         stream = self._stream
+        self.error = ""
         try:
             for packet in container.demux(stream):
-                yield from stream.decode(packet)
+                for frame in stream.decode(packet):
+                    self.decoded_frames += 1
+                    yield frame
         except av.FFmpegError as error:
             self.error = _reason(error)
             try:  # frames already inside the decoder are good: drain them
-                yield from stream.decode(None)
+                for frame in stream.decode(None):
+                    self.decoded_frames += 1
+                    yield frame
             except av.FFmpegError:
                 pass
 
@@ -281,21 +322,25 @@ class _VideoSource:
             return frame.duration * self._time_base.numerator / self._time_base.denominator
         return interval if interval > 0 else self._nominal_step
 
-    def _timed_frames(self) -> Iterator[tuple[float, VideoFrame]]:
+    def _timed_frames(self, from_start: bool) -> Iterator[tuple[float, VideoFrame]]:
+        """The timeline of one pass: from the first frame, or (after a seek) from wherever the
+        demuxer is; a pass after a seek yields nothing when its first frame has no stamp."""
         num, den = self._time_base.numerator, self._time_base.denominator
-        origin_ts: int | None = None  # timestamp of the first stamped frame...
-        origin_sec = 0.0  # ...and its timeline time
+        origin = None if from_start else self._origin
         last: tuple[float, VideoFrame] | None = None
         last_stamp: int | None = None
         interval = 0.0
         for frame in self._decoded():
             stamp = frame.pts if frame.pts is not None else frame.dts
-            if stamp is not None and origin_ts is not None:
-                time = (stamp - origin_ts) * num / den + origin_sec
+            if stamp is not None and origin is not None:
+                time = (stamp - origin[0]) * num / den + origin[1]
+            elif last is None and not from_start:
+                return  # landed on a frame whose time is unknown
             else:  # no timestamp (or the first one): continue from the previous frame
                 time = 0.0 if last is None else last[0] + self._duration(last[1], interval)
                 if stamp is not None:
-                    origin_ts, origin_sec = stamp, time
+                    origin = (stamp, time)
+                    self._origin = origin
             if last is not None:
                 if time < last[0]:
                     continue  # time going backwards: broken timestamps, drop the frame
@@ -306,16 +351,92 @@ class _VideoSource:
         if last is None:
             return
         time, frame = last
-        if last_stamp is not None and origin_ts is not None and (frame.duration or 0) > 0:
+        if last_stamp is not None and origin is not None and (frame.duration or 0) > 0:
             # Exact in ticks: no float drift between the last frame's time and the end.
-            self.end_sec = (last_stamp + frame.duration - origin_ts) * num / den + origin_sec
+            self.end_sec = (last_stamp + frame.duration - origin[0]) * num / den + origin[1]
         else:
             self.end_sec = time + self._duration(frame, interval)
 
     def frames(self) -> Iterator[tuple[float, VideoFrame]]:
-        """All frames from the first one on, each with its timeline time (once only)."""
-        yield self._first
-        yield from self._timeline
+        """All frames from the first one on, each with its timeline time."""
+        if self._fresh:
+            self._fresh = False
+            yield self._first
+            yield from self._timeline
+            return
+        # Decoding from the start again: reopen (a seek to the start is not exact everywhere).
+        self.close()
+        self._open()
+        yield from self._timed_frames(from_start=True)
+
+    def _seek(self, time: float) -> Iterator[tuple[float, VideoFrame]] | None:
+        """A pass from the keyframe at or before ``time`` (as the demuxer finds it), or None."""
+        container = self._container
+        assert container is not None and self._origin is not None
+        self._fresh = False
+        stamp, at = self._origin
+        tb = self._time_base
+        target = stamp + math.floor((time - at) * tb.denominator / tb.numerator)
+        try:
+            container.seek(target, backward=True, any_frame=False, stream=self._stream)
+        except av.FFmpegError:
+            self.seekable = False  # e.g. a pipe-like format: decode from the start instead
+            return None
+        return self._timed_frames(from_start=False)
+
+    def frames_from(self, time: float) -> Iterator[tuple[float, VideoFrame]]:
+        """Frames from one at or before ``time`` on, with the times :meth:`frames` gives them.
+
+        Seeks to the keyframe before ``time``; where the demuxer lands after ``time`` (an
+        imprecise index) it seeks further back, and without a usable seek it decodes from the
+        start.
+        """
+        back = 0.0
+        while self.seekable and time - back > 0 and self._container is not None:
+            timeline = self._seek(time - back)
+            first = None if timeline is None else next(timeline, None)
+            if first is not None and first[0] <= time + SHOW_TOLERANCE:
+                yield first
+                yield from timeline  # type: ignore[misc]
+                return
+            back = max(2 * back, 1.0)
+        yield from self.frames()
+
+    def measure_end(self) -> float:
+        """The measured end ``E``, decoding from the last keyframe where seeking allows it."""
+        if self.end_sec is not None:
+            return self.end_sec
+        for target in self._tail_targets():
+            if not self.seekable:
+                break
+            timeline = self._seek(target)
+            if timeline is None:
+                break
+            count, last = 0, None
+            for last in timeline:
+                count += 1
+            # One frame without its own duration would take the nominal step where the full
+            # pass takes the last frame interval: decode from further back then.
+            if self.end_sec is not None and not self.error and last is not None:
+                if count > 1 or (last[1].duration or 0) > 0:
+                    return self.end_sec
+            self.end_sec = None
+        for _ in self.frames():
+            pass
+        assert self.end_sec is not None
+        return self.end_sec
+
+    def _tail_targets(self) -> Iterator[float]:
+        """Seek times for :meth:`measure_end`: past the end, then ever further back from it."""
+        declared = self.info.duration_sec
+        if declared is None:
+            yield _FAR_SEC
+            return
+        yield declared + 1.0
+        back = 1.0
+        while declared - back > 0:
+            yield declared - back
+            back *= 2
 
     @property
     def closed(self) -> bool:
@@ -358,14 +479,21 @@ class ClipReader:
     Opening checks the file and decodes its first frame; it raises VideoError with a one-line
     reason for a missing, unreadable or empty file, a file that is not a video (text, audio
     only, a still image) or a video stream without decodable frames. ``info`` describes the
-    video. Iterate (once) to get the clips in index order; ``short_side`` resizes every frame so
-    that its short side has that many pixels (aspect kept), ``None`` keeps the native size.
-    ``threads`` is the decoder thread count (0: FFmpeg chooses).
+    video. Iterate (once) to get the clips in index order, or call :meth:`read_at` for one clip
+    at a given time; ``short_side`` resizes every frame so that its short side has that many
+    pixels (aspect kept), ``None`` keeps the native size. ``threads`` is the decoder thread
+    count (0: FFmpeg chooses).
 
     Once iteration ends, ``status`` is ``"ok"`` or ``"partial"`` (decoding stopped on an error,
     or ended far before the declared duration), ``error`` the one-line reason for ``partial``
     (else ``""``) and ``duration_sec`` the measured end ``E`` of the video. The container is
     closed when iteration ends, on ``close()`` and when leaving a ``with`` block.
+
+    ``sampled_frames`` counts the real targets of the clips read so far (padding excluded) and
+    ``repeated_frames`` those of them that show the same decoded frame as the previous target
+    of their clip; ``warning`` is one line when the sampling repeats frames (more than
+    ``REPEAT_WARN_FRACTION`` of the targets, or an ``fps`` above the stream's average rate by
+    more than ``FPS_WARN_MARGIN``), else ``""``. ``decoded_frames`` counts the frames decoded.
     """
 
     def __init__(
@@ -388,6 +516,8 @@ class ClipReader:
         self.status = "ok"
         self.error = ""
         self.duration_sec: float | None = None
+        self.sampled_frames = 0
+        self.repeated_frames = 0
         self._rotate_k = self.info.rotation // 90
         self._size = _coded_output_size(*self._source.coded_size, short_side)
         # One converter per video: VideoFrame.to_ndarray(width=...) builds a new swscale context
@@ -423,6 +553,26 @@ class ClipReader:
             held.add(id(self._newest))
         return len(held)
 
+    @property
+    def decoded_frames(self) -> int:
+        """Frames the decoder has produced so far (the first frame, decoded on opening, included)."""
+        return self._source.decoded_frames
+
+    @property
+    def warning(self) -> str:
+        """One line when the sampling mostly repeats frames (see the class docstring), else ""."""
+        fps, rate = self.sampling.fps, self.info.fps
+        too_fast = rate is not None and fps > rate * (1 + FPS_WARN_MARGIN)
+        sampled, repeated = self.sampled_frames, self.repeated_frames
+        repeats = sampled > 0 and repeated > REPEAT_WARN_FRACTION * sampled
+        if not (too_fast or repeats):
+            return ""
+        source = f"a {rate:.1f} fps video" if rate is not None else "a video of unknown frame rate"
+        text = f"sampling at {fps:g} fps from {source}"
+        if sampled:
+            text += f": {100 * repeated // sampled}% of sampled frames repeat the previous one"
+        return text
+
     def _to_rgb(self, frame: _Decoded) -> None:
         """Convert a sampled frame once: resize, rgb24, rotate upright; release the raw frame."""
         if frame.rgb is None:
@@ -434,12 +584,11 @@ class ClipReader:
             frame.rgb = np.rot90(rgb, self._rotate_k) if self._rotate_k else rgb
             frame.raw = None
 
-    def _open_clip(self, index: int) -> None:
-        self._pending.append(_OpenClip(index, self.sampling.clip_targets(index)))
-
     def _finish(self, clip: _OpenClip, valid: int) -> Clip:
         slots = clip.slots
         last = slots[valid - 1]
+        self.sampled_frames += valid
+        self.repeated_frames += sum(1 for k in range(1, valid) if slots[k] is slots[k - 1])
         arrays = [frame.rgb for frame in slots[:valid]]
         arrays += [last.rgb] * (len(clip.targets) - valid)
         return Clip(
@@ -450,40 +599,85 @@ class ClipReader:
             valid_frames=valid,
         )
 
-    def __iter__(self) -> Iterator[Clip]:
+    def _start_reading(self) -> None:
         if self._iterated:
-            raise RuntimeError("a ClipReader can be iterated only once")
+            raise RuntimeError("a ClipReader can be read only once")
         if self._source.closed:
             raise RuntimeError("the ClipReader is closed")
         self._iterated = True
+
+    def __iter__(self) -> Iterator[Clip]:
+        self._start_reading()
         try:
-            yield from self._clips()
+            yield from self._clips(self.sampling, self._source.frames())
         finally:
             self.close()
 
-    def _clips(self) -> Iterator[Clip]:
-        sampling = self.sampling
+    def measure_end(self) -> float:
+        """The measured end ``E`` of the video (the end the tiling uses), cheaply.
+
+        Seeks to the last keyframe and decodes from there (the whole video only where the file
+        cannot seek, e.g. a raw stream without timestamps); sets ``duration_sec``. Call it
+        before reading; the reader stays usable. On a file with a decode error before its last
+        keyframe this is the end of the stream, where the tiling stops at the error.
+        """
+        if self._iterated or self._source.closed:
+            raise RuntimeError("measure_end must come before reading the ClipReader")
+        self.duration_sec = self._source.measure_end()
+        return self.duration_sec
+
+    def read_at(self, start_sec: float) -> Clip:
+        """Decode the one clip whose targets are ``start_sec + k / fps`` (training: a random time).
+
+        The clip 0 of ``sampling.at(start_sec)``, read by the loop that tiles the video: the
+        same PTS sampling, resizing and padding, so targets at or after the video's end repeat
+        the last frame (``valid_frames`` counts the real targets, at least 1, so a start past
+        the end gives the last frame). Decoding starts at the keyframe before ``start_sec``
+        (the same frames and times as decoding from the start) and stops once the clip is
+        complete; ``status`` is settled only when the video was decoded to its end. Like
+        iterating, this uses the reader up and closes it.
+        """
+        if start_sec < 0:
+            raise ValueError(f"start_sec must be >= 0, got {start_sec}")
+        self._start_reading()
+        try:
+            sampling = self.sampling.at(start_sec)
+            return next(self._clips(sampling, self._source.frames_from(start_sec)))
+        finally:
+            self.close()
+
+    def _clips(
+        self, sampling: ClipSampling, frames: Iterator[tuple[float, VideoFrame]]
+    ) -> Iterator[Clip]:
+        """The clips of ``sampling`` in index order from ``frames`` (which start at or before
+        the first target); stops after ``sampling.max_clips`` clips, else at the video's end."""
         pending = self._pending
+        limit = sampling.max_clips
         next_index = 0
-        for time, raw in self._source.frames():
+        for time, raw in frames:
             newest = self._newest
             if newest is not None and time > newest.time:
                 # Every target before `time` not yet resolved shows `newest`.
-                while sampling.clip_start(next_index) < time - SHOW_TOLERANCE:
-                    self._open_clip(next_index)
+                while (limit is None or next_index < limit) and sampling.clip_start(next_index) < time - SHOW_TOLERANCE:
+                    self._open_clip(sampling, next_index)
                     next_index += 1
                 for clip in pending:
                     if clip.fill_before(newest, time):
                         self._to_rgb(newest)
                 while pending and pending[0].full and sampling.clip_exists(pending[0].index, time):
-                    yield self._finish(pending.popleft(), sampling.num_frames)
+                    clip = pending.popleft()
+                    yield self._finish(clip, sampling.num_frames)
+                    if limit is not None and clip.index == limit - 1:
+                        return
             self._newest = _Decoded(time, raw)
         newest = self._newest
         end = self._source.end_sec
-        assert newest is not None and end is not None
+        if newest is None or end is None:
+            raise VideoError(f"no video frame could be decoded: {self._source.error or 'no frames'}")
+        self._settle(end)  # decoding has ended: settled before the last clips are handed out
         count = sampling.num_clips(end)
         for index in range(next_index, count):
-            self._open_clip(index)
+            self._open_clip(sampling, index)
         while pending and pending[0].index < count:
             clip = pending.popleft()
             valid = sampling.valid_frames(clip.index, end)
@@ -491,43 +685,9 @@ class ClipReader:
                 self._to_rgb(newest)
                 clip.slots += [newest] * (valid - len(clip.slots))
             yield self._finish(clip, valid)
-        self._settle(end)
 
-    def read_at(self, start_sec: float) -> Clip:
-        """Decode the one clip whose targets are ``start_sec + k / fps`` (training: a random time).
-
-        The same decoding, PTS sampling, resizing and padding as the tiled clips: targets at or
-        after the video's end repeat the last frame (``valid_frames`` counts the real targets, at
-        least 1, so a start past the end gives the last frame). Decoding stops once the clip is
-        complete; ``status`` is settled only when the video was decoded to its end. The returned
-        clip has index 0. Like iterating, this uses the reader up and closes it.
-        """
-        if start_sec < 0:
-            raise ValueError(f"start_sec must be >= 0, got {start_sec}")
-        if self._iterated or self._source.closed:
-            raise RuntimeError("a ClipReader can be read only once")
-        self._iterated = True
-        sampling = self.sampling
-        clip = _OpenClip(0, tuple(start_sec + k / sampling.fps for k in range(sampling.num_frames)))
-        try:
-            newest: _Decoded | None = None
-            for time, raw in self._source.frames():
-                if newest is not None and time > newest.time:
-                    if clip.fill_before(newest, time):
-                        self._to_rgb(newest)
-                    if clip.full:
-                        return self._finish(clip, sampling.num_frames)
-                newest = _Decoded(time, raw)
-            end = self._source.end_sec
-            assert newest is not None and end is not None
-            valid = max(1, sum(1 for t in clip.targets if t < end - REAL_TOLERANCE))
-            if len(clip.slots) < valid:
-                self._to_rgb(newest)
-                clip.slots += [newest] * (valid - len(clip.slots))
-            self._settle(end)
-            return self._finish(clip, valid)
-        finally:
-            self.close()
+    def _open_clip(self, sampling: ClipSampling, index: int) -> None:
+        self._pending.append(_OpenClip(index, sampling.clip_targets(index)))
 
     def _settle(self, end: float) -> None:
         """Set ``status``, ``error`` and ``duration_sec`` once decoding has ended at ``end``."""
