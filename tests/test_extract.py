@@ -627,3 +627,16 @@ def test_a_long_video_in_a_pipe_shows_progress_before_it_finishes_with_a_fair_et
     assert len(checked) >= 50
     for eta, real in checked:
         assert real / 2 <= eta <= real * 2, (eta, real)
+
+
+def test_sampling_faster_than_the_video_warns_once_per_video(tmp_path, model_dir):
+    root = tmp_path / "in"
+    root.mkdir()
+    make_video(root / "slow.mp4", seconds=4.0, fps=1, size=(32, 32))  # the model samples 4 fps
+    make_video(root / "fine.mp4", seconds=2.0, fps=25, size=(32, 32))
+    result = run(extract_args([root], tmp_path / "f.h5", model_dir))
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.output.splitlines() if line.startswith("vidfeat: warning:")]
+    assert warnings == [
+        "vidfeat: warning: slow.mp4: sampling at 4 fps from a 1.0 fps video: 75% of sampled frames repeat the previous one"
+    ]

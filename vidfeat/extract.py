@@ -112,6 +112,7 @@ class VideoEnd:
     width: int
     height: int
     decode_sec: float
+    warning: str = ""  # "" or one line: the sampling mostly repeats frames (ClipReader.warning)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -123,7 +124,7 @@ def decode_video(video: int, path: Path, sampling: ClipSampling, card: ModelCard
     """Yield the ClipItems of one video, then its VideoEnd. Never raises for a bad video."""
     start = time.perf_counter()
     sent, info = 0, None
-    status, error, duration = "failed", "", math.nan
+    status, error, duration, warning = "failed", "", math.nan, ""
     try:
         with ClipReader(path, sampling, short_side=card.preprocess.short_side, threads=threads) as reader:
             info = reader.info
@@ -132,6 +133,7 @@ def decode_video(video: int, path: Path, sampling: ClipSampling, card: ModelCard
                 yield ClipItem(video, clip.index, torch.from_numpy(views), clip.start_sec, clip.end_sec, clip.valid_frames)
                 sent += 1
             status, error, duration = reader.status, reader.error, reader.duration_sec
+            warning = reader.warning
     except VideoError as exc:
         error = _one_line(exc)
     except Exception as exc:  # noqa: BLE001 - a bug or an exotic file must not end the run
@@ -150,6 +152,7 @@ def decode_video(video: int, path: Path, sampling: ClipSampling, card: ModelCard
         width=int(info.width) if info else 0,
         height=int(info.height) if info else 0,
         decode_sec=time.perf_counter() - start,
+        warning=warning,
     )
 
 
@@ -497,6 +500,8 @@ class _Collector:
         self.report.clips += len(rows)
         if status != "ok":
             self.progress.failure(v.name, status, error)
+        if end.warning:
+            self.progress.warning(v.name, end.warning)
         self.progress.video_done(vid, st.st_size, end.duration_sec, end.decode_sec, self.runner.model_sec)
 
 
