@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
@@ -56,3 +57,21 @@ def test_list_file_relative_to_itself(tmp_path):
     assert read_list(str(listing)) == [tmp_path / "d" / "a.mp4"] * 2
     with pytest.raises(VidfeatError, match="cannot read the list file"):
         read_list(str(tmp_path / "missing.txt"))
+
+
+def test_names_are_relative_to_a_given_root_and_inputs_outside_it_are_refused(tmp_path):
+    touch(tmp_path / "v" / "sub" / "a.mp4")
+    touch(tmp_path / "w" / "b.mp4")
+    found = discover([tmp_path / "v" / "sub" / "a.mp4"], root=tmp_path / "v")
+    assert found.root == tmp_path / "v" and [v.name for v in found.videos] == ["sub/a.mp4"]
+    message = re.escape(f"{tmp_path / 'w' / 'b.mp4'} lies outside the input root {tmp_path / 'v'},")
+    with pytest.raises(VidfeatError, match=message):
+        discover([tmp_path / "v", tmp_path / "w"], root=tmp_path / "v")
+
+
+def test_listed_paths_that_do_not_exist_are_kept_unless_none_exists(tmp_path):
+    touch(tmp_path / "a.mp4")
+    found = discover([], listed=[tmp_path / "a.mp4", tmp_path / "gone.mp4"])
+    assert [(v.name, v.path.exists()) for v in found.videos] == [("a.mp4", True), ("gone.mp4", False)]
+    with pytest.raises(VidfeatError, match="none of the 2 listed videos exists"):
+        discover([], listed=[tmp_path / "gone.mp4", tmp_path / "x.mp4"])

@@ -19,7 +19,7 @@ from . import main
 @main.command(name="extract")
 @click.argument("inputs", nargs=-1, type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The HDF5 file to write.")
-@click.option("--list", "list_file",
+@click.option("--list", "list_file", metavar="FILE",
               help="A file with one video path per line ('-' reads stdin); relative paths are relative to the list "
                    "file's folder (to the working directory for stdin). A listed path that does not exist is a failed "
                    "video ('not found').")  # fmt: skip
@@ -64,7 +64,7 @@ def extract_cmd(inputs, output, list_file, root, model, fps, num_frames, stride,
       vidfeat extract videos/ -o feats.h5
       vidfeat extract videos/ -o feats.h5 --model large --crops 3
       vidfeat extract --list todo.txt -o feats.h5 --workers 14 --batch-size 32
-      find /data -name '*.mp4' | vidfeat extract --list - -o feats.h5
+      find /data -name '*.mp4' | vidfeat extract --list - -o feats.h5 --root /data
       vidfeat extract videos/ -o feats.h5 --model runs/my-finetune --fps 4 --stride 2
     """
     from ..cards import DEFAULT_MODEL, find_card
