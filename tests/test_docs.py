@@ -14,11 +14,10 @@ def test_generated_docs_are_up_to_date():
 
 
 def test_every_command_has_help_with_examples():
-    for name, command in main.commands.items():
+    for name in main.commands:
         result = CliRunner().invoke(main, [name, "--help"])
         assert result.exit_code == 0, name
         assert "Examples:" in result.output and f"vidfeat {name}" in result.output, name
-        assert isinstance(command, click.Command)
 
 
 def test_the_extract_page_explains_every_extract_option():

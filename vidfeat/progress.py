@@ -63,6 +63,7 @@ class Progress:
         self._closed = threading.Event()
         self._ticker: threading.Thread | None = None
         self.started = self.last_log = clock()
+        self._rate_from: tuple[float, float, int] | None = None  # (time, video-seconds, bytes) at the first clip
         self._live: Live | None = None
 
     # events -------------------------------------------------------------------------------------
@@ -95,6 +96,8 @@ class Progress:
     def clip_done(self, video: int, end_sec: float) -> None:
         """A clip of ``video`` ending at ``end_sec`` (video time) was computed."""
         with self._lock:
+            if self._rate_from is None:  # the rate excludes start-up (model load, first decode)
+                self._rate_from = (self.clock(), self.done_sec, self.done_bytes)
             self.clips += 1
             covered = self._covered.get(video, 0.0)
             if end_sec > covered:
@@ -167,10 +170,17 @@ class Progress:
         return self.done_bytes / self.total_bytes if self.total_bytes else 0.0
 
     def eta(self) -> float:
-        """Seconds left at the rate so far (NaN before anything is done)."""
-        elapsed = max(1e-9, self.clock() - self.started)
-        frac = self.fraction()
-        return elapsed * (1 - frac) / frac if frac > 0 else math.nan
+        """Seconds left at the rate since the first computed clip (NaN before there is one)."""
+        if self._rate_from is None:
+            return math.nan
+        since, sec0, bytes0 = self._rate_from
+        elapsed = self.clock() - since
+        total = self.total_sec()
+        if math.isfinite(total) and total > 0:
+            done, left = self.done_sec - sec0, total - self.done_sec
+        else:
+            done, left = self.done_bytes - bytes0, self.total_bytes - self.done_bytes
+        return elapsed * max(0.0, left) / done if done > 0 and elapsed > 0 else math.nan
 
     def line(self) -> str:
         elapsed = max(1e-9, self.clock() - self.started)
