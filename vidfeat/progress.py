@@ -199,3 +199,44 @@ class Progress:
         width = 30
         bar = "█" * int(frac * width) + "░" * (width - int(frac * width))
         return Text(f"{bar} {frac:5.1%}  " + line)
+
+
+class TrainProgress:
+    """Progress of a training run (rank 0): a rich bar on a terminal, plain log lines otherwise
+    (or nothing when ``enabled`` is False). ``note`` prints one line either way."""
+
+    def __init__(self, *, total: int, done: int, enabled: bool, console: Console | None = None) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+        from rich.progress import Progress as Bar
+
+        self.console = console or Console(stderr=True)
+        self.enabled = enabled
+        self.total, self.start_step, self.started = total, done, time.monotonic()
+        self.bar: Bar | None = None
+        if enabled and self.console.is_terminal:
+            self.bar = Bar(
+                TextColumn("[bold]epoch {task.fields[epoch]}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  {task.fields[rate]:.1f} clips/s"),
+                TimeRemainingColumn(),
+                console=self.console,
+            )
+            self.task = self.bar.add_task("train", total=total, completed=done, epoch="", loss=float("nan"), lr=0.0, rate=0.0)
+            self.bar.start()
+
+    def step(self, *, step: int, epoch: str, loss: float, lr: float, rate: float) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step, epoch=epoch, loss=loss, lr=lr, rate=rate)
+        elif self.enabled:
+            elapsed = time.monotonic() - self.started
+            eta = elapsed / max(1, step - self.start_step) * (self.total - step)
+            self.note(f"epoch {epoch} step {step}/{self.total} loss {loss:.4f} lr {lr:.2e} {rate:.1f} clips/s ETA {_duration(eta)}")
+
+    def note(self, text: str) -> None:
+        if self.enabled:
+            self.console.print(text, highlight=False, soft_wrap=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
