@@ -574,8 +574,6 @@ def small_file(tmp_path_factory, model_dir):
     return out
 
 
-@pytest.mark.xfail(strict=True, reason="vidfeat/cli/models.py imports vidfeat.cards (-> vidfeat.model -> torch) at "
-                   "module top; remove this mark once it imports inside its commands")  # fmt: skip
 def test_help_info_and_verify_do_not_import_torch(small_file):
     assert _heavy_imports(["--help"]) == []
     assert _heavy_imports(["info", small_file]) == []
