@@ -378,7 +378,9 @@ def test_a_crashing_decode_worker_fails_its_video_and_the_run_goes_on(tmp_path, 
         yield from real(video, path, *args)
 
     monkeypatch.setattr(extract_module, "decode_video", crashing)
-    report = extract(discover([root]), tmp_path / "f.h5", ExtractOptions(model=str(model_dir), workers=2, commit_seconds=0))
+    found = discover([root])
+    options = ExtractOptions(model=str(model_dir), workers=2, commit_seconds=0, root=str(found.root))
+    report = extract(found.videos, tmp_path / "f.h5", options)
     assert report.exit_code == 3
     with open_features(tmp_path / "f.h5") as f:
         table = {r["path"]: r for r in f.videos.records()}
@@ -411,7 +413,9 @@ def test_a_batch_lost_with_its_dying_worker_is_handled_as_the_crash(tmp_path, mo
     # workers (forked) pickle the rebuild function by its module and name: keep the real ones
     first_hand_over_fails.__module__, first_hand_over_fails.__qualname__ = real.__module__, real.__qualname__
     monkeypatch.setattr(reductions, "rebuild_storage_fd", first_hand_over_fails)
-    report = extract(discover([root]), tmp_path / "f.h5", ExtractOptions(model=str(model_dir), workers=2, commit_seconds=0))
+    found = discover([root])
+    options = ExtractOptions(model=str(model_dir), workers=2, commit_seconds=0, root=str(found.root))
+    report = extract(found.videos, tmp_path / "f.h5", options)
     assert len(calls) > 1 and report.exit_code == 0
     with open_features(tmp_path / "f.h5") as f:
         assert {r["path"]: r["status"] for r in f.videos.records()} == {"a.mp4": "ok", "b.mp4": "ok", "c.mp4": "ok"}
@@ -616,8 +620,8 @@ def test_a_long_video_in_a_pipe_shows_progress_before_it_finishes_with_a_fair_et
     progress = Progress(log_every=0, console=Console(file=sink, force_terminal=False, width=200))
     sink.progress = progress
     # 8 s clips every 2 s: 297 clips, enough work that start-up and scheduling noise stay small
-    options = ExtractOptions(model=str(model_dir), fps=1.0, stride_sec=2.0, workers=0, batch_size=1)
-    report = extract(discover([video]), tmp_path / "f.h5", options, progress)
+    options = ExtractOptions(model=str(model_dir), fps=1.0, stride_sec=2.0, workers=0, batch_size=1, root=str(tmp_path))
+    report = extract(discover([video]).videos, tmp_path / "f.h5", options, progress)
     assert report.exit_code == 0 and report.clips == 297
     end = sink.lines[-1][0]
     during = [(t, done, eta) for t, done, eta, text in sink.lines if text.startswith("videos 0/1 ")]

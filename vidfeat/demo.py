@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     output = args.out / "feats.h5"
     console.print(f"[bold]2. vidfeat extract {videos_dir} -o {output} --model {args.model}")
     inputs = discover([videos_dir], root=stored_root(output))
-    report = extract(inputs, output, ExtractOptions(model=args.model, workers=args.workers), Progress())
+    options = ExtractOptions(model=args.model, workers=args.workers, root=str(inputs.root))
+    report = extract(inputs.videos, output, options, Progress())
     if report.exit_code not in (0, 3):
         return report.exit_code
 

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from .cards import DEFAULT_MODEL, ModelCard
 from .clips import ClipSampling
 from .errors import VideoError, VidfeatError
-from .inputs import Inputs, VideoFile
+from .inputs import VideoFile
 from .model import TimeSformer
 from .progress import Progress
 from .store import FeatureWriter, VideoResult, parts_path, summarize
@@ -63,6 +63,7 @@ class ExtractOptions:
     commit_seconds: float = 10.0  # commit finished videos to disk at least this often (0: each video)
     overwrite: bool = False
     retry_failed: bool = False
+    root: str | None = None  # absolute folder the video names are relative to (vidfeat.inputs.Inputs.root)
 
 
 @dataclass
@@ -273,9 +274,12 @@ def _auto_batch_size(model: TimeSformer, device: torch.device, crops: int) -> in
 # the run
 
 
-def _settings(card: ModelCard, sampling: ClipSampling, options: ExtractOptions, dtype: torch.dtype, root: Path) -> dict:
+def _settings(card: ModelCard, sampling: ClipSampling, options: ExtractOptions) -> dict:
     """The root attributes that define the result (a rerun must match them to resume)."""
+    if options.root is None:
+        raise ValueError("ExtractOptions.root must name the folder the video names are relative to (Inputs.root)")
     pre = card.preprocess
+    _, dtype = _resolve_device(options)
     return {
         "model": card.name,
         "weights_sha256": card.weights.sha256,
@@ -290,7 +294,7 @@ def _settings(card: ModelCard, sampling: ClipSampling, options: ExtractOptions, 
         "crops": options.crops,
         "embedding_dtype": options.embedding_dtype,
         "dtype": str(dtype).removeprefix("torch."),  # model precision: bf16 and fp32 give other numbers
-        "root": str(root),  # video names are relative to it (vidfeat.inputs)
+        "root": str(options.root),  # video names are relative to it (vidfeat.inputs)
     }
 
 
@@ -325,11 +329,12 @@ def _default_workers() -> int:
     return max(1, min(16, (os.cpu_count() or 2) - 1))
 
 
-def extract(inputs: Inputs, output: Path, options: ExtractOptions, progress: Progress | None = None) -> ExtractReport:
-    """Extract every video of ``inputs`` into ``output`` (resuming what an earlier run finished).
+def extract(videos: list[VideoFile], output: Path, options: ExtractOptions, progress: Progress | None = None) -> ExtractReport:
+    """Extract every video of ``videos`` into ``output`` (resuming what an earlier run finished).
 
-    ``inputs`` comes from :func:`vidfeat.inputs.discover`, with ``root=stored_root(output)`` for
-    an existing output so that names stay those of the earlier runs."""
+    ``videos`` and ``options.root`` come from :func:`vidfeat.inputs.discover` (``Inputs.videos``
+    and ``Inputs.root``), called with ``root=stored_root(output)`` for an existing output so that
+    names stay those of the earlier runs."""
     device, dtype = _resolve_device(options)
     model = load_model(options.model, num_frames=options.num_frames, device=device)
     card = model.card
@@ -340,7 +345,7 @@ def extract(inputs: Inputs, output: Path, options: ExtractOptions, progress: Pro
 
     writer = FeatureWriter(
         output,
-        settings=_settings(card, sampling, options, dtype, inputs.root),
+        settings=_settings(card, sampling, options),
         classes=card.classes,
         embedding_dim=model.num_features,
         embedding_dtype=options.embedding_dtype,
@@ -350,7 +355,7 @@ def extract(inputs: Inputs, output: Path, options: ExtractOptions, progress: Pro
     )
     with writer:
         todo: list[tuple[VideoFile, os.stat_result]] = []
-        for v in inputs.videos:
+        for v in videos:
             try:
                 st = os.stat(v.path)
             except OSError as exc:  # a stale --list entry, or vanished since it was listed
@@ -482,6 +487,7 @@ class _Collector:
                 path=v.name,
                 status=status,
                 error=error,
+                warning=end.warning,
                 size_bytes=st.st_size,
                 mtime=st.st_mtime,
                 duration_sec=end.duration_sec,

@@ -65,6 +65,8 @@ def _interrupted() -> None:
 try:
     from . import extract, models  # noqa: E402,F401
     from . import train  # noqa: E402,F401
+    from . import scale  # noqa: E402,F401
+    from . import retrieval  # noqa: E402,F401
 except KeyboardInterrupt:
     _interrupted()
 

@@ -11,6 +11,7 @@ import click
 from ..inputs import discover, read_list
 from ..store import summarize, verify
 from . import main
+from .scale import scale_options
 
 # torch, timm and PyAV are imported inside extract_cmd only, so that `--help`, `info` and
 # `verify` start fast.
@@ -44,8 +45,9 @@ from . import main
 @click.option("--overwrite", is_flag=True, help="Replace an output made with another model or setting.")
 @click.option("--retry-failed", is_flag=True, help="Try again the videos that failed in an earlier run.")
 @click.option("--quiet", is_flag=True, help="No progress display (failures are still printed).")
+@scale_options
 def extract_cmd(inputs, output, list_file, root, model, fps, num_frames, stride, batch_size, device, dtype, workers, crops,
-                embedding_dtype, commit_every, overwrite, retry_failed, quiet) -> None:  # fmt: skip
+                embedding_dtype, commit_every, overwrite, retry_failed, quiet, shard, gpus, ray_address) -> None:  # fmt: skip
     """Extract per-clip embeddings and class scores of every video in INPUTS into one HDF5 file.
 
     INPUTS are folders (searched recursively for video files), video files, or --list. Videos
@@ -66,9 +68,20 @@ def extract_cmd(inputs, output, list_file, root, model, fps, num_frames, stride,
       vidfeat extract --list todo.txt -o feats.h5 --workers 14 --batch-size 32
       find /data -name '*.mp4' | vidfeat extract --list - -o feats.h5 --root /data
       vidfeat extract videos/ -o feats.h5 --model runs/my-finetune --fps 4 --stride 2
+      vidfeat extract videos/ -o feats.h5 --gpus 8
+      vidfeat extract videos/ -o feats.h5 --shard 3/64
+      vidfeat merge feats.h5 --from feats.h5.shards
+      vidfeat extract videos/ -o feats.h5 --ray
     """
+    if gpus is not None and (shard is not None or ray_address is not None):
+        raise click.UsageError("--gpus starts its own ranks: drop --shard / --ray")
+    if gpus is not None:
+        from ..launch import launch_gpus, strip_gpus
+
+        sys.exit(launch_gpus(gpus, strip_gpus(sys.argv[1:])))
     from ..cards import DEFAULT_MODEL, find_card
-    from ..extract import ExtractOptions, extract, stored_root
+    from ..extract import ExtractOptions, stored_root
+    from ..launch import dispatch
     from ..progress import Progress
 
     listed = read_list(list_file) if list_file else []
@@ -107,11 +120,13 @@ def extract_cmd(inputs, output, list_file, root, model, fps, num_frames, stride,
         commit_seconds=commit_every,
         overwrite=overwrite,
         retry_failed=retry_failed,
+        root=str(found.root),
     )
     progress = Progress(enabled=not quiet)
     if not quiet:
         progress.console.print(f"{len(found.videos)} videos under {found.root} -> {output}")
-    report = extract(found, output, options, progress)
+    report = dispatch(found.videos, output, options, progress, shard=shard, ray=ray_address,
+                      echo=lambda line: click.echo(line, err=True))  # fmt: skip
     c, f = report.counts, report.in_file
     message = (
         f"{output}: {c['ok']} ok, {c['partial']} partial, {c['failed']} failed this run, "
@@ -156,7 +171,7 @@ def _format_summary(summary: dict) -> str:
             for row in rows:
                 if isinstance(row, dict) and "path" in row:
                     clips = f" [{row['clips']} clips kept]" if row.get("clips") else ""
-                    lines.append(f"  {row['path']}: {row.get('error', '')}{clips}")
+                    lines.append(f"  {row['path']}: {row.get('error', row.get('warning', ''))}{clips}")
                 else:
                     lines.append(f"  {row}")
     return "\n".join(lines)
