@@ -643,8 +643,13 @@ def test_sampling_faster_than_the_video_warns_once_per_video(tmp_path, model_dir
     root.mkdir()
     make_video(root / "slow.mp4", seconds=4.0, fps=1, size=(32, 32))  # the model samples 4 fps
     make_video(root / "fine.mp4", seconds=2.0, fps=25, size=(32, 32))
-    result = run(extract_args([root], tmp_path / "f.h5", model_dir))
+    out = tmp_path / "f.h5"
+    result = run(extract_args([root], out, model_dir))
     assert result.exit_code == 0, result.output
+    with open_features(out) as f:
+        assert dict(zip(f.videos.path, f.videos.warning)) == {
+            "fine.mp4": "", "slow.mp4": "sampling at 4 fps from a 1.0 fps video: 75% of sampled frames repeat the previous one"
+        }  # fmt: skip
     warnings = [line for line in result.output.splitlines() if line.startswith("vidfeat: warning:")]
     assert warnings == [
         "vidfeat: warning: slow.mp4: sampling at 4 fps from a 1.0 fps video: 75% of sampled frames repeat the previous one"
