@@ -26,7 +26,7 @@ import signal
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import h5py
@@ -276,8 +276,6 @@ def _auto_batch_size(model: TimeSformer, device: torch.device, crops: int) -> in
 
 def _settings(card: ModelCard, sampling: ClipSampling, options: ExtractOptions) -> dict:
     """The root attributes that define the result (a rerun must match them to resume)."""
-    if options.root is None:
-        raise ValueError("ExtractOptions.root must name the folder the video names are relative to (Inputs.root)")
     pre = card.preprocess
     _, dtype = _resolve_device(options)
     return {
@@ -294,7 +292,7 @@ def _settings(card: ModelCard, sampling: ClipSampling, options: ExtractOptions) 
         "crops": options.crops,
         "embedding_dtype": options.embedding_dtype,
         "dtype": str(dtype).removeprefix("torch."),  # model precision: bf16 and fp32 give other numbers
-        "root": str(options.root),  # video names are relative to it (vidfeat.inputs)
+        "root": str(options.root or ""),  # video names are relative to it (vidfeat.inputs); "": not given
     }
 
 
@@ -309,13 +307,24 @@ def stored_root(output: Path) -> str | None:
         except OSError:
             root = None  # not a readable HDF5 file: the writer reports it
         if root is not None:
-            return root.decode() if isinstance(root, bytes) else str(root)
+            return (root.decode() if isinstance(root, bytes) else str(root)) or None
     manifest = parts_path(output) / "settings.json"
     try:
         root = json.loads(manifest.read_text(encoding="utf-8"))["identity"].get("root")
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None  # none, or unreadable: the writer reports it
-    return str(root) if root is not None else None
+    return (str(root) or None) if root is not None else None
+
+
+def _root_of(videos: list[VideoFile]) -> str | None:
+    """The folder that each video's name is relative to (one for all), from the videos themselves."""
+    roots = set()
+    for v in videos:
+        full = Path(os.path.abspath(v.path))
+        depth = len(v.name.split("/"))
+        if full.as_posix().endswith(v.name):
+            roots.add(str(full.parents[depth - 1]))
+    return roots.pop() if len(roots) == 1 else None
 
 
 def _resolve_device(options: ExtractOptions) -> tuple[torch.device, torch.dtype]:
@@ -335,6 +344,8 @@ def extract(videos: list[VideoFile], output: Path, options: ExtractOptions, prog
     ``videos`` and ``options.root`` come from :func:`vidfeat.inputs.discover` (``Inputs.videos``
     and ``Inputs.root``), called with ``root=stored_root(output)`` for an existing output so that
     names stay those of the earlier runs."""
+    if options.root is None:  # a library caller: the root the names were made against
+        options = replace(options, root=_root_of(videos))
     device, dtype = _resolve_device(options)
     model = load_model(options.model, num_frames=options.num_frames, device=device)
     card = model.card

@@ -19,6 +19,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .errors import VidfeatError
 
@@ -35,8 +36,7 @@ class VideoFile:
     name: str  # relative to the input root, '/' separated: the video's key in the output
 
 
-@dataclass(frozen=True)
-class Inputs:
+class Inputs(NamedTuple):
     """The videos of a run, sorted by name, and the absolute root their names are relative to.
     A listed path that does not exist is kept (extraction records it as failed, 'not found')."""
 
