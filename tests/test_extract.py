@@ -506,6 +506,25 @@ def test_stale_list_entries_fail_as_not_found_and_the_run_goes_on(tmp_path, tree
     assert result.exit_code == 1 and "none of the 2 listed videos exists" in result.output
 
 
+def test_a_video_gone_since_an_earlier_run_keeps_its_result(tmp_path, model_dir):
+    root = tmp_path / "in"
+    root.mkdir()
+    for name in ("a.mp4", "b.mp4"):
+        make_video(root / name, seconds=1.2, size=(32, 32))
+    out = tmp_path / "f.h5"
+    listing = [root / "a.mp4", root / "b.mp4"]
+    assert _list_run(out, model_dir, listing).exit_code == 0
+    with open_features(out) as f:
+        before = f.clips("b.mp4").embedding.copy()
+    (root / "b.mp4").unlink()  # the list is stale now: b.mp4's row must not become "not found"
+    result = _list_run(out, model_dir, listing)
+    assert result.exit_code == 0, result.output
+    assert "0 failed this run, 2 already done" in result.output
+    with open_features(out) as f:
+        assert {r["path"]: r["status"] for r in f.videos.records()} == {"a.mp4": "ok", "b.mp4": "ok"}
+        np.testing.assert_array_equal(f.clips("b.mp4").embedding, before)
+
+
 def test_a_rerun_over_a_file_with_failed_videos_exits_3(tmp_path, model_dir):
     root = tmp_path / "in"
     root.mkdir()

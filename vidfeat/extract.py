@@ -370,6 +370,9 @@ def extract(videos: list[VideoFile], output: Path, options: ExtractOptions, prog
             try:
                 st = os.stat(v.path)
             except OSError as exc:  # a stale --list entry, or vanished since it was listed
+                if writer.has(v.name):  # keep an earlier run's result: a file gone now cannot be redone
+                    report.skipped += 1
+                    continue
                 reason = "not found" if isinstance(exc, FileNotFoundError) else f"cannot stat: {exc.strerror or exc}"
                 writer.add(VideoResult(path=v.name, status="failed", error=reason, size_bytes=0, mtime=0.0))
                 report.counts["failed"] += 1
