@@ -67,7 +67,6 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 
 CLASSES: tuple[str, ...] = (
@@ -509,6 +508,8 @@ def render_clip(
 def _encoder() -> tuple[str, dict[str, str], int | None, str]:
     """Codec name, options, bit rate and pixel format: libx264 at CRF 10 in 4:4:4, else mpeg4
     in 4:2:0 (its only chroma layout) at a high rate."""
+    import av  # PyAV only where videos are written: `vidfeat --help` imports this module for its defaults
+
     if "libx264" in av.codecs_available:
         return "libx264", X264_OPTIONS, None, "yuv444p"
     return "mpeg4", {}, MPEG4_BIT_RATE, "yuv420p"
@@ -521,6 +522,8 @@ def write_video(path: Path, frames: Iterable[np.ndarray], *, fps: int) -> int:
     written next to ``path`` and renamed into place when complete (removed on error).
     Returns the number of frames written.
     """
+    import av
+
     chunks = iter(frames)
     first = next(chunks, None)
     if first is None:

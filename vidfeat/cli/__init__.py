@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 import click
 
@@ -49,6 +50,17 @@ def main() -> None:
       vidfeat models
       vidfeat train train/kinetics_finetune.toml --set data.train=train.csv
     """
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """vidfeat's own warnings (e.g. an assumed clip sampling) as one line; others as Python prints them."""
+    if category.__module__.startswith("vidfeat"):
+        return "vidfeat: warning: " + " ".join(str(message).split()) + "\n"
+    return _python_formatwarning(message, category, filename, lineno, line)
+
+
+_python_formatwarning = warnings.formatwarning
+warnings.formatwarning = _one_line_warning
 
 
 def run() -> None:  # pragma: no cover - console entry for `python -m vidfeat`
