@@ -129,11 +129,11 @@ def extract_cmd(inputs, output, list_file, root, model, fps, num_frames, stride,
                       echo=lambda line: click.echo(line, err=True))  # fmt: skip
     c, f = report.counts, report.in_file
     message = (
-        f"{output}: {c['ok']} ok, {c['partial']} partial, {c['failed']} failed this run, "
+        f"{report.output}: {c['ok']} ok, {c['partial']} partial, {c['failed']} failed this run, "
         f"{report.skipped} already done; {report.clips} clips"
     )
     if f.get("failed") or f.get("partial"):
-        message += f"; the file holds {f.get('failed', 0)} failed, {f.get('partial', 0)} partial (vidfeat info {output})"
+        message += f"; the file holds {f.get('failed', 0)} failed, {f.get('partial', 0)} partial (vidfeat info {report.output})"
     if report.interrupted:
         message += " (interrupted: rerun the same command to finish)"
     click.echo(message, err=True)
