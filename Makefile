@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 # timm needs torchvision; these two releases are the ones pinned for dev and CI.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv test demo ffmpeg bench clean
+.PHONY: venv test test-fast demo ffmpeg chromium bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,8 +23,20 @@ ffmpeg:
 	  { apt-get update -qq && apt-get install -y -qq ffmpeg >/dev/null; } || \
 	  echo "warning: could not install ffmpeg; tests that need it will be skipped"; }
 
-test: venv ffmpeg
+# Debian's chromium runs the `vidfeat view` page test (driven by Playwright, no browser download).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing chromium (browser test of vidfeat view only)"; \
+	  { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "warning: could not install chromium; the browser test will be skipped"; }
+
+# The full suite (what CI runs). test-fast leaves out the tests marked slow (subprocess kills,
+# torchrun, training runs, the bundled model's accuracy).
+test: venv ffmpeg chromium
 	$(PY) -m pytest -q
+
+test-fast: venv ffmpeg
+	$(PY) -m pytest -q -m "not slow"
 
 demo: venv
 	$(PY) -m vidfeat.demo

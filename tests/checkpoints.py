@@ -7,7 +7,6 @@ from pathlib import Path
 import torch
 
 from vidfeat.model import TimeSformer, TimeSformerConfig
-from vidfeat.weights import to_official
 
 
 def randomize_(module: torch.nn.Module, seed: int = 0, std: float = 0.1) -> torch.nn.Module:
@@ -57,7 +56,7 @@ def save_official(path: Path, model: TimeSformer, epoch: int = 15) -> Path:
     """An official-style ``.pyth``: the training wrapper with ``model.``-prefixed keys and YAML cfg."""
     checkpoint = {
         "epoch": epoch,
-        "model_state": to_official(model.state_dict()),
+        "model_state": {f"model.{k}": v for k, v in model.state_dict().items()},
         "optimizer_state": {"state": {}, "param_groups": [{"lr": 0.005, "momentum": 0.9, "params": [0, 1]}]},
         "cfg": "TRAIN:\n  ENABLE: true\nDATA:\n  NUM_FRAMES: 8\nTIMESFORMER:\n  ATTENTION_TYPE: divided_space_time\n",
     }

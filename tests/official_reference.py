@@ -36,29 +36,43 @@ def _mlp(x, sd, name):
     return _linear(F.gelu(_linear(x, sd, f"{name}.fc1")), sd, f"{name}.fc2")
 
 
-def _block(x, sd, i, kind, b, t, w, heads, eps):
+def _drop_path(x, prob):
+    """Stochastic depth as the official ``DropPath``: one mask per sample (first axis), kept samples
+    scaled by 1 / keep. The Bernoulli draw is timm's (``new_empty(shape).bernoulli_``), so that
+    the same seed gives the same masks as a model built on timm's ``DropPath``."""
+    if prob == 0.0:
+        return x
+    keep = 1.0 - prob
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+    return x * (mask / keep if keep > 0.0 else mask)
+
+
+def _block(x, sd, i, kind, b, t, w, heads, eps, dp=0.0):
     p = f"blocks.{i}"
     if kind in ("space_only", "joint_space_time"):
-        x = x + _attention(_norm(x, sd, f"{p}.norm1", eps), sd, f"{p}.attn", heads)
-        return x + _mlp(_norm(x, sd, f"{p}.norm2", eps), sd, f"{p}.mlp")
+        x = x + _drop_path(_attention(_norm(x, sd, f"{p}.norm1", eps), sd, f"{p}.attn", heads), dp)
+        return x + _drop_path(_mlp(_norm(x, sd, f"{p}.norm2", eps), sd, f"{p}.mlp"), dp)
     h = ((x.size(1) - 1) // t) // w
     xt = rearrange(x[:, 1:, :], "b (h w t) m -> (b h w) t m", b=b, h=h, w=w, t=t)
-    res_t = _attention(_norm(xt, sd, f"{p}.temporal_norm1", eps), sd, f"{p}.temporal_attn", heads)
+    res_t = _drop_path(_attention(_norm(xt, sd, f"{p}.temporal_norm1", eps), sd, f"{p}.temporal_attn", heads), dp)
     res_t = _linear(rearrange(res_t, "(b h w) t m -> b (h w t) m", b=b, h=h, w=w, t=t), sd, f"{p}.temporal_fc")
     xt = x[:, 1:, :] + res_t
     init_cls = x[:, 0, :].unsqueeze(1)
     cls = rearrange(init_cls.repeat(1, t, 1), "b t m -> (b t) m", b=b, t=t).unsqueeze(1)
     xs = torch.cat((cls, rearrange(xt, "b (h w t) m -> (b t) (h w) m", b=b, h=h, w=w, t=t)), 1)
-    res_s = _attention(_norm(xs, sd, f"{p}.norm1", eps), sd, f"{p}.attn", heads)
+    res_s = _drop_path(_attention(_norm(xs, sd, f"{p}.norm1", eps), sd, f"{p}.attn", heads), dp)
     cls = torch.mean(rearrange(res_s[:, 0, :], "(b t) m -> b t m", b=b, t=t), 1, True)
     res = rearrange(res_s[:, 1:, :], "(b t) (h w) m -> b (h w t) m", b=b, h=h, w=w, t=t)
     x = torch.cat((init_cls, xt), 1) + torch.cat((cls, res), 1)
-    return x + _mlp(_norm(x, sd, f"{p}.norm2", eps), sd, f"{p}.mlp")
+    return x + _drop_path(_mlp(_norm(x, sd, f"{p}.norm2", eps), sd, f"{p}.mlp"), dp)
 
 
 @torch.no_grad()
-def official_forward(sd: dict, x: torch.Tensor, *, kind: str, depth: int, heads: int, eps: float = 1e-6):
+def official_forward(
+    sd: dict, x: torch.Tensor, *, kind: str, depth: int, heads: int, eps: float = 1e-6, drop_path_rate: float = 0.0
+):
     """``sd``: official-named state dict (no ``model.`` prefix); ``x``: ``(B, C, T, H, W)``.
+    ``drop_path_rate``: stochastic depth as in training, linear over the blocks (official rule).
     Returns (CLS features after the final norm, logits)."""
     b, _, t, _, _ = x.shape
     x = rearrange(x, "b c t h w -> (b t) c h w")
@@ -83,8 +97,9 @@ def official_forward(sd: dict, x: torch.Tensor, *, kind: str, depth: int, heads:
             te = F.interpolate(te.transpose(1, 2), size=t, mode="nearest").transpose(1, 2)
         x = rearrange(x + te, "(b n) t m -> b (n t) m", b=b, t=t)
         x = torch.cat((cls_tokens, x), dim=1)
+    dpr = torch.linspace(0, drop_path_rate, depth).tolist()
     for i in range(depth):
-        x = _block(x, sd, i, kind, b, t, w, heads, eps)
+        x = _block(x, sd, i, kind, b, t, w, heads, eps, dpr[i])
     if kind == "space_only":
         x = torch.mean(rearrange(x, "(b t) n m -> b t n m", b=b, t=t), 1)
     feats = _norm(x, sd, "norm", eps)[:, 0]

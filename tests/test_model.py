@@ -143,6 +143,26 @@ def test_drop_path_only_in_training():
     assert not torch.allclose(a, c)
 
 
+@pytest.mark.parametrize("attention_type", ["divided_space_time", "joint_space_time", "space_only"])
+def test_drop_path_in_training_matches_official_formulation(attention_type):
+    """Stochastic depth on (train mode, same seed): each residual branch drops whole samples of the
+    sequence it runs on, with one mask per sample for the divided block's MLP (CLS and patches
+    together), as in the official block. Three blocks: the patches leaving the last block do not
+    reach the output, so a wrong mask there would go unseen."""
+    config = small_config(attention_type=attention_type, drop_path_rate=0.5, depth=3)
+    model = randomize_(TimeSformer(config), seed=3).train()
+    x = video(batch=6)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+    torch.manual_seed(5)
+    ref_feats, _ = official_forward(model.state_dict(), x, kind=attention_type, depth=3, heads=2, drop_path_rate=0.5)
+    torch.testing.assert_close(feats, ref_feats, atol=ATOL, rtol=0)
+    model.eval()
+    with torch.no_grad():
+        assert not torch.allclose(model.forward_features(x), feats, atol=1e-3)  # some branch was dropped
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="attention_type"):
         TimeSformerConfig(attention_type="divided")

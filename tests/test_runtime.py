@@ -73,6 +73,14 @@ def test_extract_unknown_device_is_one_line(tmp_path):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1 and result.exception.__class__ is SystemExit
     assert result.output == "Error: unknown device 'gpu': use auto, cpu, cuda or cuda:N\n"
+    assert not (tmp_path / "f.h5").exists()
+
+
+@pytest.mark.slow
+def test_extract_unknown_device_in_a_process_is_one_line(tmp_path):
+    video = tmp_path / "v.mp4"
+    make_video(video, seconds=1.0, fps=8, size=(32, 32))
+    args = ["extract", str(video), "-o", str(tmp_path / "f.h5"), "--device", "gpu", "--quiet"]
     env = {k: v for k, v in os.environ.items() if k != "VIDFEAT_RAISE_ERRORS"}
     done = subprocess.run([sys.executable, "-m", "vidfeat", *args], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 1 and "Traceback" not in done.stderr
@@ -80,8 +88,43 @@ def test_extract_unknown_device_is_one_line(tmp_path):
     assert not (tmp_path / "f.h5").exists()
 
 
+@pytest.mark.slow
 def test_reading_a_recipe_does_not_import_the_decoder():
     code = "import sys, vidfeat.recipe as r; r.load_config(r.bundled_recipes()[0]); print(sorted(m for m in ('av', 'vidfeat.evaluate', 'vidfeat.data') if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.slow
+def test_extract_and_eval_combine_three_crops_alike(tmp_path):
+    """The same clips through `vidfeat extract --crops 3` and `evaluate(crops=3)`: same scores.
+
+    The bundled tiny-motion model (one 4 s clip of 96 frames, 24 px crops) on wide test-pattern
+    videos: its three crops see different things and disagree, so averaging logits instead of
+    probabilities changes the scores (and here one video's top-1)."""
+    import numpy as np
+
+    from vidfeat.evaluate import evaluate
+    from vidfeat.store import open_features
+    from vidfeat.synth import CLASSES
+
+    for i, name in enumerate(CLASSES):  # one 4 s video a class: one clip, 3 distinct crops
+        (tmp_path / "data" / name).mkdir(parents=True)
+        make_video(tmp_path / "data" / name / "v.mp4", seconds=4.0, fps=24, size=(72 + 8 * i, 24))
+    out = tmp_path / "f.h5"
+    args = ["extract", str(tmp_path / "data"), "-o", str(out), "--model", "tiny-motion", "--crops", "3", "--workers", "0", "--quiet"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    with open_features(out) as f:
+        assert sorted(f.videos.path) == sorted(f"{name}/v.mp4" for name in CLASSES)
+        rows = {path: f.clips(path).logits for path in f.videos.path}
+    assert all(len(r) == 1 for r in rows.values())
+    logits = torch.tensor(np.stack([rows[f"{name}/v.mp4"][0] for name in CLASSES]), dtype=torch.float64)
+    assert torch.allclose(logits.exp().sum(dim=-1), torch.ones(len(CLASSES), dtype=torch.float64), atol=1e-4)
+    summary = evaluate("tiny-motion", tmp_path / "data", crops=3, workers=0, device="cpu")
+    assert summary["count"] == len(CLASSES) and summary["classes"] == list(CLASSES)
+    predicted = [row.index(1) for row in summary["confusion"]]  # one video a class: its top-1
+    assert predicted == logits.argmax(dim=-1).tolist()
+    nll = -logits.log_softmax(dim=-1).diagonal().mean()
+    assert summary["loss"] == pytest.approx(float(nll), abs=1e-4)

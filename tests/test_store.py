@@ -5,13 +5,11 @@ from __future__ import annotations
 import errno
 import json
 import os
-import random
 import resource
 import shutil
 import signal
 import subprocess
 import sys
-import time
 import zlib
 from pathlib import Path
 
@@ -138,7 +136,7 @@ def test_round_trip_keeps_every_value(reference):
         assert attrs["vidfeat_version"] and "created" in attrs and "torch_version" in attrs
         assert f.classes == CLASSES
         assert list(f.videos.path) == sorted(PATHS)
-        assert len(f) == sum(make_result(p).num_clips for p in PATHS) == f.embeddings.shape[0]
+        assert len(f) == sum(make_result(p).num_clips for p in PATHS)
         for path in PATHS:
             want = make_result(path)
             got = f.clips(path)
@@ -450,45 +448,6 @@ def test_leftover_temporary_files_are_removed(tmp_path, reference):
     assert_same_content(out, reference)
 
 
-def _child_main() -> None:
-    """Run in a subprocess by the SIGKILL test: add the videos not yet done, slowly, then finalize."""
-    out, seed = Path(sys.argv[1]), int(sys.argv[2])
-    order = list(PATHS)
-    random.Random(seed).shuffle(order)
-    with open_writer(out, flush_videos=2) as writer:
-        print("ready", flush=True)
-        for path in order:
-            result = make_result(path)
-            if not writer.is_done(path, result.size_bytes, result.mtime):
-                time.sleep(0.03)  # "decoding"
-                writer.add(result)
-        writer.finalize()
-
-
-def test_sigkill_at_random_moments_then_resume_gives_the_same_file(tmp_path, reference):
-    out = tmp_path / "feats.h5"
-    rng = random.Random(1234)
-    tests = str(Path(__file__).parent)
-    code = f"import sys; sys.path.insert(0, {tests!r}); import test_store; test_store._child_main()"
-    killed = 0
-    for attempt in range(8):
-        child = subprocess.Popen(
-            [sys.executable, "-c", code, str(out), str(attempt)], stdout=subprocess.PIPE, text=True
-        )
-        assert child.stdout.readline() == "ready\n"
-        time.sleep(rng.uniform(0.0, 0.4))
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-        child.stdout.close()
-        killed += child.returncode == -signal.SIGKILL
-        if out.exists():  # never a half-written final file
-            assert verify(out) == []
-    assert killed >= 1  # the first attempt needs > 0.4 s of "decoding" after "ready"
-    write_all(out)
-    assert_same_content(out, reference)
-    assert not parts_path(out).exists()
-
-
 _FILE_OPS = ("fsync", "replace", "unlink", "rmdir")
 
 
@@ -538,6 +497,7 @@ def _crash_job(out: Path, resume: bool = False) -> None:
         writer.finalize()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("when", ["before", "after"])
 def test_sigkill_at_every_file_operation_then_resume_gives_the_same_file(tmp_path, monkeypatch, when):
     start = tmp_path / "start.h5"
@@ -630,8 +590,10 @@ def test_a_real_write_error_from_hdf5_is_a_store_error(tmp_path):
         finally:
             os._exit(0)
     os.waitpid(pid, 0)
-    assert report.read_text().startswith("cannot write chunk-000002.h5")
-    assert "1 videos committed before are kept" in report.read_text()
+    assert report.read_text() == (
+        f"cannot write chunk-000002.h5 in {parts_path(out)}: File too large; the 1 videos committed before are "
+        "kept: free space (or fix the cause) and rerun the same command to resume"
+    )  # one line: HDF5's own multi-line description of the failed write is left out
     with open_writer(out, embedding_dtype="float32") as writer:
         assert writer.is_done("a.mp4", make_result("a.mp4").size_bytes, make_result("a.mp4").mtime)
         assert not writer.is_done("big.mp4", big.size_bytes, big.mtime)
@@ -732,3 +694,328 @@ def test_verify_catches_injected_faults(tmp_path, edit, fault):
     assert verify(small) == []
     faults = verify(_with(small, tmp_path, edit))
     assert any(fault in line for line in faults), faults
+
+
+# full disk
+
+
+def _big_result(path: str, n: int = 300) -> VideoResult:
+    """A result with ``n`` clips (about 35 KB in a chunk file)."""
+    result = make_result(path, status="ok")
+    rng = np.random.default_rng(zlib.crc32(path.encode()))
+    result.embedding = rng.standard_normal((n, D)).astype(np.float32)
+    result.logits = rng.standard_normal((n, C)).astype(np.float32)
+    result.start_sec = np.arange(n) * 0.5
+    result.end_sec = result.start_sec + 0.4
+    result.valid_frames = np.full(n, 8, np.int32)
+    result.duration_sec = n * 0.5 + 1
+    return result
+
+
+_BIG_PATHS = [f"big/{i:02d}.mp4" for i in range(10)]
+
+
+def _big_run(out: Path, finalize: bool = True) -> FeatureWriter:
+    with open_writer(out, flush_videos=1, embedding_dtype="float32") as writer:
+        for path in _BIG_PATHS:
+            if not writer.is_done(path, _big_result(path).size_bytes, _big_result(path).mtime):
+                writer.add(_big_result(path))
+        if finalize:
+            writer.finalize()
+    return writer
+
+
+@pytest.fixture(scope="module")
+def big_reference(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("big") / "feats.h5"
+    _big_run(out)
+    return out
+
+
+def _assert_parts_intact(out: Path) -> None:
+    parts = parts_path(out)
+    names = sorted(p.name for p in parts.iterdir())
+    assert names == [f"chunk-{i:06d}.h5" for i in range(1, 11)] + ["lock", "settings.json"]
+    assert not out.exists()
+    with open_writer(out, embedding_dtype="float32") as writer:  # every committed video is still done
+        assert all(writer.is_done(p, _big_result(p).size_bytes, _big_result(p).mtime) for p in _BIG_PATHS)
+
+
+def test_too_little_free_space_is_one_line_before_assembly(tmp_path, monkeypatch, big_reference):
+    out = tmp_path / "feats.h5"
+    _big_run(out, finalize=False)
+    real = shutil.disk_usage
+
+    def little(path):
+        usage = real(path)
+        return usage._replace(free=200_000)
+
+    monkeypatch.setattr(shutil, "disk_usage", little)
+    with open_writer(out, embedding_dtype="float32") as writer:
+        with pytest.raises(StoreError) as err:
+            writer.finalize()
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(f"cannot assemble {out}: it needs about 0.5 MB in {parts_path(out)}, which has 0.2 MB free")
+    assert "the 10 committed videos there are kept: free at least 0.3 MB there and rerun the same command" in message
+    _assert_parts_intact(out)
+    monkeypatch.setattr(shutil, "disk_usage", real)
+    _big_run(out)
+    assert_same_content(out, big_reference)
+
+
+def test_free_space_estimate_covers_the_real_file(big_reference, reference):
+    from vidfeat.store.assemble import _needed_bytes
+    from vidfeat.store.format import _read_table
+
+    for path in (big_reference, reference):
+        with h5py.File(path, "r") as f:
+            table = _read_table(f)
+            needed = _needed_bytes(table, list(f["classes"].asstr()[()]), f["clips/embedding"].shape[1],
+                                   f["clips/embedding"].dtype)
+        size = path.stat().st_size
+        assert size <= needed <= 2 * size + (1 << 20), (size, needed)
+
+
+def _assemble_with_file_limit_main() -> None:
+    """Run in a subprocess: commit the big run, then assemble with writes past 150 KB failing (EFBIG)."""
+    out, limit = Path(sys.argv[1]), int(sys.argv[2])
+    writer = _big_run(out, finalize=False)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+    with open_writer(out, embedding_dtype="float32") as writer:
+        try:
+            writer.finalize()
+        except StoreError as exc:
+            print(str(exc), flush=True)
+    # a normal interpreter exit: HDF5 shuts down here, where a half-closed file crashes it
+
+
+def _run_child(main: str, *args: str) -> subprocess.CompletedProcess:
+    tests = str(Path(__file__).parent)
+    code = f"import sys; sys.path.insert(0, {tests!r}); import test_store; test_store.{main}()"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_a_write_error_during_assembly_is_one_line_and_no_crash(tmp_path, big_reference):
+    """A real HDF5 write error in the middle of the assembled file (the free-space check passed)."""
+    out = tmp_path / "feats.h5"
+    child = _run_child("_assemble_with_file_limit_main", str(out), str(150_000))
+    assert (child.returncode, child.stderr) == (0, "")  # no segfault, no traceback printed by h5py
+    assert child.stdout.splitlines() == [
+        f"cannot assemble {out}: File too large; the committed videos in {parts_path(out)} are kept: "
+        "free space (or fix the cause) and rerun the same command to finish"
+    ]
+    assert not (parts_path(out) / "assembling.h5.tmp").exists()
+    _assert_parts_intact(out)
+    _big_run(out)
+    assert_same_content(out, big_reference)
+
+
+def _small_disk_main() -> None:
+    """Run in a subprocess on a small filesystem: the big run, finalize; print the error if any."""
+    try:
+        _big_run(Path(sys.argv[1]))
+    except StoreError as exc:
+        print(str(exc), flush=True)
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A mount point for a small tmpfs (``mount(size)``; remount to resize); skips where mounting is refused."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    mounted = []
+
+    def mount(size: str) -> Path:
+        options = f"remount,size={size}" if mounted else f"size={size}"
+        command = ["mount", "-o", options, str(mnt)] if mounted else ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mnt)]
+        try:
+            subprocess.run(command, check=True, capture_output=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            pytest.skip("cannot mount a small tmpfs here (needs root)")
+        mounted.append(size)
+        return mnt
+
+    yield mount
+    if mounted:
+        subprocess.run(["umount", str(mnt)], capture_output=True, timeout=30)
+
+
+def test_a_really_full_filesystem_at_assembly(small_fs, big_reference):
+    """A 600 KB tmpfs: the chunks fit, the final file beside them does not; then space is freed."""
+    out = small_fs("600k") / "feats.h5"
+    child = _run_child("_small_disk_main", str(out))
+    assert (child.returncode, child.stderr) == (0, "")
+    [line] = child.stdout.splitlines()
+    assert line.startswith(f"cannot assemble {out}: it needs about 0.5 MB") and "rerun the same command" in line
+    _assert_parts_intact(out)
+    small_fs("2m")
+    child = _run_child("_small_disk_main", str(out))
+    assert (child.returncode, child.stdout, child.stderr) == (0, "", "")
+    assert_same_content(out, big_reference)
+
+
+def test_a_really_full_filesystem_while_committing(small_fs, big_reference):
+    """A 200 KB tmpfs fills up while chunks are committed: one line, the earlier chunks kept."""
+    out = small_fs("200k") / "feats.h5"
+    child = _run_child("_small_disk_main", str(out))
+    assert (child.returncode, child.stderr) == (0, "")
+    [line] = child.stdout.splitlines()
+    kept = sorted(p.name for p in parts_path(out).iterdir() if p.name.startswith("chunk-"))
+    assert 1 <= len(kept) < len(_BIG_PATHS) and kept == [f"chunk-{i:06d}.h5" for i in range(1, len(kept) + 1)]
+    assert line == (f"cannot write chunk-{len(kept) + 1:06d}.h5 in {parts_path(out)}: No space left on device; the "
+                    f"{len(kept)} videos committed before are kept: free space (or fix the cause) and rerun the "
+                    "same command to resume")
+    small_fs("2m")
+    child = _run_child("_small_disk_main", str(out))
+    assert (child.returncode, child.stdout, child.stderr) == (0, "", "")
+    assert_same_content(out, big_reference)
+
+
+# file size
+
+
+def test_a_small_run_gives_a_small_file(tmp_path):
+    """768-d embeddings, 400 classes, 3 videos with 8 clips: real sizes."""
+    dim, classes = 768, [f"class {i}" for i in range(400)]
+    out = tmp_path / "feats.h5"
+    with FeatureWriter(out, settings=SETTINGS, classes=classes, embedding_dim=dim) as writer:
+        for path, n in (("a.mp4", 2), ("b.mp4", 3), ("c.mp4", 3)):
+            result = make_result(path, status="ok")
+            result.embedding, result.logits = np.ones((n, dim), np.float32), np.zeros((n, 400), np.float32)
+            result.start_sec, result.end_sec = np.arange(n) * 4.0, np.arange(n) * 4.0 + 7.5
+            result.valid_frames, result.duration_sec = np.full(n, 8, np.int32), 4.0 * n + 4
+            writer.add(result)
+        writer.finalize()
+    assert out.stat().st_size < 200_000
+    with h5py.File(out, "r") as f:
+        assert f["clips/embedding"].chunks == (8, dim) and f["videos/path"].chunks == (3,)
+    assert verify(out) == []
+
+
+def test_large_files_keep_1_mib_chunks():
+    from vidfeat.store.assemble import _dataset_chunks
+
+    assert _dataset_chunks((10**6, 768), np.float16) == (682, 768)
+    assert _dataset_chunks((10**6,), np.float64) == (65536,)
+    assert _dataset_chunks((100,), np.float64) == (100,)
+    assert _dataset_chunks((0, 768), np.float16) == (1, 768)
+
+
+# format version 2: per-video means, warnings
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64)
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def test_per_video_means(reference):
+    with open_features(reference) as f:
+        assert f.format_version == 2
+        emb_mean, scores_mean = f.embedding_mean[()], f.scores_mean[()]
+        assert emb_mean.dtype == scores_mean.dtype == np.float32
+        assert emb_mean.shape == (len(PATHS), D) and scores_mean.shape == (len(PATHS), C)
+        for v, path in enumerate(f.videos.path):
+            want = make_result(path)
+            if want.num_clips == 0:
+                assert np.isnan(emb_mean[v]).all() and np.isnan(scores_mean[v]).all()
+                continue
+            np.testing.assert_allclose(emb_mean[v], want.embedding.astype(np.float16).astype(np.float64).mean(0),
+                                       rtol=1e-6, atol=1e-7)
+            np.testing.assert_allclose(scores_mean[v], _softmax(want.logits).mean(0), rtol=1e-6, atol=1e-7)
+            assert abs(float(scores_mean[v].sum()) - 1) < 1e-5
+
+
+def test_means_stream_in_blocks_and_match(tmp_path, reference, monkeypatch):
+    monkeypatch.setattr(store.format, "_BLOCK_BYTES", 150)  # 1 row per step: videos span several blocks
+    out = write_all(tmp_path / "feats.h5")
+    assert_same_content(out, reference)
+    assert verify(out) == []
+
+
+@pytest.mark.parametrize("name, row", [("embedding_mean", 1), ("scores_mean", 0)])
+def test_verify_checks_the_means(tmp_path, reference, name, row):
+    def edit(f):
+        data = f[f"videos/{name}"][()]
+        data[row, 1] += 0.01
+        f[f"videos/{name}"][...] = data
+
+    faults = verify(_with(reference, tmp_path, edit))
+    path = sorted(PATHS)[row]
+    assert faults == [f"videos/{name} differs from the mean of the video's clips: {path}"]
+
+
+def test_warnings_are_stored_and_summarized(tmp_path):
+    out = tmp_path / "feats.h5"
+    with open_writer(out) as writer:
+        for path in PATHS[:4]:
+            result = make_result(path)
+            if path == "a/b.mp4":
+                result.warning = "sampling at 30 fps from a 10 fps video:\n66% repeated frames"
+            writer.add(result)
+        writer.finalize()
+    with open_features(out) as f:
+        assert f.videos.warning.tolist() == ["", "", "sampling at 30 fps from a 10 fps video: 66% repeated frames", ""]
+    info = summarize(out)
+    assert info["format_version"] == 2 and info["warnings"] == 1
+    assert info["warned"] == [{"path": "a/b.mp4", "warning": "sampling at 30 fps from a 10 fps video: 66% repeated frames"}]
+    from click.testing import CliRunner
+
+    from vidfeat.cli import main
+
+    shown = CliRunner().invoke(main, ["info", str(out)]).output.splitlines()
+    assert "format_version: 2" in shown and "warnings: 1" in shown
+    assert shown[shown.index("warned (1):") + 1] == "  a/b.mp4: sampling at 30 fps from a 10 fps video: 66% repeated frames"
+    broken = _with(out, tmp_path, _set("videos/warning", 0, "two\nlines"))
+    assert verify(broken) == ["videos/warning with more than one line: a-b.mp4"]
+
+
+def _as_version_1(path: Path, tmp_path: Path) -> Path:
+    """A version-1 file: the layout before /videos/warning and the means."""
+    def edit(f):
+        for name in ("videos/warning", "videos/embedding_mean", "videos/scores_mean"):
+            del f[name]
+        f.attrs["format_version"] = 1
+
+    v1 = _with(path, tmp_path, edit)
+    return v1.rename(tmp_path / "v1.h5")
+
+
+def test_version_1_files_stay_readable(tmp_path, reference):
+    v1 = _as_version_1(reference, tmp_path)
+    assert verify(v1) == []
+    with open_features(v1) as f:
+        assert f.format_version == 1 and f.embedding_mean is None and f.scores_mean is None
+        assert f.videos.warning.tolist() == [""] * len(PATHS)
+        np.testing.assert_array_equal(f.clips("a/b.mp4").logits, make_result("a/b.mp4").logits)
+    info = summarize(v1)
+    assert info["format_version"] == 1 and info["warnings"] == 0 and info["warned"] == []
+    from click.testing import CliRunner
+
+    from vidfeat.cli import main
+
+    shown = CliRunner().invoke(main, ["info", str(v1)])
+    assert shown.exit_code == 0 and "format_version: 1" in shown.output.splitlines()
+    # a version-1 file missing a dataset it does need is still a fault
+    assert verify(_with(v1, tmp_path, lambda f: f.__delitem__("videos/error"))) == ["missing datasets: videos/error"]
+
+
+def test_resuming_a_version_1_file_writes_version_2(tmp_path, reference):
+    first = write_all(tmp_path / "first.h5", paths=PATHS[:5])
+    out = _as_version_1(first, tmp_path)
+    write_all(out)  # the rest, merged with the version-1 file
+    assert_same_content(out, reference)
+    assert verify(out) == []
+
+
+def test_a_setting_new_to_this_version_is_a_mismatch_not_a_crash(tmp_path):
+    out = write_all(tmp_path / "feats.h5", paths=PATHS[:2])
+    with pytest.raises(SettingsMismatch) as err:
+        open_writer(out, settings={**SETTINGS, "dtype": "bf16", "root": "/data/videos"})
+    message = str(err.value)
+    assert "\n" not in message
+    assert message == ('feats.h5 was made with other settings (dtype not set there (now "bf16"); root not set there '
+                       '(now "/data/videos")): rerun with --overwrite to replace it, or choose another -o')

@@ -189,6 +189,20 @@ def test_resume_check_reads_settings_added_later_as_their_defaults():
         load_config("synthetic_motion", ["data.reverse_swaps=[]"])
 
 
+def test_resume_may_change_epochs_not_below_those_done():
+    from vidfeat.recipe import check_resumable
+
+    stored = load_config("synthetic_motion", ["optim.epochs=3"]).to_dict()
+    longer, shorter = load_config("synthetic_motion", ["optim.epochs=5"]), load_config("synthetic_motion", ["optim.epochs=2"])
+    check_resumable(longer, stored, epochs_done=3)  # extend a finished run
+    check_resumable(shorter, stored, epochs_done=2)
+    with pytest.raises(ConfigError) as info:
+        check_resumable(shorter, stored, epochs_done=3)
+    assert str(info.value) == "optim.epochs is 2, but this run has already done 3 epochs: resume with optim.epochs >= 3"
+    with pytest.raises(ConfigError, match=r"optim.epochs: 3 -> 5"):  # a card's trained_with: every setting counts
+        check_resumable(longer, stored)
+
+
 def test_get_lr_official_steps_warmup_and_cosine():
     config = load_config("kinetics_finetune")
     per_epoch = 10
@@ -388,6 +402,7 @@ def test_unreadable_videos_are_skipped_and_counted(tmp_path, recipe, motion):
 # training
 
 
+@pytest.mark.slow
 def test_training_lowers_the_loss_and_writes_a_loadable_checkpoint(tmp_path, recipe, motion):
     config = tiny(recipe, motion, "optim.epochs=6")
     result = train(config, tmp_path / "run")
@@ -410,7 +425,9 @@ def test_training_lowers_the_loss_and_writes_a_loadable_checkpoint(tmp_path, rec
     cli = CliRunner().invoke(main, ["eval", "--weights", str(run), str(motion), "--workers", "0", "--json"])
     assert cli.exit_code == 0, cli.output
     report = json.loads(cli.output)
-    assert report["count"] == 16 and len(report["confusion"]) == 8 and 0 <= report["top1"] <= report["top5"] <= 1
+    direct = evaluate(result.model, motion, workers=0, device="cpu")  # the model in memory, not the saved run
+    assert report["count"] == 16 and report["confusion"] == direct["confusion"] and sum(map(sum, report["confusion"])) == 16
+    assert report["top1"] == direct["top1"] and report["loss"] == pytest.approx(direct["loss"], abs=1e-5)
     table = CliRunner().invoke(main, ["eval", "--weights", str(run), str(motion), "--workers", "0"])
     assert table.exit_code == 0 and "top-1" in table.output and "move_left" in table.output
 
@@ -418,6 +435,7 @@ def test_training_lowers_the_loss_and_writes_a_loadable_checkpoint(tmp_path, rec
     assert again.exit_code == 1 and "pass --resume" in again.output
 
 
+@pytest.mark.slow
 def test_kill_and_resume_reproduces_the_uninterrupted_run(tmp_path, recipe, motion):
     epochs = 8  # with dropout: the random stream must be reproduced too
     straight = train(tiny(recipe, motion, f"optim.epochs={epochs}", "model.dropout=0.1", "data.workers=1"), tmp_path / "straight")
@@ -450,6 +468,27 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(tmp_path, recipe, moti
 
     with pytest.raises(ConfigError, match=r"optim.lr: 0.003 -> 0.004"):
         train(tiny(recipe, motion, f"optim.epochs={epochs}", "model.dropout=0.1", "optim.lr=0.004"), run, resume=True)
+
+
+@pytest.mark.slow
+def test_resume_with_more_epochs_extends_a_finished_run(tmp_path, recipe, motion, capsys):
+    step = ["schedule.kind=step", "schedule.milestones=[2]", "schedule.gamma=0.5"]  # lr of a step independent of the length
+    straight = train(tiny(recipe, motion, "optim.epochs=3", *step), tmp_path / "straight")
+    run = tmp_path / "run"
+    train(tiny(recipe, motion, "optim.epochs=2", *step), run)
+    capsys.readouterr()
+    extended = train(tiny(recipe, motion, "optim.epochs=3", *step), run, resume=True)
+    assert "resuming at epoch 3 (optim.epochs 2 -> 3: the learning-rate schedule is recomputed for 3 epochs)" in capsys.readouterr().err
+    assert [h["epoch"] for h in extended.history] == [2] and extended.history[0]["lr"] == pytest.approx(0.0015)
+    final, expected = weights(run), weights(tmp_path / "straight")
+    for name in expected:
+        torch.testing.assert_close(final[name], expected[name], rtol=0, atol=1e-6, msg=name)
+    assert extended.history[0]["train_loss"] == pytest.approx(straight.history[2]["train_loss"], abs=1e-6)
+    assert load_model(run).card.meta["epoch"] == 3
+
+    lower = CliRunner().invoke(main, ["train", str(recipe), "--set", f"data.train={motion}", "--set", "optim.epochs=2", *sum((["--set", s] for s in step), []), "-o", str(run), "--resume"])
+    assert lower.exit_code == 1 and lower.exception.__class__ is SystemExit
+    assert lower.output.strip().splitlines()[-1] == "Error: optim.epochs is 2, but this run has already done 3 epochs: resume with optim.epochs >= 3"
 
 
 def test_reverse_pairs_put_each_clip_and_its_reversal_in_one_batch(recipe, motion, tmp_path, monkeypatch):
@@ -547,22 +586,76 @@ def test_options_sgd_step_clip_checkpointing_bf16_and_frozen_embeddings(tmp_path
     assert not torch.equal(result.model.state_dict()["head.weight"], initial.state_dict()["head.weight"])
 
 
-def test_torchrun_two_cpu_ranks_write_one_checkpoint(tmp_path, recipe, motion):
-    run = tmp_path / "run"
-    command = [str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "-m", "vidfeat", "train", str(recipe)]
-    command += ["--set", f"data.train={motion}", "--set", "data.val_fraction=0.25", "-o", str(run)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+# `vidfeat train` under torchrun, each rank logging the training clips it reads (workers = 0:
+# __getitem__ runs in the rank's own process).
+LOGGED_TRAIN = """
+import os
+from vidfeat import data
+from vidfeat.cli import main
+
+read = data.ClipDataset.__getitem__
+
+def logged(self, index):
+    if self.augment is not None:  # the training set
+        with open(os.environ["SEEN_LOG"] + "." + os.environ["RANK"], "a") as fh:
+            fh.write(f"{self.epoch} {index}\\n")
+    return read(self, index)
+
+data.ClipDataset.__getitem__ = logged
+main(prog_name="vidfeat")
+"""
+
+
+def torchrun_train(tmp_path: Path, recipe: Path, motion: Path, run: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """``vidfeat train`` on 2 CPU ranks (gloo); returns the run and {rank: [(epoch, index), ...]}."""
+    script = tmp_path / "logged_train.py"
+    script.write_text(LOGGED_TRAIN)
+    log = tmp_path / f"seen-{run.name}-{len(list(tmp_path.glob(f'seen-{run.name}-*')))}"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script), "train", str(recipe)]
+    command += ["--set", f"data.train={motion}", "--set", "data.val_fraction=0.25", "--set", "schedule.kind=step", "-o", str(run), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SEEN_LOG": str(log)}
     done = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("run saved in") == 1 and done.stderr.count("training:") == 1
+    seen = {}
+    for rank in (0, 1):
+        lines = Path(f"{log}.{rank}").read_text().split()
+        seen[rank] = [(int(e), int(i)) for e, i in zip(lines[::2], lines[1::2])]
+    return done, seen
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_ranks_sample_apart_write_once_and_resume(tmp_path, recipe, motion):
+    run = tmp_path / "run"
+    done, seen = torchrun_train(tmp_path, recipe, motion, run)
+    assert done.stdout.count("run saved in") == 1 and done.stderr.count("training:") == 1  # rank 0 alone prints
     assert "8 train / 8 val videos" in done.stderr and "2 x 1 accumulated x 2 ranks" in done.stderr
+    for epoch in (0, 1):  # 8 training videos, 2 steps of 2 ranks x 2 clips: each video once an epoch
+        mine = {rank: [i for e, i in seen[rank] if e == epoch] for rank in (0, 1)}
+        assert len(mine[0]) == len(mine[1]) == 4 and sorted(mine[0] + mine[1]) == list(range(8))
+    assert [i for e, i in seen[0] if e == 0] != [i for e, i in seen[0] if e == 1]  # reshuffled each epoch
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in records if r["kind"] == "epoch"]
-    assert [r["epoch"] for r in epochs] == [0, 1] and all(r["val_top1"] is not None for r in epochs)
+    assert [r["epoch"] for r in epochs] == [0, 1] and [r["step"] for r in epochs] == [2, 4]
     assert sorted(p.name for p in run.iterdir()) == [
         "card.toml", "classes.txt", "curves.png", "metrics.jsonl", "model.safetensors", "train_state.pt",
     ]  # fmt: skip
     assert load_model(run).card.classes == list(CLASSES)
+
+    # the same run in two sessions: 1 epoch, then --resume to 2 (the step schedule's lr does not
+    # depend on the length): same clips and the same weights as the uninterrupted run
+    parts = tmp_path / "parts"
+    _, first = torchrun_train(tmp_path, recipe, motion, parts, "--set", "optim.epochs=1")
+    resumed, second = torchrun_train(tmp_path, recipe, motion, parts, "--resume")
+    assert "resuming at epoch 2 (optim.epochs 1 -> 2" in resumed.stderr and resumed.stdout.count("run saved in") == 1
+    assert {r: first[r] + second[r] for r in (0, 1)} == seen
+    final, expected = weights(parts), weights(run)
+    for name in expected:
+        torch.testing.assert_close(final[name], expected[name], rtol=0, atol=1e-6, msg=name)
+    assert torch.load(parts / "train_state.pt", weights_only=True)["world_size"] == 2
+    again = [json.loads(line) for line in (parts / "metrics.jsonl").read_text().splitlines()]
+    for key in ("train_loss", "val_loss", "val_top1", "val_top5"):  # validation is all-reduced over the ranks
+        assert [r[key] for r in again if r["kind"] == "epoch"] == pytest.approx([r[key] for r in epochs], abs=1e-6)
+    assert epochs[1]["val_loss"] > 0 and epochs[1]["val_top1"] * 8 == round(epochs[1]["val_top1"] * 8)
 
 
 def test_scratch_models_start_from_sine_cosine_embeddings(recipe, motion):
@@ -609,7 +702,8 @@ def test_synth_command_writes_a_usable_dataset(tmp_path):
     assert "wrote 8 videos" in result.output and "wrote 1 long videos" in result.output
     entries = read_entries(tmp_path / "s")  # labels.csv: the long videos are not a class
     assert sorted(e.label for e in entries) == sorted(CLASSES)
-    assert json.loads((tmp_path / "s" / "long" / "segments.json").read_text())["videos"][0]["segments"]
+    segments = json.loads((tmp_path / "s" / "long" / "segments.json").read_text())["videos"][0]["segments"]
+    assert 4 <= len(segments) <= 7 and f"wrote 1 long videos ({len(segments)} segments)" in result.output
     assert Entry(tmp_path / "s" / "grow" / "grow_00006.mp4", "grow") in entries
 
 

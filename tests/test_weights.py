@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
+import subprocess
+import sys
+import warnings
+from dataclasses import replace
 
 import pytest
 import torch
@@ -14,7 +20,7 @@ from vidfeat.cards import DEFAULT_MODEL, ModelCard, Preprocess, bundled_cards, f
 from vidfeat.cli import main
 from vidfeat.errors import WeightsError
 from vidfeat.model import TimeSformer
-from vidfeat.weights import load_model, save_checkpoint, to_hf
+from vidfeat.weights import SamplingWarning, load_checkpoint, load_model, save_checkpoint, to_hf
 
 torch.set_num_threads(2)
 
@@ -36,10 +42,8 @@ def same_outputs(a, b, frames=8, size=64):
 
 def test_official_pyth_round_trip_infers_architecture(tmp_path, small_model):
     path = save_official(tmp_path / "TimeSformer_divST_8x32_64_test.pyth", small_model)
-    raw = torch.load(path, weights_only=True)  # what the official file looks like
-    assert "model.blocks.0.temporal_attn.qkv.weight" in raw["model_state"]
-    assert "model.blocks.1.temporal_fc.weight" in raw["model_state"] and isinstance(raw["cfg"], str)
-    loaded = load_model(path)
+    with pytest.warns(SamplingWarning, match=r"0.9375 fps \(one frame in 32 of 30 fps video, from the file name's 8x32\)"):
+        loaded = load_model(path)
     assert loaded.config == small_model.config  # depth, width, heads = width / 64, frames, grid, classes
     assert loaded.card.weights.sha256 == sha256_file(path)  # provenance recorded in every output
     same_outputs(loaded, small_model)
@@ -95,7 +99,7 @@ def test_missing_unexpected_and_misshaped_keys_are_named(tmp_path, small_model):
 
 def test_not_a_checkpoint_and_unsafe_pickles_are_refused(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint at all")
-    with pytest.raises(WeightsError, match="weights_only=True"):
+    with pytest.raises(WeightsError, match="is not a checkpoint vidfeat can read: vidfeat reads .safetensors"):
         load_model(tmp_path / "junk.pth")
 
     class Evil:
@@ -103,11 +107,55 @@ def test_not_a_checkpoint_and_unsafe_pickles_are_refused(tmp_path):
             return (print, ("this must never run",))
 
     torch.save({"model_state": Evil()}, tmp_path / "evil.pth")
-    with pytest.raises(WeightsError, match="never unpickles"):
+    with pytest.raises(WeightsError, match="holds Python objects beyond tensors") as err:
         load_model(tmp_path / "evil.pth")
+    assert "weights_only=False" not in str(err.value) and "state_dict()" in str(err.value)
     torch.save({"cls": torch.zeros(1)}, tmp_path / "other.pth")
     with pytest.raises(WeightsError, match="not a TimeSformer"):
         load_model(tmp_path / "other.pth")
+    good = (tmp_path / "other.pth").read_bytes()
+    (tmp_path / "cut.pth").write_bytes(good[: len(good) // 2])  # a torch zip cut short: not a zip any more
+    with pytest.raises(WeightsError, match="cut.pth is not a checkpoint vidfeat can read"):
+        load_model(tmp_path / "cut.pth")
+    (tmp_path / "bad.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
+    with pytest.raises(WeightsError, match="is not a safetensors file vidfeat can read"):
+        load_model(tmp_path / "bad.safetensors")
+
+
+def _one_line_error(result) -> str:
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and "weights_only=False" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+def test_cli_random_bytes_are_not_a_checkpoint(tmp_path):
+    """A file of random bytes given as --model: one line naming it as unreadable, no unsafe advice."""
+    from videos import make_video
+
+    random_bin = tmp_path / "random.bin"
+    random_bin.write_bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0), dtype=torch.uint8).numpy().tobytes())
+    (tmp_path / "in").mkdir()
+    make_video(tmp_path / "in" / "a.mp4", num_frames=10)
+    runner = CliRunner()
+    line = _one_line_error(runner.invoke(main, ["convert", str(random_bin), str(tmp_path / "out")]))
+    assert line == f"Error: {random_bin} is not a checkpoint vidfeat can read: vidfeat reads .safetensors files, " \
+        "torch state dicts (.pth/.pt/.bin, official .pyth), Hugging Face directories and vidfeat checkpoint directories"
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+    result = runner.invoke(main, ["extract", str(tmp_path / "in"), "-o", str(tmp_path / "f.h5"), "--model", str(random_bin),
+                                  "--workers", "0", "--quiet"])  # fmt: skip
+    assert _one_line_error(result) == line
+
+
+def test_cli_pickle_with_objects_gets_plain_state_dict_advice(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("this must never run",))
+
+    torch.save({"model_state": Evil()}, tmp_path / "evil.pyth")
+    line = _one_line_error(CliRunner().invoke(main, ["convert", str(tmp_path / "evil.pyth"), str(tmp_path / "out")]))
+    assert "holds Python objects beyond tensors" in line and "torch.save(model.state_dict()" in line
 
 
 def test_save_checkpoint_round_trip_and_sha256(tmp_path, small_model):
@@ -198,14 +246,8 @@ def test_cli_convert_attaches_class_names(tmp_path, small_model):
     assert load_model(tmp_path / "out").card.classes == ["a", "b", "c", "d", "e"]
     (tmp_path / "short.txt").write_text("a\nb\n")
     result = CliRunner().invoke(main, ["convert", str(src), str(tmp_path / "o2"), "--classes", str(tmp_path / "short.txt")])
-    assert result.exit_code == 2 and "2 names for a head of 5 classes" in result.output
-
-
-def test_cli_bad_weights_one_line_error(tmp_path):
-    (tmp_path / "junk.pth").write_bytes(b"garbage")
-    result = CliRunner().invoke(main, ["convert", str(tmp_path / "junk.pth"), str(tmp_path / "out")])
-    assert result.exit_code == 1
-    assert result.output.startswith("Error: cannot read") and "Traceback" not in result.output
+    assert result.exit_code == 2 and "2 class names for a head of 5 classes" in result.output
+    assert not (tmp_path / "o2").exists()
 
 
 @pytest.mark.parametrize("attention_type", ["space_only", "joint_space_time", "divided_space_time"])
@@ -225,3 +267,145 @@ def test_every_attention_type_round_trips_through_our_format(tmp_path, attention
     video = torch.randn(1, 3, 8, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(loaded(video), model(video))
+
+
+def _official_like(path, card, *, num_classes=None):
+    """An official-style .pyth with the full-size tensor shapes of ``card``'s model, each one
+    element expanded (the file stays a few kB): enough for matching, not for running."""
+    config = card.config if num_classes is None else replace(card.config, num_classes=num_classes)
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in TimeSformer(config).state_dict().items()}
+    state = {f"model.{k}": torch.zeros(1).expand(shape) for k, shape in shapes.items()}
+    torch.save({"epoch": 15, "model_state": state, "cfg": ""}, path)
+    return path
+
+
+@pytest.mark.parametrize("card_name", [c.name for c in bundled_cards() if c.weights.format == "official"])
+def test_official_file_gets_its_cards_sampling_heads_and_classes(tmp_path, card_name):
+    """Matched by file name, and also when renamed (by shapes and class count): no warning either way."""
+    card = find_card(card_name)
+    for file_name in (card.weights.file, "renamed.pyth"):
+        path = _official_like(tmp_path / file_name, card)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", SamplingWarning)
+            found, _ = load_checkpoint(path)
+        assert found.name == card.name and found.preprocess == card.preprocess
+        assert found.classes == card.classes and found.config == card.config
+        assert found.weights.sha256 == sha256_file(path) and found.weights.file == file_name
+
+
+def test_official_sampling_figures_come_from_the_cards():
+    """The two the issue names: 8-frame SSv2 at 2 fps, 96-frame HowTo100M every 32nd frame."""
+    assert find_card("timesformer_base_8x224.ssv2").preprocess.fps == 2.0
+    assert find_card("howto100m").preprocess.fps == 0.9375
+
+
+def test_official_file_no_card_fits_says_what_it_assumed(tmp_path):
+    k400 = find_card("base")
+    path = _official_like(tmp_path / "TimeSformer_divST_8x32_224_K600.pyth", k400, num_classes=600)
+    with pytest.warns(SamplingWarning, match=r"no bundled model card fits .* 0.9375 fps \(one frame in 32 .* 8x32\).*heads assumed: 12"):
+        card, _ = load_checkpoint(path)
+    assert card.preprocess.fps == 0.9375 and "sampling_assumed" in card.meta and "num_heads_assumed" in card.meta
+    # named like a card but not fitting it: not taken for that card
+    path = _official_like(tmp_path / "TimeSformer_divST_8_224_SSv2.pyth", k400)
+    with pytest.warns(SamplingWarning, match="named like the card 'timesformer_base_8x224.ssv2' but its tensors do not fit"):
+        card, _ = load_checkpoint(path)
+    assert card.name == "TimeSformer_divST_8_224_SSv2" and card.preprocess.fps == pytest.approx(8 * 30 / 256)
+    with pytest.raises(WeightsError, match="has 12 heads, not 4"):
+        load_checkpoint(_official_like(tmp_path / "renamed.pyth", k400), num_heads=4)
+
+
+def test_model_declares_its_card_and_copies_its_config(tmp_path, small_model):
+    assert "card" in TimeSformer.__annotations__ and TimeSformer(small_config()).card is None
+    config = small_config()
+    model = TimeSformer(config)
+    model.reset_classifier(3)
+    assert config.num_classes == 5 and model.config.num_classes == 3  # the caller's config is its own
+    loaded = load_model(save_official(tmp_path / "m.pyth", small_model))
+    assert loaded.card.config == loaded.config and loaded.card.config is not loaded.config
+    loaded.reset_classifier(3, classes=["x", "y", "z"])
+    assert loaded.card.classes == ["x", "y", "z"] and loaded.card.config.num_classes == 3
+    loaded.reset_classifier(2)
+    assert loaded.card.classes == ["class_0", "class_1"] and loaded.card.config == loaded.config
+    with pytest.raises(ValueError, match="2 class names for a head of 4"):
+        loaded.reset_classifier(4, classes=["a", "b"])
+
+
+def test_cli_convert_writes_checked_model_with_its_own_sha256(tmp_path):
+    """A 4-head model: the head count is not in the tensors. Without --num-heads the guess is said;
+    with it the converted model equals the source. Written files get the umask's permissions."""
+    four = randomize_(TimeSformer(small_config(num_heads=4)), seed=2).eval()
+    src = save_official(tmp_path / "four.pth", four)
+    runner = CliRunner()
+    result = runner.invoke(main, ["convert", str(src), str(tmp_path / "guessed")])
+    assert result.exit_code == 0, result.output
+    assert "heads assumed: 2 = width / 64 (give the real count with --num-heads)" in result.stderr
+    result = runner.invoke(main, ["convert", str(src), str(tmp_path / "out"), "--num-heads", "4"])
+    assert result.exit_code == 0, result.output
+    assert "heads assumed" not in result.stderr
+    written = tmp_path / "out" / "model.safetensors"
+    assert result.stdout.strip() == f"wrote {written} (sha256 {sha256_file(written)}) and {tmp_path / 'out' / 'card.toml'}"
+    converted = load_model(tmp_path / "out")
+    assert converted.config.num_heads == 4
+    same_outputs(converted, four)
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (tmp_path / "out").iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path.name
+
+
+def test_cli_convert_refuses_a_model_whose_outputs_differ(tmp_path, small_model, monkeypatch):
+    import vidfeat.weights
+
+    real = vidfeat.weights.safetensors_bytes
+
+    def corrupt(state, metadata=None):  # what a broken conversion would write
+        state = dict(state, **{"norm.bias": state["norm.bias"] + 1e-3})
+        return real(state, metadata=metadata)
+
+    monkeypatch.setattr(vidfeat.weights, "safetensors_bytes", corrupt)
+    src = save_official(tmp_path / "m.pth", small_model)
+    result = CliRunner().invoke(main, ["convert", str(src), str(tmp_path / "out"), "--num-heads", "2"])
+    assert result.exit_code == 1 and "outputs differ from the source's" in result.output, result.output
+    assert not any((tmp_path / "out").iterdir())
+
+
+def test_cli_models_in_a_pipe_keeps_full_names_and_weight_paths(monkeypatch, tmp_path):
+    monkeypatch.setenv("VIDFEAT_HOME", str(tmp_path))
+    result = CliRunner().invoke(main, ["models"])  # CliRunner's stdout is not a terminal
+    assert result.exit_code == 0, result.output
+    lines = [line.split("\t") for line in result.output.splitlines()]
+    assert lines[0] == ["name", "aliases", "frames x size", "fps", "classes", "status", "weights"]
+    rows = {cells[0]: cells for cells in lines[1:]}
+    assert set(rows) == {c.name for c in bundled_cards()}
+    assert rows["timesformer_large_96x224.howto100m"][6] == str(tmp_path / "TimeSformer_divST_96x32_224_HowTo100M.pyth")
+    assert rows["timesformer_base_8x224.k400"][5] == "hub: facebook/timesformer-base-finetuned-k400"
+    assert rows[DEFAULT_MODEL][5] == "here" and rows[DEFAULT_MODEL][6] == str(find_card(DEFAULT_MODEL).weights_path())
+    data = json.loads(CliRunner().invoke(main, ["models", "--json"]).output)
+    assert {r["name"]: r["weights_path"] for r in data} == {name: cells[6] for name, cells in rows.items()}
+
+
+def test_models_command_needs_no_torch():
+    """The card reader and `vidfeat models` import no torch (the other command modules are
+    stubbed: their start-up is theirs)."""
+    code = (
+        "import sys, types\n"
+        "for name in ('vidfeat.cli.extract', 'vidfeat.cli.train'):\n"
+        "    sys.modules[name] = types.ModuleType(name)\n"
+        "from vidfeat.cli import main\n"
+        "from vidfeat.model_config import TimeSformerConfig\n"
+        "main(['models', '--json'], standalone_mode=False)\n"
+        "heavy = sorted(m for m in ('torch', 'timm', 'av', 'einops', 'safetensors') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "tiny-motion" in result.stdout
+
+
+def test_cli_prints_vidfeat_warnings_as_one_line():
+    import vidfeat.cli  # noqa: F401 - installs the formatter
+
+    text = warnings.formatwarning("heads assumed:\n  3 = width / 64", SamplingWarning, "weights.py", 1)
+    assert text == "vidfeat: warning: heads assumed: 3 = width / 64\n"
+    assert "UserWarning" in warnings.formatwarning("other", UserWarning, "x.py", 7)  # not ours: as Python prints it

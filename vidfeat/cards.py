@@ -27,7 +27,7 @@ from pathlib import Path
 import tomli_w
 
 from .errors import ConfigError
-from .model import TimeSformerConfig
+from .model_config import TimeSformerConfig
 
 if sys.version_info >= (3, 11):
     import tomllib

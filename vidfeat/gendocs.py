@@ -22,6 +22,10 @@ def models_md() -> str:
         "",
         "Generated from the model cards in `models/` by `python -m vidfeat.gendocs`; do not edit by hand.",
         "",
+        "A card's weights file is looked up beside the card, then in `$VIDFEAT_HOME` (default "
+        "`~/.cache/vidfeat`): put a downloaded file there under the name the card gives "
+        "(`vidfeat models` prints each full path).",
+        "",
         "| name | aliases | attention | frames x size | fps (clip s) | classes | params | weights |",
         "|---|---|---|---|---|---|---|---|",
     ]

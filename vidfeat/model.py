@@ -21,9 +21,10 @@ Input layout: ``(B, C, T, H, W)``, normalised float (see ``vidfeat.transforms``)
 
 from __future__ import annotations
 
+import copy
 import math
-from dataclasses import asdict, dataclass
-from typing import Literal
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -32,61 +33,12 @@ from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["TimeSformerConfig", "TimeSformer", "ATTENTION_TYPES", "resize_pos_embed", "resize_time_embed"]
+from .model_config import TimeSformerConfig
 
-AttentionType = Literal["divided_space_time", "space_only", "joint_space_time"]
-ATTENTION_TYPES: tuple[str, ...] = ("divided_space_time", "space_only", "joint_space_time")
+if TYPE_CHECKING:
+    from .cards import ModelCard
 
-
-# ---------------------------------------------------------------------------------------------
-# config
-
-
-@dataclass
-class TimeSformerConfig:
-    """Architecture of one TimeSformer. Every field is stored in model cards and checkpoints."""
-
-    img_size: int = 224  # training input size (square); pos_embed holds (img_size / patch_size)^2 patches
-    patch_size: int = 16  # square patches
-    in_chans: int = 3
-    num_frames: int = 8  # frames per clip; time_embed holds this many rows
-    num_classes: int = 400  # 0: no head, forward() returns the embedding
-    embed_dim: int = 768
-    depth: int = 12
-    num_heads: int = 12
-    mlp_ratio: float = 4.0
-    qkv_bias: bool = True
-    attention_type: str = "divided_space_time"
-    drop_rate: float = 0.0  # dropout after embeddings, in the MLP and after attention projections
-    attn_drop_rate: float = 0.0  # dropout on attention weights
-    drop_path_rate: float = 0.0  # stochastic depth, linear over blocks (official training uses 0.1)
-    layer_norm_eps: float = 1e-6
-
-    def __post_init__(self) -> None:
-        if self.attention_type not in ATTENTION_TYPES:
-            raise ValueError(f"attention_type must be one of {ATTENTION_TYPES}, got {self.attention_type!r}")
-        if self.embed_dim % self.num_heads:
-            raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
-        if self.img_size % self.patch_size:
-            raise ValueError(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
-        if min(self.img_size, self.patch_size, self.num_frames, self.depth, self.embed_dim) <= 0:
-            raise ValueError("img_size, patch_size, num_frames, depth and embed_dim must be positive")
-
-    @property
-    def grid_size(self) -> int:
-        """Patches along each side of a frame at ``img_size``."""
-        return self.img_size // self.patch_size
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "TimeSformerConfig":
-        known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise ValueError(f"unknown TimeSformer config keys: {', '.join(unknown)}")
-        return cls(**known)
+__all__ = ["TimeSformerConfig", "TimeSformer", "resize_pos_embed", "resize_time_embed"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,10 +145,22 @@ class Block(nn.Module):
         cls = cls + cls_res
         x = x + rearrange(res[:, 1:], "(b t) n d -> b t n d", b=b)
 
-        # MLP, token-wise: applied to CLS and patches separately (same result, no concatenation)
-        cls = cls + self.drop_path(self.mlp(self.norm2(cls)))
-        x = x + self.drop_path(self.mlp(self.norm2(x)))
-        return cls, x
+        # MLP, token-wise: applied to CLS and patches separately (same result, no concatenation);
+        # stochastic depth drops a sample's whole MLP branch, CLS and patches together (one mask)
+        cls_res, res = self.mlp(self.norm2(cls)), self.mlp(self.norm2(x))
+        keep = self._keep_mask(b, cls)
+        if keep is not None:
+            cls_res, res = cls_res * keep, res * keep.unsqueeze(1)
+        return cls + cls_res, x + res
+
+    def _keep_mask(self, batch: int, like: torch.Tensor) -> torch.Tensor | None:
+        """Stochastic-depth mask ``(batch, 1, 1)`` drawn as timm's ``DropPath`` draws it (one
+        Bernoulli per sample, kept samples scaled by 1 / keep), or None when nothing is dropped."""
+        if not isinstance(self.drop_path, DropPath) or not self.training:
+            return None
+        keep_prob = 1.0 - self.drop_path.drop_prob
+        mask = like.new_empty((batch, 1, 1)).bernoulli_(keep_prob)
+        return mask.div_(keep_prob) if keep_prob > 0.0 else mask
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,11 +192,23 @@ class TimeSformer(nn.Module):
     Inputs may have another frame count or frame size than the config's: the position and time
     embeddings are then resized at run time with nearest-neighbour interpolation (as the official
     code and Hugging Face do).
+
+    The model keeps its own copy of ``config``; ``card`` (optional) gets a copy as well, so that
+    neither the caller's objects nor the card change when the model does (``reset_classifier``
+    updates the model's config and its card's classes together).
     """
 
-    def __init__(self, config: TimeSformerConfig) -> None:
+    card: ModelCard | None
+    """Preprocessing, class names and provenance of these weights (set by ``vidfeat.weights.load_model``
+    and by training); None for a bare model."""
+
+    def __init__(self, config: TimeSformerConfig, card: ModelCard | None = None) -> None:
         super().__init__()
+        config = replace(config)  # re-validated, and not shared with the caller
+        if card is not None and card.config != config:
+            raise ValueError(f"model card {card.name!r} describes another architecture than the config")
         self.config = config
+        self.card = None if card is None else _card_copy(card, config)
         dim = config.embed_dim
         self.num_features = dim
         self.grad_checkpointing = False
@@ -257,9 +233,17 @@ class TimeSformer(nn.Module):
         """Recompute each block's activations in the backward pass (long clips in less memory)."""
         self.grad_checkpointing = enable
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the head (fine-tuning on another label set)."""
-        self.config.num_classes = num_classes
+    def reset_classifier(self, num_classes: int, classes: list[str] | None = None) -> None:
+        """Replace the head by a new random one (fine-tuning on another label set).
+
+        The card, if any, gets ``classes`` (default ``class_0`` ... placeholders) with the new count.
+        """
+        if classes is not None and len(classes) != num_classes:
+            raise ValueError(f"{len(classes)} class names for a head of {num_classes} classes")
+        self.config = replace(self.config, num_classes=num_classes)
+        if self.card is not None:
+            names = list(classes) if classes is not None else [f"class_{i}" for i in range(num_classes)]
+            self.card = _card_copy(replace(self.card, config=self.config, classes=names), self.config)
         device = self.norm.weight.device
         self.head = nn.Linear(self.num_features, num_classes, device=device) if num_classes > 0 else nn.Identity()
         if num_classes > 0:
@@ -313,6 +297,13 @@ class TimeSformer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+def _card_copy(card: ModelCard, config: TimeSformerConfig) -> ModelCard:
+    """A copy of ``card`` sharing nothing mutable with it, holding its own copy of ``config``."""
+    copied = copy.deepcopy(card)
+    copied.config = replace(config)
+    return copied
 
 
 # ---------------------------------------------------------------------------------------------

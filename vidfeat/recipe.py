@@ -312,15 +312,23 @@ def _flat(values: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def check_resumable(config: TrainConfig, stored: dict) -> None:
+def check_resumable(config: TrainConfig, stored: dict, *, epochs_done: int | None = None) -> None:
     """A resumed run must use the recipe it started with (except settings that change nothing).
 
-    Settings added to vidfeat after the run started count as their defaults."""
+    Settings added to vidfeat after the run started count as their defaults. ``epochs_done``:
+    the epochs the run has finished; given, ``optim.epochs`` may change to any number not below
+    it (a finished run can be extended; its schedule is then recomputed)."""
     given, before = _flat(config.to_dict()), {**_flat(TrainConfig().to_dict()), **_flat(stored)}
-    changed = [k for k in sorted(set(given) | set(before)) if given.get(k) != before.get(k) and k not in _RESUMABLE_CHANGES]
+    free = _RESUMABLE_CHANGES | ({"optim.epochs"} if epochs_done is not None else set())
+    changed = [k for k in sorted(set(given) | set(before)) if given.get(k) != before.get(k) and k not in free]
     if changed:
         shown = "; ".join(f"{k}: {before.get(k)!r} -> {given.get(k)!r}" for k in changed[:8])
         raise ConfigError(
             f"the recipe differs from the one this run was started with ({shown}). Resume with the same "
             "recipe and --set values, or start a new run in another directory"
+        )
+    if epochs_done is not None and config.optim.epochs < epochs_done:
+        raise ConfigError(
+            f"optim.epochs is {config.optim.epochs}, but this run has already done {epochs_done} epochs: "
+            f"resume with optim.epochs >= {epochs_done}"
         )

@@ -44,8 +44,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -54,6 +52,7 @@ from .data import ClipDataset, Failed, RepeatSampler, collate, load_data
 from .errors import ConfigError
 from .evaluate import model_input, run_eval
 from .model import TimeSformer
+from .progress import TrainProgress
 from .recipe import DataSection, ModelSection, OptimSection, TrainConfig, bundled_recipes, check_resumable, load_config
 from .runtime import autocast_dtype, resolve_device
 from .transforms import LabelSwaps, TrainAugment
@@ -142,8 +141,8 @@ def _xavier_linears_(model: TimeSformer) -> None:
     zero biases, instead of the official truncated normal (std 0.02) with a zero ``temporal_fc``.
 
     A small model trained from scratch starts with its temporal attention switched off under the
-    official init; with Xavier every path carries signal from the first step (bench/motion_probe.py:
-    43% against 35% validation top-1 after ~800 steps on easy synthetic motion data).
+    official init; with Xavier every path carries signal from the first step (measurements:
+    docs/results.md).
     """
     for module in model.modules():
         if isinstance(module, torch.nn.Linear):
@@ -293,52 +292,287 @@ def _plot_curves(metrics: Path, out: Path) -> bool:
     os.replace(tmp, out)
     return True
 
+# ---------------------------------------------------------------------------------------------
+# setup
+
+
+@dataclass
+class _Ranks:
+    """This process's place under torchrun (one process without it)."""
+
+    rank: int
+    local_rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def ddp(self) -> bool:
+        return self.world > 1
+
+    @property
+    def master(self) -> bool:  # rank 0 alone writes and prints
+        return self.rank == 0
+
+
+def _setup(config: TrainConfig) -> _Ranks:
+    """Read torchrun's env vars, pick the device and join the process group (gloo on the CPU,
+    nccl on GPUs)."""
+    rank, local_rank, world = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("LOCAL_RANK", 0), ("WORLD_SIZE", 1)))
+    ranks = _Ranks(rank, local_rank, world, resolve_device(config.run.device, local_rank))
+    if config.run.threads:
+        torch.set_num_threads(config.run.threads)
+    if ranks.ddp:
+        if ranks.device.type == "cuda":
+            torch.cuda.set_device(ranks.device)
+        dist.init_process_group(backend="nccl" if ranks.device.type == "cuda" else "gloo", rank=rank, world_size=world)
+    return ranks
+
+
+def _load_state(config: TrainConfig, run_dir: Path, resume: bool, ranks: _Ranks) -> dict | None:
+    """The checkpoint's train_state to resume from (None: a new run), checked against ``config``."""
+    if ranks.master:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _roll_forward(run_dir)
+    if ranks.ddp:
+        dist.barrier()
+    if not (run_dir / "train_state.pt").is_file():
+        return None
+    if not resume:
+        raise ConfigError(f"{run_dir} holds a checkpoint: pass --resume to continue it, or choose another output directory")
+    state = torch.load(run_dir / "train_state.pt", map_location="cpu", weights_only=True)
+    check_resumable(config, state["config"], epochs_done=state["epoch"] + 1)
+    return state
+
+
+@dataclass
+class _Loaders:
+    """The training and validation data of a run, and its step arithmetic."""
+
+    train_set: ClipDataset
+    sampler: DistributedSampler | RepeatSampler
+    train: DataLoader
+    val: DataLoader | None
+    accum: int  # micro-batches per optimizer step on each rank
+    clips_per_step: int  # clips of one rank in one optimizer step (the loss is a mean over these)
+    steps_per_epoch: int
+    reversed_label: torch.Tensor | None  # data.reverse_pairs: the label of each class's time reversal
+
+
+def _loaders(config: TrainConfig, data, preprocess: Preprocess, ranks: _Ranks) -> _Loaders:
+    d, o, world = config.data, config.optim, ranks.world
+    augment = TrainAugment(preprocess.crop_size, (d.scale[0], d.scale[1]), flip=d.flip, vflip=d.vflip, reverse=d.reverse)
+    swaps = LabelSwaps(*(tuple(map(tuple, s)) for s in (d.flip_swaps, d.vflip_swaps, d.reverse_swaps)))
+    train_set = ClipDataset(
+        data.train, data.classes, preprocess, augment=augment, seed=config.seed, decode_threads=d.decode_threads, swaps=swaps
+    )
+    # minimal pairs: each clip and its time reversal in one batch, so the gradient sees only the direction
+    reversed_label = torch.tensor(train_set.swap_tables["reverse"]) if d.reverse_pairs else None
+    if d.class_weights:  # repeats per class (names checked with the data)
+        weights = [d.class_weights.get(name, 1.0) for name in data.classes]
+        try:
+            sampler = RepeatSampler(train_set.labels, weights, num_replicas=world, rank=ranks.rank, seed=config.seed)
+        except ValueError as exc:
+            raise ConfigError(f"data.class_weights: {exc}") from None
+    else:
+        sampler = DistributedSampler(train_set, num_replicas=world, rank=ranks.rank, shuffle=True, seed=config.seed, drop_last=True)
+    accum, rest = divmod(o.batch_size, o.micro_batch * world)
+    if rest or not accum:
+        raise ConfigError(f"optim.batch_size {o.batch_size} is not a multiple of micro_batch {o.micro_batch} x {world} ranks")
+    per_rank_batch = o.micro_batch * accum
+    steps_per_epoch = len(sampler) // per_rank_batch
+    if not steps_per_epoch:
+        raise ConfigError(f"{len(train_set)} training videos are fewer than one batch of {o.batch_size}: lower optim.batch_size")
+    loader_args = dict(num_workers=d.workers, collate_fn=collate, pin_memory=ranks.device.type == "cuda")
+    train_loader = DataLoader(train_set, batch_size=o.micro_batch, sampler=sampler, drop_last=True, **loader_args)
+    val_loader = None
+    if data.val:
+        val_set = ClipDataset(data.val, data.classes, preprocess, decode_threads=d.decode_threads)
+        val_loader = DataLoader(val_set, batch_size=o.micro_batch, sampler=range(ranks.rank, len(val_set), world), **loader_args)
+    clips_per_step = per_rank_batch * (2 if d.reverse_pairs else 1)
+    return _Loaders(train_set, sampler, train_loader, val_loader, accum, clips_per_step, steps_per_epoch, reversed_label)
+
 
 # ---------------------------------------------------------------------------------------------
-# progress
+# one epoch
 
 
-def _clock(seconds: float) -> str:
-    minutes, secs = divmod(int(max(0.0, seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}"
+@dataclass
+class _Run:
+    """What the steps of a run share (nanoGPT keeps these as the script's globals)."""
+
+    config: TrainConfig
+    ranks: _Ranks
+    model: TimeSformer  # the unwrapped model: validation and checkpoints
+    net: torch.nn.Module  # the model DDP-wrapped under torchrun: training steps
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    ctx: contextlib.AbstractContextManager  # autocast, or nothing for full precision
+    preprocess: Preprocess
+    loaders: _Loaders
+    metrics_path: Path
+    progress: TrainProgress
 
 
-class _Progress:
-    """Rank 0's progress: a rich bar on a terminal, plain log lines otherwise (or nothing)."""
+def _train_epoch(run: _Run, epoch: int, step: int) -> tuple[int, torch.Tensor, list[Failed], float]:
+    """The optimizer steps of one epoch from global step ``step``.
 
-    def __init__(self, *, total: int, done: int, enabled: bool) -> None:
-        self.console = Console(stderr=True)
-        self.enabled = enabled
-        self.total, self.start_step, self.started = total, done, time.monotonic()
-        self.bar: Progress | None = None
-        if enabled and self.console.is_terminal:
-            self.bar = Progress(
-                TextColumn("[bold]epoch {task.fields[epoch]}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  {task.fields[rate]:.1f} clips/s"),
-                TimeRemainingColumn(),
-                console=self.console,
-            )
-            self.task = self.bar.add_task("train", total=total, completed=done, epoch="", loss=float("nan"), lr=0.0, rate=0.0)
-            self.bar.start()
+    Returns the step reached, this rank's ``[loss sum, correct, clips]``, its undecodable videos
+    and the seconds it took."""
+    config, ranks, L, pre = run.config, run.ranks, run.loaders, run.preprocess
+    device, accum, steps_per_epoch = ranks.device, L.accum, L.steps_per_epoch
+    torch.manual_seed(_epoch_seed(config.seed, epoch, ranks.rank))
+    L.sampler.set_epoch(epoch)
+    L.train_set.set_epoch(epoch)
+    run.net.train()
+    batches = iter(L.train)
+    started = time.monotonic()
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, clips
+    failed: list[Failed] = []
+    clip_shape = (1, 1, pre.num_frames, pre.crop_size, pre.crop_size, 3)
+    trainable = [p for p in run.model.parameters() if p.requires_grad]
+    window_loss, window_clips, window_started = 0.0, 0, time.monotonic()
+    for _ in range(steps_per_epoch):
+        lr = get_lr(step, config, steps_per_epoch)
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+        step_totals = torch.zeros(3, dtype=torch.float64, device=device)
+        for micro in range(accum):
+            batch = next(batches)
+            failed.extend(batch.failed)
+            clips, labels, weight = batch.clips, batch.labels, 1.0
+            if not len(labels):  # every video failed: a zero-weight stand-in keeps the ranks' all-reduce in step
+                clips, labels, weight = torch.zeros(clip_shape, dtype=torch.uint8), torch.zeros(1, dtype=torch.int64), 0.0
+            elif L.reversed_label is not None:
+                clips, labels = torch.cat((clips, clips.flip(2))), torch.cat((labels, L.reversed_label[labels]))
+            labels = labels.to(device, non_blocking=True)
+            sync = run.net.no_sync() if ranks.ddp and micro < accum - 1 else contextlib.nullcontext()
+            with sync:
+                with run.ctx:
+                    logits = run.net(model_input(clips, pre.mean, pre.std, device))
+                    loss = F.cross_entropy(logits.float(), labels, reduction="sum") * weight
+                # the sum over this rank's clips / its batch: DDP's gradient average makes it the global mean
+                run.scaler.scale(loss / L.clips_per_step).backward()
+            correct = (logits.detach().argmax(dim=-1) == labels).sum() * weight
+            step_totals += torch.stack([loss.detach().double(), correct.double(), torch.tensor(len(labels) * weight, device=device, dtype=torch.float64)])
+        if config.optim.grad_clip:
+            run.scaler.unscale_(run.optimizer)
+            torch.nn.utils.clip_grad_norm_(trainable, config.optim.grad_clip)
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        run.optimizer.zero_grad(set_to_none=True)
+        step += 1
+        totals += step_totals
 
-    def step(self, *, step: int, epoch: str, loss: float, lr: float, rate: float) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, completed=step, epoch=epoch, loss=loss, lr=lr, rate=rate)
-        elif self.enabled:
-            elapsed = time.monotonic() - self.started
-            eta = elapsed / max(1, step - self.start_step) * (self.total - step)
-            self.note(f"epoch {epoch} step {step}/{self.total} loss {loss:.4f} lr {lr:.2e} {rate:.1f} clips/s ETA {_clock(eta)}")
+        if ranks.master:
+            loss_sum, _, clips_done = step_totals.tolist()
+            window_loss += loss_sum
+            window_clips += int(clips_done)
+        if ranks.master and (step % config.run.log_every == 0 or step % steps_per_epoch == 0):
+            rate = window_clips * ranks.world / max(1e-9, time.monotonic() - window_started)
+            record = {
+                "kind": "step",
+                "epoch": epoch,
+                "epoch_float": step / steps_per_epoch,
+                "step": step,
+                "loss": window_loss / max(1, window_clips),
+                "lr": lr,
+                "samples_per_sec": rate,
+            }
+            _append_metrics(run.metrics_path, record)
+            run.progress.step(step=step, epoch=f"{epoch + 1}/{config.optim.epochs}", loss=record["loss"], lr=lr, rate=rate)
+            window_loss, window_clips, window_started = 0.0, 0, time.monotonic()
+    return step, totals, failed, time.monotonic() - started
 
-    def note(self, text: str) -> None:
-        if self.enabled:
-            self.console.print(text, highlight=False, soft_wrap=True)
 
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
+def _epoch_record(run: _Run, epoch: int, step: int, totals: torch.Tensor, failed: list[Failed], seconds: float, classes: list[str]) -> tuple[dict, list[Failed]]:
+    """The epoch's metrics record (totals of every rank, validation) and every rank's failures."""
+    ranks = run.ranks
+    if ranks.ddp:
+        dist.all_reduce(totals)
+        gathered: list[list[Failed]] = [[] for _ in range(ranks.world)]
+        dist.all_gather_object(gathered, failed)
+        failed = [f for part in gathered for f in part]
+    loss_sum, correct, seen = totals.tolist()
+    record = {
+        "kind": "epoch",
+        "epoch": epoch,
+        "step": step,
+        "lr": get_lr(step - 1, run.config, run.loaders.steps_per_epoch),
+        "train_loss": loss_sum / seen if seen else None,
+        "train_top1": correct / seen if seen else None,
+        "samples_per_sec": seen / seconds,
+        "seconds": seconds,
+    }
+    if run.loaders.val is not None:
+        pre = run.preprocess
+        tally = run_eval(run.model, run.loaders.val, num_classes=len(classes), mean=pre.mean, std=pre.std, device=ranks.device, ctx=run.ctx)
+        if ranks.ddp:
+            tally.all_reduce()
+        failed += tally.failed
+        summary = tally.summary(classes)
+        record.update(val_loss=summary["loss"], val_top1=summary["top1"], val_top5=summary["top5"])
+    return record, failed
+
+
+def _save_epoch(run: _Run, card: ModelCard, record: dict, skipped: dict[str, str]) -> None:
+    """Rank 0: commit the epoch's checkpoint (weights, card, train_state, its metrics record)."""
+    config, run_dir, metrics_path = run.config, run.metrics_path.parent, run.metrics_path
+    card.meta = {
+        "recipe": config.to_dict(),
+        "epoch": record["epoch"] + 1,
+        **{k: record[k] for k in ("train_loss", "val_loss", "val_top1", "val_top5") if record.get(k) is not None},
+    }
+    train_state = {
+        "epoch": record["epoch"],
+        "step": record["step"],
+        "world_size": run.ranks.world,
+        "optimizer": run.optimizer.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "config": config.to_dict(),
+        "skipped": skipped,
+    }
+
+    def write(folder: Path) -> None:
+        save_checkpoint(run.model, folder, card=card)
+        torch.save(train_state, folder / "train_state.pt")
+        if skipped:
+            (folder / "skipped.txt").write_text("".join(f"{p}\t{r}\n" for p, r in sorted(skipped.items())), encoding="utf-8")
+        # the epoch's record is committed with its checkpoint: a kill in between cannot lose it
+        if metrics_path.is_file():
+            shutil.copyfile(metrics_path, folder / metrics_path.name)
+        _append_metrics(folder / metrics_path.name, record)
+
+    _commit(run_dir, write)
+    plotted = _plot_curves(metrics_path, run_dir / "curves.png")
+    val_text = (
+        f" | val loss {record['val_loss']:.4f} top-1 {record['val_top1']:.1%} top-5 {record['val_top5']:.1%}"
+        if record.get("val_top1") is not None
+        else ""
+    )
+    run.progress.note(
+        f"epoch {record['epoch'] + 1}/{config.optim.epochs}: train loss {record['train_loss']:.4f} top-1 {record['train_top1']:.1%}"
+        f"{val_text} | {record['samples_per_sec']:.1f} clips/s | skipped videos {len(skipped)}"
+        + ("" if plotted else " | no curves.png: matplotlib is missing (pip install 'vidfeat[plot]')")
+    )
+
+
+def _start_note(run: _Run, state: dict | None, start_epoch: int, data, dtype: torch.dtype | None) -> str:
+    """The line that says what this session does."""
+    config, L, world = run.config, run.loaders, run.ranks.world
+    d, o = config.data, config.optim
+    if start_epoch >= o.epochs:
+        return f"{run.metrics_path.parent} has finished its {o.epochs} epochs: nothing to do"
+    begun = state["config"]["optim"]["epochs"] if state else o.epochs
+    head = f"resuming at epoch {start_epoch + 1}" if state else "training"
+    if begun != o.epochs:
+        head += f" (optim.epochs {begun} -> {o.epochs}: the learning-rate schedule is recomputed for {o.epochs} epochs)"
+    return (
+        f"{head}: {len(L.train_set)} train"
+        f"{f' (by data.class_weights {len(L.sampler) * world} an epoch)' if d.class_weights else ''} / "
+        f"{len(data.val)} val videos, {len(data.classes)} classes, {o.epochs} epochs x {L.steps_per_epoch} steps "
+        f"of {o.batch_size} clips{' + their reversals' if d.reverse_pairs else ''} ({o.micro_batch} x {L.accum} accumulated x {world} ranks), "
+        f"{run.ranks.device}, {dtype or torch.float32} -> {run.metrics_path.parent}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,48 +593,27 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False) -> 
     """Train per ``config`` into the run directory ``out_dir`` (see the module docstring).
 
     ``resume``: continue from the checkpoint in ``out_dir`` (with the same recipe), reaching the
-    same final weights as an uninterrupted run; without a checkpoint the run starts afresh.
-    Under ``torchrun`` every rank calls this; rank 0 alone writes.
+    same final weights as an uninterrupted run; without a checkpoint the run starts afresh. A
+    resumed run may raise ``optim.epochs`` (the schedule is recomputed for the new length), not
+    lower it below the epochs done. Under ``torchrun`` every rank calls this; rank 0 alone writes.
     """
     config.validate()
     if not config.data.train:
         raise ConfigError("data.train is not set: --set data.train=PATH (a folder of class sub-folders or a CSV/TSV list)")
     run_dir = Path(out_dir)
-
-    # -- distributed setup: torchrun's env vars; gloo on the CPU, nccl on GPUs --
-    rank, local_rank, world = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("LOCAL_RANK", 0), ("WORLD_SIZE", 1)))
-    ddp = world > 1
-    master = rank == 0
-    device = resolve_device(config.run.device, local_rank)
-    if config.run.threads:
-        torch.set_num_threads(config.run.threads)
-    if ddp:
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world)
-    progress: _Progress | None = None
+    ranks = _setup(config)
+    progress: TrainProgress | None = None
     try:
-        # -- data: every label is checked before anything is built or written --
+        # -- data (every label is checked before anything is built or written), run directory --
         d, o = config.data, config.optim
         data = load_data(d.train, val=d.val or None, val_fraction=d.val_fraction, classes=d.classes or None, seed=config.seed)
         unknown = sorted(set(d.class_weights) - set(data.classes))
         if unknown:
             raise ConfigError(f"data.class_weights names classes not in the class list: {', '.join(unknown)}")
-
-        # -- run directory and resume --
-        if master:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            _roll_forward(run_dir)
-        if ddp:
-            dist.barrier()
-        state = None
-        if (run_dir / "train_state.pt").is_file():
-            if not resume:
-                raise ConfigError(f"{run_dir} holds a checkpoint: pass --resume to continue it, or choose another output directory")
-            state = torch.load(run_dir / "train_state.pt", map_location="cpu", weights_only=True)
-            check_resumable(config, state["config"])
+        state = _load_state(config, run_dir, resume, ranks)
 
         # -- model, optimizer, precision --
+        device = ranks.device
         model, base = _build_model(config, data.classes, run_dir if state else None)
         preprocess = _preprocess(d, base)
         _freeze(model, config.model)
@@ -413,7 +626,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False) -> 
         if state:
             optimizer.load_state_dict(state["optimizer"])
             scaler.load_state_dict(state["scaler"])
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if ddp else model
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if ranks.ddp else model
         card = ModelCard(
             name=config.name or run_dir.resolve().name,
             config=model.config,
@@ -421,199 +634,40 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False) -> 
             classes=data.classes,
             description=f"trained with vidfeat train from {config.model.init}",
         )
-
-        # -- data loaders --
-        augment = TrainAugment(preprocess.crop_size, (d.scale[0], d.scale[1]), flip=d.flip, vflip=d.vflip, reverse=d.reverse)
-        swaps = LabelSwaps(*(tuple(map(tuple, s)) for s in (d.flip_swaps, d.vflip_swaps, d.reverse_swaps)))
-        train_set = ClipDataset(
-            data.train, data.classes, preprocess, augment=augment, seed=config.seed, decode_threads=d.decode_threads, swaps=swaps
-        )
-        # minimal pairs: each clip and its time reversal in one batch, so the gradient sees only the direction
-        reversed_label = torch.tensor(train_set.swap_tables["reverse"]) if d.reverse_pairs else None
-        if d.class_weights:  # repeats per class (names checked with the data)
-            weights = [d.class_weights.get(name, 1.0) for name in data.classes]
-            try:
-                sampler = RepeatSampler(train_set.labels, weights, num_replicas=world, rank=rank, seed=config.seed)
-            except ValueError as exc:
-                raise ConfigError(f"data.class_weights: {exc}") from None
-        else:
-            sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=config.seed, drop_last=True)
-        accum, rest = divmod(o.batch_size, o.micro_batch * world)
-        if rest or not accum:
-            raise ConfigError(f"optim.batch_size {o.batch_size} is not a multiple of micro_batch {o.micro_batch} x {world} ranks")
-        per_rank_batch = o.micro_batch * accum
-        clips_per_step = per_rank_batch * (2 if d.reverse_pairs else 1)  # the loss is a mean over these
-        steps_per_epoch = len(sampler) // per_rank_batch
-        if not steps_per_epoch:
-            raise ConfigError(f"{len(train_set)} training videos are fewer than one batch of {o.batch_size}: lower optim.batch_size")
-        loader_args = dict(num_workers=d.workers, collate_fn=collate, pin_memory=device.type == "cuda")
-        train_loader = DataLoader(train_set, batch_size=o.micro_batch, sampler=sampler, drop_last=True, **loader_args)
-        val_loader = None
-        if data.val:
-            val_set = ClipDataset(data.val, data.classes, preprocess, decode_threads=d.decode_threads)
-            val_loader = DataLoader(val_set, batch_size=o.micro_batch, sampler=range(rank, len(val_set), world), **loader_args)
+        loaders = _loaders(config, data, preprocess, ranks)
 
         # -- bookkeeping --
         start_epoch = state["epoch"] + 1 if state else 0
-        step = start_epoch * steps_per_epoch
+        step = start_epoch * loaders.steps_per_epoch
         skipped: dict[str, str] = dict(state["skipped"]) if state else {}
         metrics_path = run_dir / "metrics.jsonl"
-        if master:
+        if ranks.master:
             _keep_metrics(metrics_path, start_epoch)
-        history: list[dict] = []
-        total_steps = o.epochs * steps_per_epoch
-        progress = _Progress(total=total_steps, done=step, enabled=master)
-        if state and state["world_size"] != world:
+        progress = TrainProgress(total=o.epochs * loaders.steps_per_epoch, done=step, enabled=ranks.master)
+        run = _Run(config, ranks, model, net, optimizer, scaler, ctx, preprocess, loaders, metrics_path, progress)
+        if state and state["world_size"] != ranks.world:
             progress.note(
-                f"note: this run started with {state['world_size']} ranks, it resumes with {world}: the data order "
+                f"note: this run started with {state['world_size']} ranks, it resumes with {ranks.world}: the data order "
                 "differs from an uninterrupted run's"
             )
-        progress.note(
-            f"{run_dir} has finished its {o.epochs} epochs: nothing to do"
-            if start_epoch >= o.epochs
-            else f"{'resuming at epoch ' + str(start_epoch + 1) if state else 'training'}: {len(train_set)} train"
-            f"{f' (by data.class_weights {len(sampler) * world} an epoch)' if d.class_weights else ''} / "
-            f"{len(data.val)} val videos, {len(data.classes)} classes, {o.epochs} epochs x {steps_per_epoch} steps "
-            f"of {o.batch_size} clips{' + their reversals' if d.reverse_pairs else ''} ({o.micro_batch} x {accum} accumulated x {world} ranks), {device}, "
-            f"{dtype or torch.float32} -> {run_dir}"
-        )
-        clip_shape = (1, 1, preprocess.num_frames, preprocess.crop_size, preprocess.crop_size, 3)
-        trainable = [p for p in model.parameters() if p.requires_grad]
+        progress.note(_start_note(run, state, start_epoch, data, dtype))
 
+        history: list[dict] = []
         for epoch in range(start_epoch, o.epochs):
-            torch.manual_seed(_epoch_seed(config.seed, epoch, rank))
-            sampler.set_epoch(epoch)
-            train_set.set_epoch(epoch)
-            net.train()
-            batches = iter(train_loader)
-            epoch_started = time.monotonic()
-            totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, clips
-            failed: list[Failed] = []
-            window_loss, window_clips, window_started = 0.0, 0, time.monotonic()
-            for _ in range(steps_per_epoch):
-                lr = get_lr(step, config, steps_per_epoch)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                step_totals = torch.zeros(3, dtype=torch.float64, device=device)
-                for micro in range(accum):
-                    batch = next(batches)
-                    failed.extend(batch.failed)
-                    clips, labels, weight = batch.clips, batch.labels, 1.0
-                    if not len(labels):  # every video failed: a zero-weight stand-in keeps the ranks' all-reduce in step
-                        clips, labels, weight = torch.zeros(clip_shape, dtype=torch.uint8), torch.zeros(1, dtype=torch.int64), 0.0
-                    elif reversed_label is not None:
-                        clips, labels = torch.cat((clips, clips.flip(2))), torch.cat((labels, reversed_label[labels]))
-                    labels = labels.to(device, non_blocking=True)
-                    sync = net.no_sync() if ddp and micro < accum - 1 else contextlib.nullcontext()
-                    with sync:
-                        with ctx:
-                            logits = net(model_input(clips, preprocess.mean, preprocess.std, device))
-                            loss = F.cross_entropy(logits.float(), labels, reduction="sum") * weight
-                        # the sum over this rank's clips / its batch: DDP's gradient average makes it the global mean
-                        scaler.scale(loss / clips_per_step).backward()
-                    correct = (logits.detach().argmax(dim=-1) == labels).sum() * weight
-                    step_totals += torch.stack([loss.detach().double(), correct.double(), torch.tensor(len(labels) * weight, device=device, dtype=torch.float64)])
-                if o.grad_clip:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(trainable, o.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                totals += step_totals
-
-                if master:
-                    loss_sum, _, clips_done = step_totals.tolist()
-                    window_loss += loss_sum
-                    window_clips += int(clips_done)
-                if master and (step % config.run.log_every == 0 or step % steps_per_epoch == 0):
-                    rate = window_clips * world / max(1e-9, time.monotonic() - window_started)
-                    record = {
-                        "kind": "step",
-                        "epoch": epoch,
-                        "epoch_float": step / steps_per_epoch,
-                        "step": step,
-                        "loss": window_loss / max(1, window_clips),
-                        "lr": lr,
-                        "samples_per_sec": rate,
-                    }
-                    _append_metrics(metrics_path, record)
-                    progress.step(step=step, epoch=f"{epoch + 1}/{o.epochs}", loss=record["loss"], lr=lr, rate=rate)
-                    window_loss, window_clips, window_started = 0.0, 0, time.monotonic()
-
-            # -- end of epoch: totals over ranks, validation, checkpoint --
-            train_seconds = time.monotonic() - epoch_started
-            if ddp:
-                dist.all_reduce(totals)
-                gathered: list[list[Failed]] = [[] for _ in range(world)]
-                dist.all_gather_object(gathered, failed)
-                failed = [f for part in gathered for f in part]
-            loss_sum, correct, seen = totals.tolist()
-            record = {
-                "kind": "epoch",
-                "epoch": epoch,
-                "step": step,
-                "lr": get_lr(step - 1, config, steps_per_epoch),
-                "train_loss": loss_sum / seen if seen else None,
-                "train_top1": correct / seen if seen else None,
-                "samples_per_sec": seen / train_seconds,
-                "seconds": train_seconds,
-            }
-            if val_loader is not None:
-                tally = run_eval(model, val_loader, num_classes=len(data.classes), mean=preprocess.mean, std=preprocess.std, device=device, ctx=ctx)
-                if ddp:
-                    tally.all_reduce()
-                failed += tally.failed
-                summary = tally.summary(data.classes)
-                record.update(val_loss=summary["loss"], val_top1=summary["top1"], val_top5=summary["top5"])
+            step, totals, failed, seconds = _train_epoch(run, epoch, step)
+            record, failed = _epoch_record(run, epoch, step, totals, failed, seconds, data.classes)
             skipped.update({f.path: f.reason for f in failed})
             record["skipped"] = len(skipped)
             history.append(record)
-            if master:
-                card.meta = {
-                    "recipe": config.to_dict(),
-                    "epoch": epoch + 1,
-                    **{k: record[k] for k in ("train_loss", "val_loss", "val_top1", "val_top5") if record.get(k) is not None},
-                }
-                train_state = {
-                    "epoch": epoch,
-                    "step": step,
-                    "world_size": world,
-                    "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "config": config.to_dict(),
-                    "skipped": skipped,
-                }
-
-                def write(folder: Path) -> None:
-                    save_checkpoint(model, folder, card=card)
-                    torch.save(train_state, folder / "train_state.pt")
-                    if skipped:
-                        (folder / "skipped.txt").write_text("".join(f"{p}\t{r}\n" for p, r in sorted(skipped.items())), encoding="utf-8")
-                    # the epoch's record is committed with its checkpoint: a kill in between cannot lose it
-                    if metrics_path.is_file():
-                        shutil.copyfile(metrics_path, folder / metrics_path.name)
-                    _append_metrics(folder / metrics_path.name, record)
-
-                _commit(run_dir, write)
-                plotted = _plot_curves(metrics_path, run_dir / "curves.png")
-                val_text = (
-                    f" | val loss {record['val_loss']:.4f} top-1 {record['val_top1']:.1%} top-5 {record['val_top5']:.1%}"
-                    if record.get("val_top1") is not None
-                    else ""
-                )
-                progress.note(
-                    f"epoch {epoch + 1}/{o.epochs}: train loss {record['train_loss']:.4f} top-1 {record['train_top1']:.1%}"
-                    f"{val_text} | {record['samples_per_sec']:.1f} clips/s | skipped videos {len(skipped)}"
-                    + ("" if plotted else " | no curves.png: matplotlib is missing (pip install 'vidfeat[plot]')")
-                )
-            if ddp:
+            if ranks.master:
+                _save_epoch(run, card, record, skipped)
+            if ranks.ddp:
                 dist.barrier()  # every rank leaves the epoch with the checkpoint written
         model.eval()
         model.card = card
-        return TrainResult(model=model, run_dir=run_dir, history=history, rank=rank)
+        return TrainResult(model=model, run_dir=run_dir, history=history, rank=ranks.rank)
     finally:
         if progress is not None:
             progress.close()
-        if ddp:
+        if ranks.ddp:
             dist.destroy_process_group()

@@ -4,8 +4,10 @@ Every format is mapped onto one state dict layout (the official ``vit.py`` names
 ``vidfeat.model.TimeSformer`` uses) and loaded strictly:
 
 * official ``.pyth``/``.pth`` from facebookresearch/TimeSformer: ``{epoch, model_state,
-  optimizer_state, cfg}`` with ``model.``-prefixed keys; the architecture is read from the
-  tensor shapes (heads = width / 64, as in every official model);
+  optimizer_state, cfg}`` with ``model.``-prefixed keys. Such a file is matched to its bundled
+  card (file name, tensor shapes, class count), which gives its heads, clip sampling and class
+  names; a file no card fits gets its architecture from the tensor shapes (heads = width / 64
+  unless given) and an assumed sampling, each announced by a ``SamplingWarning``;
 * a Hugging Face ``TimesformerForVideoClassification`` directory (``config.json`` +
   ``model.safetensors`` or ``pytorch_model.bin``), or a hub id downloaded with huggingface_hub;
 * a timm ViT image checkpoint, inflated as in the paper: spatial attention copied into the
@@ -20,13 +22,16 @@ from __future__ import annotations
 import copy
 import json
 import math
+import pickle
 import re
+import warnings
+import zipfile
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file as load_safetensors
-from safetensors.torch import save_file as save_safetensors
+from safetensors.torch import save as safetensors_bytes
 
 from .cards import (
     OFFICIAL_MEAN,
@@ -39,15 +44,31 @@ from .cards import (
     sha256_file,
     weights_home,
 )
-from .errors import WeightsError
+from .errors import ConfigError, WeightsError
 from .model import TimeSformer, TimeSformerConfig, resize_pos_embed, resize_time_embed
 
-__all__ = ["load_model", "load_checkpoint", "save_checkpoint", "checkpoint_filter_fn", "to_official", "to_hf"]
+__all__ = ["load_model", "load_checkpoint", "save_checkpoint", "convert", "to_hf", "SamplingWarning", "ClassCountError"]
 
 StateDict = dict[str, torch.Tensor]
 
-# Clip sampling of the official models, by frame count: frames taken from a 30 fps video.
-_OFFICIAL_FPS = {8: 30 / 32, 16: 30 / 16, 64: 30 / 4, 96: 30 / 4}
+# An official file name's "{frames}x{step}" part: frames taken every step-th frame (of 30 fps video).
+_OFFICIAL_STEP_RE = re.compile(r"_(\d+)x(\d+)_")
+_OFFICIAL_SOURCE_FPS = 30.0
+# Clip length assumed when nothing says how a checkpoint was sampled: the base model's 8 x 32 frames.
+_FALLBACK_CLIP_SEC = 256 / 30
+
+_FORMATS_READ = (
+    "vidfeat reads .safetensors files, torch state dicts (.pth/.pt/.bin, official .pyth), "
+    "Hugging Face directories and vidfeat checkpoint directories"
+)
+
+
+class ClassCountError(ConfigError):
+    """Class names given for a model whose head has another number of classes."""
+
+
+class SamplingWarning(UserWarning):
+    """A checkpoint's clip sampling or head count was assumed, not read from a model card."""
 
 # Hugging Face layer names -> official names (inside ``encoder.layer.{i}.`` / ``blocks.{i}.``).
 _HF_LAYER = {
@@ -125,11 +146,6 @@ def to_hf(state: StateDict) -> StateDict:
     return out
 
 
-def to_official(state: StateDict) -> StateDict:
-    """Our names -> the official ``.pyth`` ``model_state`` names (``model.`` prefix)."""
-    return {f"model.{k}": v for k, v in state.items()}
-
-
 def _inflate_image_vit(state: StateDict) -> StateDict:
     """timm ViT image weights -> divided space-time TimeSformer weights (the paper's init).
 
@@ -175,7 +191,8 @@ def checkpoint_filter_fn(state: StateDict, *, inflate: bool = True) -> tuple[Sta
 
 
 def infer_config(state: StateDict, **overrides) -> TimeSformerConfig:
-    """Read the architecture from official-named tensors (heads = width / 64, as the official models)."""
+    """Read the architecture from official-named tensors. The head count is not in the shapes:
+    width / 64 (as in every official model) unless ``num_heads`` is given."""
     try:
         dim = state["cls_token"].shape[-1]
         patch = state["patch_embed.proj.weight"].shape[-1]
@@ -233,33 +250,93 @@ def _hf_config(path: Path) -> tuple[TimeSformerConfig, list[str], Preprocess]:
     if pre_path.is_file():
         pre = json.loads(pre_path.read_text())
         mean, std = pre.get("image_mean", mean), pre.get("image_std", std)
-    return config, classes, _default_preprocess(config, mean=mean, std=std)
+    return config, classes, _hf_preprocess(config, path.name, mean=mean, std=std)
 
 
-def _default_preprocess(config: TimeSformerConfig, **kwargs) -> Preprocess:
-    fps = _OFFICIAL_FPS.get(config.num_frames, config.num_frames / (256 / 30))
-    return Preprocess(
-        num_frames=config.num_frames, fps=fps, short_side=config.img_size, crop_size=config.img_size, **kwargs
-    )
+def _assumed_preprocess(config: TimeSformerConfig, name: str, **kwargs) -> tuple[Preprocess, str]:
+    """Preprocessing for a checkpoint that no card describes, and the one-line reason for its fps:
+    the file name's official ``{frames}x{step}`` part (every step-th frame of 30 fps video) when it
+    names this frame count, else a clip as long as the base model's (256 frames of 30 fps)."""
+    match = _OFFICIAL_STEP_RE.search(name)
+    if match and int(match.group(1)) == config.num_frames and int(match.group(2)) > 0:
+        step = int(match.group(2))
+        fps = _OFFICIAL_SOURCE_FPS / step
+        why = f"one frame in {step} of 30 fps video, from the file name's {match.group(1)}x{step}"
+    else:
+        fps = config.num_frames / _FALLBACK_CLIP_SEC
+        why = f"no card and no {config.num_frames}xSTEP in the file name; clips of {_FALLBACK_CLIP_SEC:.2f} s as the base model's"
+    pre = Preprocess(num_frames=config.num_frames, fps=fps, short_side=config.img_size, crop_size=config.img_size, **kwargs)
+    return pre, f"{fps:g} fps ({why})"
+
+
+def _hf_preprocess(config: TimeSformerConfig, name: str, **kwargs) -> Preprocess:
+    """A Hugging Face model's sampling: that of the one bundled card with a hub copy whose
+    architecture and class count it has, else an assumed one, announced."""
+    fitting = [c for c in bundled_cards() if c.weights.hf_hub_id and c.config == replace(config, drop_rate=c.config.drop_rate,
+               attn_drop_rate=c.config.attn_drop_rate, drop_path_rate=c.config.drop_path_rate)]  # fmt: skip
+    if len(fitting) == 1:
+        return replace(fitting[0].preprocess, **kwargs)
+    pre, why = _assumed_preprocess(config, name, **kwargs)
+    warnings.warn(f"{name}: no bundled model card fits it; clip sampling assumed: {why}", SamplingWarning, stacklevel=4)
+    return pre
+
+
+def _fits(card_config: TimeSformerConfig, config: TimeSformerConfig) -> bool:
+    """Whether a card describes a checkpoint of this architecture (heads aside: shapes do not tell them)."""
+    return replace(card_config, num_heads=config.num_heads) == replace(
+        config, drop_rate=card_config.drop_rate, attn_drop_rate=card_config.attn_drop_rate,
+        drop_path_rate=card_config.drop_path_rate, layer_norm_eps=card_config.layer_norm_eps,
+    )  # fmt: skip
+
+
+def _official_card(path: Path, config: TimeSformerConfig) -> tuple[ModelCard | None, str]:
+    """The bundled card of an official checkpoint file: the card naming this file, if its shapes fit,
+    else the only card whose architecture and class count fit. Returns (card, why not) ."""
+    cards = [c for c in bundled_cards() if c.weights.format == "official"]
+    named = [c for c in cards if c.weights.file == path.name]
+    if named and _fits(named[0].config, config):
+        return named[0], ""
+    fitting = [c for c in cards if _fits(c.config, config)]
+    if named:
+        return None, f"named like the card {named[0].name!r} but its tensors do not fit that card"
+    if len(fitting) == 1:
+        return fitting[0], ""
+    if fitting:
+        return None, f"{len(fitting)} cards fit its shapes ({', '.join(c.name for c in fitting)})"
+    return None, "no bundled model card fits its shapes and class count"
 
 
 # ---------------------------------------------------------------------------------------------
 # reading files
 
 
+def _is_torch_file(path: Path) -> bool:
+    """Whether ``path`` looks like something ``torch.save`` wrote: a zip archive holding a
+    ``data.pkl``, or a legacy (pre-1.6) file, which starts with a pickle protocol mark."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("data.pkl") for name in archive.namelist())
+    with open(path, "rb") as fh:
+        head = fh.read(2)
+    return len(head) == 2 and head[0] == pickle.PROTO[0] and 2 <= head[1] <= pickle.HIGHEST_PROTOCOL
+
+
 def _torch_load(path: Path) -> dict:
+    if not path.is_file():
+        raise WeightsError(f"checkpoint not found: {path}")
+    if not _is_torch_file(path):
+        raise WeightsError(f"{path} is not a checkpoint vidfeat can read: {_FORMATS_READ}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as exc:
-        raise WeightsError(f"checkpoint not found: {path}") from exc
-    except Exception as exc:  # noqa: BLE001 - torch raises many kinds here (UnpicklingError, RuntimeError...)
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except pickle.UnpicklingError as exc:  # a real pickle holding more than tensors and plain containers
         raise WeightsError(
-            f"cannot read {path} with torch.load(weights_only=True): {reason}. vidfeat never unpickles "
-            "arbitrary objects. If this file is a checkpoint you trust, convert it once to a plain state "
-            "dict: python -c \"import torch; c = torch.load('IN', weights_only=False); "
-            "torch.save(c.get('model_state', c), 'OUT.pth')\" and load OUT.pth"
+            f"{path} holds Python objects beyond tensors, which vidfeat does not unpickle (they can run code). "
+            "Save a plain state dict from where the file comes from: torch.save(model.state_dict(), 'OUT.pth') "
+            "in the code that trained it, or use its safetensors / Hugging Face release"
         ) from exc
+    except Exception as exc:  # noqa: BLE001 - a damaged archive: torch raises RuntimeError, EOFError...
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(f"{path} is a damaged or truncated torch file ({reason[:200]})") from exc
 
 
 def _read_state(path: Path) -> StateDict:
@@ -267,7 +344,8 @@ def _read_state(path: Path) -> StateDict:
         try:
             return load_safetensors(str(path))
         except Exception as exc:  # noqa: BLE001
-            raise WeightsError(f"cannot read safetensors file {path}: {exc}") from exc
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise WeightsError(f"{path} is not a safetensors file vidfeat can read ({reason[:200]})") from exc
     obj = _torch_load(path)
     if isinstance(obj, dict):
         for key in ("model_state", "state_dict", "model"):  # official wrapper, lightning, others
@@ -279,12 +357,22 @@ def _read_state(path: Path) -> StateDict:
     return dict(obj)
 
 
-def load_checkpoint(source: str | Path) -> tuple[ModelCard, StateDict]:
+def load_checkpoint(source: str | Path, *, num_heads: int | None = None) -> tuple[ModelCard, StateDict]:
     """Resolve ``source`` to (card, official-named state dict) without building a model.
 
     ``source``: a card name or alias (``base``, ``timesformer_base_8x224.k400``), a card ``.toml``,
     a directory (ours, a training run, or Hugging Face), a checkpoint file, or a hub id.
+    ``num_heads``: the head count of a bare checkpoint file no card describes (its tensors do not
+    tell it); for any other source it must agree with the source's own count.
     """
+    card, state = _resolve(source, num_heads)
+    if num_heads is not None and card.config.num_heads != num_heads:
+        raise WeightsError(f"{source} is a model with {card.config.num_heads} heads (its {card.weights.format} config says so), not {num_heads}")
+    return card, state
+
+
+def _resolve(source: str | Path, num_heads: int | None) -> tuple[ModelCard, StateDict]:
+    """``load_checkpoint`` without its ``num_heads`` check."""
     path = Path(source)
     if path.is_dir():
         if (path / "card.toml").is_file():
@@ -301,7 +389,7 @@ def load_checkpoint(source: str | Path) -> tuple[ModelCard, StateDict]:
                     card = ModelCard.from_toml(card_path)
                     card.weights = replace(card.weights, file=path.name)
                     return _load_ours(card)
-        return _card_from_state(_read_state(path), name=path.stem, source=str(path))
+        return _card_from_state(_read_state(path), path, num_heads)
     card = find_card(str(source))
     if card is not None:
         return _load_card(card)
@@ -316,16 +404,36 @@ def _card_names() -> str:
     return ", ".join(n for c in bundled_cards() for n in c.names())
 
 
-def _card_from_state(state: StateDict, *, name: str, source: str) -> tuple[ModelCard, StateDict]:
+def _card_from_state(state: StateDict, path: Path, num_heads: int | None = None) -> tuple[ModelCard, StateDict]:
+    """The card of a bare checkpoint file: its bundled card when one fits, else one built from the
+    tensor shapes with an assumed sampling (and head count unless ``num_heads``), announced."""
     state, fmt = checkpoint_filter_fn(state)
-    config = infer_config(state)
+    config = infer_config(state, num_heads=num_heads)
+    digest = sha256_file(path)
+    card, why_not = _official_card(path, config) if fmt == "official" else (None, "")
+    if card is not None:
+        if num_heads is not None and num_heads != card.config.num_heads:
+            raise WeightsError(
+                f"{path} is the checkpoint of {card.name!r}, which has {card.config.num_heads} heads, not {num_heads}"
+            )
+        weights = replace(card.weights, file=path.name, sha256=digest)
+        return replace(card, weights=weights, path=None, description=f"{card.description} Loaded from {path}."), state
+    preprocess, sampling = _assumed_preprocess(config, path.name)
+    meta = {"sampling_assumed": sampling}
+    notes = [f"clip sampling assumed: {sampling}"]
+    if num_heads is None:
+        meta["num_heads_assumed"] = f"{config.num_heads} (width {config.embed_dim} / 64)"
+        notes.append(f"heads assumed: {config.num_heads} = width / 64 (give the real count with --num-heads)")
+    reason = f"{why_not}; " if why_not else ("not an official checkpoint; " if fmt != "official" else "")
+    warnings.warn(f"{path.name}: {reason}{'; '.join(notes)}", SamplingWarning, stacklevel=4)
     card = ModelCard(
-        name=name,
+        name=path.stem,
         config=config,
-        preprocess=_default_preprocess(config),
+        preprocess=preprocess,
         classes=[f"class_{i}" for i in range(config.num_classes)],
-        weights=WeightsInfo(file=Path(source).name, format=fmt, sha256=sha256_file(Path(source))),
-        description=f"loaded from {source}",
+        weights=WeightsInfo(file=path.name, format=fmt, sha256=digest),
+        description=f"loaded from {path}",
+        meta=meta,
     )
     return card, state
 
@@ -423,10 +531,13 @@ def _resize_embeddings(state: StateDict, *, num_frames: int | None, image_size: 
     return state
 
 
-def _load_strict(model: TimeSformer, state: StateDict, name: str, fresh: tuple[str, ...] = ()) -> None:
-    """Load ``state`` strictly, or raise one WeightsError naming every missing, unexpected and
-    mis-shaped key. ``fresh``: parameters the caller declared new (a replaced head)."""
-    expected = {k: v for k, v in model.state_dict().items() if k not in fresh}
+def _check_fits(config: TimeSformerConfig, state: StateDict, name: str, fresh: tuple[str, ...] = ()) -> None:
+    """Raise one WeightsError naming every missing, unexpected and mis-shaped key of ``state`` for a
+    model of ``config`` (built on the meta device: no memory, so a misfit is told at once).
+    ``fresh``: parameters the caller declared new (a replaced head)."""
+    with torch.device("meta"):
+        reference = TimeSformer(config).state_dict()
+    expected = {k: v for k, v in reference.items() if k not in fresh}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     shapes = sorted(
@@ -441,7 +552,6 @@ def _load_strict(model: TimeSformer, state: StateDict, name: str, fresh: tuple[s
             problems.append(f"{label}: {shown}")
     if problems:
         raise WeightsError(f"checkpoint {name!r} does not fit the model; " + "; ".join(problems))
-    model.load_state_dict(state, strict=not fresh)
 
 
 def load_model(
@@ -450,6 +560,7 @@ def load_model(
     num_frames: int | None = None,
     image_size: int | None = None,
     num_classes: int | None = None,
+    num_heads: int | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
 ) -> TimeSformer:
@@ -459,9 +570,10 @@ def load_model(
     checkpoint: the time / position embeddings are resized once, here, exactly as the official
     code and Hugging Face resize them at run time, so outputs stay equal to theirs.
     ``num_classes`` replaces a head of another size by a new random one (fine-tuning; 0 removes it).
-    The returned model is in eval mode and carries ``model.card`` (preprocessing and class names).
+    ``num_heads``: the head count of a bare checkpoint file no card describes (see ``load_checkpoint``).
+    The returned model is in eval mode; ``model.card`` holds its preprocessing and class names.
     """
-    card, state = load_checkpoint(source)
+    card, state = load_checkpoint(source, num_heads=num_heads)
     card = copy.deepcopy(card)
     config = card.config
     if num_frames is not None:
@@ -480,17 +592,17 @@ def load_model(
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
         config.num_classes = num_classes
         card.classes = [f"class_{i}" for i in range(num_classes)]
-    model = TimeSformer(config)  # a new head keeps its random init
-    _load_strict(model, state, card.name, fresh=("head.weight", "head.bias") if new_head else ())
-    card.config = model.config
-    model.card = card
+    fresh = ("head.weight", "head.bias") if new_head else ()
+    _check_fits(config, state, card.name, fresh)
+    model = TimeSformer(config, card=card)  # a new head keeps its random init
+    model.load_state_dict(state, strict=not fresh)
     return model.to(device=device, dtype=dtype).eval()
 
 
 def save_checkpoint(model: TimeSformer, out_dir: Path, *, card: ModelCard | None = None, name: str | None = None) -> Path:
     """Write ``out_dir/model.safetensors`` + ``out_dir/card.toml`` (+ classes.txt); returns out_dir.
 
-    The card's sha256 is that of the written weights.
+    The card's sha256 is that of the written weights. ``card`` defaults to the model's.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -500,7 +612,55 @@ def save_checkpoint(model: TimeSformer, out_dir: Path, *, card: ModelCard | None
         card.name = name
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     weights = out_dir / "model.safetensors"
-    save_safetensors(state, str(weights), metadata={"format": "vidfeat", "name": card.name})
+    # written by Python, so that the file gets the usual permissions (the umask's), like the card
+    weights.write_bytes(safetensors_bytes(state, metadata={"format": "vidfeat", "name": card.name}))
     card.weights = replace(card.weights, file=weights.name, sha256=sha256_file(weights), format="safetensors")
     card.to_toml(out_dir / "card.toml")
     return out_dir
+
+
+def convert(
+    source: str | Path,
+    out_dir: Path,
+    *,
+    name: str | None = None,
+    num_frames: int | None = None,
+    image_size: int | None = None,
+    num_heads: int | None = None,
+    classes: list[str] | None = None,
+) -> ModelCard:
+    """Convert any supported checkpoint to ``out_dir/model.safetensors`` + ``card.toml``.
+
+    The written model is loaded back and run on a random clip next to the source model; when
+    their outputs differ the written files are removed and a ``WeightsError`` says so. Returns
+    the written card (its sha256 is that of the written ``model.safetensors``).
+    """
+    model = load_model(source, num_frames=num_frames, image_size=image_size, num_heads=num_heads)
+    card = model.card
+    if classes is not None:
+        if len(classes) != model.num_classes:
+            raise ClassCountError(f"{len(classes)} class names for a head of {model.num_classes} classes")
+        card = replace(card, classes=list(classes))
+    out_dir = Path(out_dir)
+    save_checkpoint(model, out_dir, card=card, name=name)
+    try:
+        _check_same_outputs(model, load_model(out_dir))
+    except WeightsError:
+        for file_name in ("model.safetensors", "card.toml", "classes.txt"):
+            (out_dir / file_name).unlink(missing_ok=True)
+        raise
+    return ModelCard.from_toml(out_dir / "card.toml")
+
+
+def _check_same_outputs(source: TimeSformer, converted: TimeSformer, seed: int = 0) -> None:
+    """Both models on one random clip of the source's size: their logits (or embeddings) must be equal."""
+    c = source.config
+    clip = torch.randn(1, c.in_chans, c.num_frames, c.img_size, c.img_size, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        a, b = source(clip), converted(clip)
+    if a.shape != b.shape or not torch.equal(a, b):
+        worst = (a - b).abs().max().item() if a.shape == b.shape else float("nan")
+        raise WeightsError(
+            f"the converted model's outputs differ from the source's on a random clip (largest difference {worst:.3g}); "
+            "nothing was written"
+        )

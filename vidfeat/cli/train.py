@@ -17,13 +17,13 @@ from . import main
 @click.argument("recipe")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe value (repeatable), e.g. optim.lr=0.01.")
 @click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory (default: runs/RECIPE_NAME).")
-@click.option("--resume", is_flag=True, help="Continue the run in the output directory from its last checkpoint.")
+@click.option("--resume", is_flag=True, help="Continue the run in the output directory from its last checkpoint (optim.epochs may be raised to extend it).")
 def train_command(recipe: str, overrides: tuple[str, ...], out: Path | None, resume: bool) -> None:
     """Train or fine-tune a TimeSformer with the recipe RECIPE (a TOML file or a bundled name).
 
     Every epoch writes a loadable checkpoint to the run directory (model.safetensors + card.toml,
     so `--model runs/NAME` works anywhere), train_state.pt, metrics.jsonl and curves.png. For
-    several processes or GPUs start it with torchrun; only rank 0 writes.
+    several processes, GPUs or machines start it with torchrun; only rank 0 writes (docs/train.md).
 
     \b
     Examples:
@@ -31,6 +31,7 @@ def train_command(recipe: str, overrides: tuple[str, ...], out: Path | None, res
       vidfeat train synthetic_motion --set data.train=data/motion -o runs/tiny-motion
       vidfeat train train/kinetics_finetune.toml --set data.train=k400/train.csv --set data.val=k400/val.csv
       vidfeat train synthetic_motion --set data.train=data/motion -o runs/tiny-motion --resume
+      vidfeat train synthetic_motion --set data.train=data/motion -o runs/tiny-motion --resume --set optim.epochs=12
       torchrun --nproc-per-node 8 -m vidfeat train train/kinetics_finetune.toml --set data.train=k400/train.csv
     """
     from ..recipe import load_config

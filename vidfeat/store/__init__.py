@@ -1,19 +1,21 @@
 """The output file: one HDF5 file per run, written crash-safely and resumably, and read back.
 
-Layout (DESIGN.md section 5, documented for other languages in docs/format.md)::
+Layout (documented for other languages in docs/format.md)::
 
     /                  attrs: format="vidfeat", format_version, the run's settings (model,
                        weights_sha256, num_frames, fps, stride_sec, input_size, mean, std, ...),
                        vidfeat_version, torch_version, created
     /videos/<column>   [V]     one row per video, sorted by path (see ``VIDEO_COLUMNS``)
+    /videos/embedding_mean, /videos/scores_mean  [V, D], [V, C]  per-video means (version 2)
     /clips/<column>    [N...]  one row per clip, grouped per video in /videos order
     /classes           [C]     class names (UTF-8 strings)
 
-Writing (DESIGN.md section 6). :class:`FeatureWriter` never writes the final file in place:
+Writing (crash safety: docs/format.md). :class:`FeatureWriter` never writes the final file in place:
 
 * finished videos are buffered and committed as small chunk files in the work directory beside
   the output (``feats.h5.parts/chunk-000001.h5``): written under a temporary name, fsynced,
-  renamed into place with ``os.replace`` and the directory fsynced. A kill at any moment loses at
+  renamed into place with ``os.replace`` and the directory fsynced (the chunk is built in
+  memory and written with plain file calls, so a full disk is an ordinary error). A kill at any moment loses at
   most the videos not yet committed; temporary files left by a kill are deleted on the next open;
 * ``settings.json`` in the work directory records what defines the results (settings, classes,
   embedding size and dtype). A rerun compares it, and the existing final file, with its own
@@ -22,7 +24,7 @@ Writing (DESIGN.md section 6). :class:`FeatureWriter` never writes the final fil
 * :meth:`FeatureWriter.finalize` assembles the previous final file (if any) plus every chunk
   into a new file under a temporary name, rows in a deterministic order, renames it into place
   and removes the work directory. It streams one row range at a time, so memory stays bounded
-  whatever the size of the output. Chunks are applied oldest first, so a newer result for a path
+  whatever the size of the output. It first checks that the file fits in the free space. Chunks are applied oldest first, so a newer result for a path
   replaces an older one, and applying a chunk twice (a kill after the rename, before the work
   directory is gone) changes nothing.
 

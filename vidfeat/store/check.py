@@ -15,9 +15,12 @@ import numpy as np
 from ..errors import StoreError
 from .format import (
     _CLIP_ROW_COLUMNS,
+    _MEAN_COLUMNS,
     _STR,
+    _V1_MISSING_COLUMNS,
     EMBEDDING_DTYPES,
     FORMAT,
+    FORMAT_VERSION,
     REQUIRED_SETTINGS,
     STATUSES,
     VIDEO_COLUMNS,
@@ -29,17 +32,23 @@ from .format import (
     _open_h5,
     _read_table,
 )
+from .assemble import video_means
 from .reader import open_features
 
 TIME_TOLERANCE_SEC = 0.5
 """verify(): clip times may exceed a video's ``duration_sec`` by this much (container durations
 are rounded and some containers state the end of the audio)."""
 
+MEAN_TOLERANCE = 1e-5
+"""verify(): /videos/embedding_mean and /videos/scores_mean may differ from the means recomputed
+from /clips by this much (absolute, plus as much relative): float32 rounding."""
+
 _FAULT_EXAMPLES = 5
 
 
 def summarize(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """What ``vidfeat info`` shows: settings, counts by status, clips, failed/partial reasons."""
+    """What ``vidfeat info`` shows: format version, settings, counts by status, clips,
+    failed/partial reasons, and the videos with a warning (none in version-1 files)."""
     with open_features(path) as f:
         attrs = f.attrs
         videos = f.videos
@@ -52,6 +61,7 @@ def summarize(path: str | os.PathLike[str]) -> dict[str, Any]:
             ]
             for s in ("failed", "partial")
         }
+        warned = [{"path": videos.path[i], "warning": videos.warning[i]} for i in np.flatnonzero(videos.warning != "")]
         return {
             "path": str(path),
             "format_version": attrs.get("format_version"),
@@ -67,6 +77,8 @@ def summarize(path: str | os.PathLike[str]) -> dict[str, Any]:
             "status": status,
             "failed": problems["failed"],
             "partial": problems["partial"],
+            "warnings": len(warned),
+            "warned": warned,
         }
 
 
@@ -118,8 +130,15 @@ def _verify(h5: h5py.File, faults: _Faults) -> None:
     for key in ("format_version", *REQUIRED_SETTINGS, *VOLATILE_ATTRS):
         if key not in attrs:
             faults.add(f"root attr {key} is missing")
+    version = attrs.get("format_version")
+    if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+        faults.add(f"root attr format_version is {version!r}, not 1 .. {FORMAT_VERSION}")
+        version = FORMAT_VERSION
+    # version 1 lacks the warning column and the means
+    columns = {name: dtype for name, dtype in VIDEO_COLUMNS.items() if version >= 2 or name not in _V1_MISSING_COLUMNS}
     expected = {
-        **{f"videos/{name}": dtype for name, dtype in VIDEO_COLUMNS.items()},
+        **{f"videos/{name}": dtype for name, dtype in columns.items()},
+        **({f"videos/{name}": np.dtype(np.float32) for name in _MEAN_COLUMNS} if version >= 2 else {}),
         "clips/embedding": None,
         "clips/logits": np.dtype(np.float32),
         "clips/video": np.dtype(np.int64),
@@ -147,7 +166,7 @@ def _verify(h5: h5py.File, faults: _Faults) -> None:
     n_clips = emb.shape[0] if emb.ndim == 2 else -1
     n_classes = h5["classes"].shape[0] if h5["classes"].ndim == 1 else -1
     layout_ok = layout_ok and n_videos >= 0 and n_clips >= 0 and n_classes >= 0
-    for name in VIDEO_COLUMNS:
+    for name in columns:
         if h5[f"videos/{name}"].shape != (n_videos,):
             faults.add(f"videos/{name} has shape {h5[f'videos/{name}'].shape}, expected ({n_videos},)")
             layout_ok = False
@@ -158,6 +177,11 @@ def _verify(h5: h5py.File, faults: _Faults) -> None:
     if logits.shape != (n_clips, n_classes):
         faults.add(f"clips/logits has shape {logits.shape}, expected ({n_clips}, {n_classes}): one column per class")
         layout_ok = False
+    widths = {"embedding_mean": emb.shape[1] if emb.ndim == 2 else -1, "scores_mean": n_classes}
+    for name, width in widths.items() if version >= 2 else ():
+        if h5[f"videos/{name}"].shape != (n_videos, width):
+            faults.add(f"videos/{name} has shape {h5[f'videos/{name}'].shape}, expected ({n_videos}, {width})")
+            layout_ok = False
     if not layout_ok:
         return  # the row checks below assume the layout is right
 
@@ -165,8 +189,9 @@ def _verify(h5: h5py.File, faults: _Faults) -> None:
     paths, counts, offsets = table["path"], table["clip_count"], table["clip_offset"]
     bad_status = ~np.isin(table["status"].astype(str), STATUSES)
     faults.rows("videos/status not ok|partial|failed", paths[bad_status], int(bad_status.sum()))
-    multi = np.array(["\n" in e or "\r" in e for e in table["error"]], dtype=bool)
-    faults.rows("videos/error with more than one line", paths[multi], int(multi.sum()))
+    for name in ("error", "warning"):
+        multi = np.array(["\n" in e or "\r" in e for e in table[name]], dtype=bool)
+        faults.rows(f"videos/{name} with more than one line", paths[multi], int(multi.sum()))
     if n_videos > 1:
         increasing = (paths[1:] > paths[:-1]).astype(bool)
         if not increasing.all():
@@ -226,3 +251,16 @@ def _verify(h5: h5py.File, faults: _Faults) -> None:
         faults.rows("clips: times beyond the video's duration_sec (row: video, end_sec, duration_sec)",
                     (f"{r}: {paths[v]}, {e:.3f}, {d:.3f}" for r, v, e, d in
                      zip(rows[bad], video[bad], t1[bad], duration[video][bad])), int(bad.sum()))
+    if version >= 2 and mapping_ok:
+        _verify_means(h5, counts, paths, block, faults)
+
+
+def _verify_means(h5: h5py.File, counts: np.ndarray, paths: np.ndarray, block: int, faults: _Faults) -> None:
+    """/videos/embedding_mean and /videos/scores_mean against the means of the /clips rows."""
+    stored = {name: h5[f"videos/{name}"] for name in _MEAN_COLUMNS}
+    for v, emb_mean, scores_mean in video_means(h5["clips/embedding"], h5["clips/logits"], counts, block):
+        for name, want in (("embedding_mean", emb_mean), ("scores_mean", scores_mean)):
+            got = stored[name][v : v + len(want)]
+            bad = ~np.isclose(got, want, rtol=MEAN_TOLERANCE, atol=MEAN_TOLERANCE, equal_nan=True).all(axis=1)
+            faults.rows(f"videos/{name} differs from the mean of the video's clips", paths[v : v + len(want)][bad],
+                        int(bad.sum()))

@@ -14,7 +14,8 @@ import numpy as np
 from ..errors import StoreError
 
 FORMAT = "vidfeat"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2 adds /videos/warning, /videos/embedding_mean and /videos/scores_mean (docs/format.md)."""
 
 Status = Literal["ok", "partial", "failed"]
 STATUSES: tuple[str, ...] = ("ok", "partial", "failed")
@@ -24,7 +25,7 @@ STATUSES: tuple[str, ...] = ("ok", "partial", "failed")
 VOLATILE_ATTRS: tuple[str, ...] = ("created", "vidfeat_version", "torch_version")
 # Root attrs the writer sets itself; a caller's settings may not use these names.
 WRITER_ATTRS: tuple[str, ...] = ("format", "format_version", *VOLATILE_ATTRS)
-# Settings every file carries (DESIGN.md section 5).
+# Settings every file carries (docs/format.md, root attributes).
 REQUIRED_SETTINGS: tuple[str, ...] = (
     "model",
     "weights_sha256",
@@ -44,6 +45,7 @@ VIDEO_COLUMNS: dict[str, Any] = {
     "path": _STR,
     "status": _STR,
     "error": _STR,
+    "warning": _STR,
     "size_bytes": np.dtype(np.int64),
     "mtime": np.dtype(np.float64),
     "duration_sec": np.dtype(np.float64),
@@ -53,9 +55,13 @@ VIDEO_COLUMNS: dict[str, Any] = {
     "clip_offset": np.dtype(np.int64),
     "clip_count": np.dtype(np.int64),
 }
-"""/videos/<name> -> dtype, one row per video."""
+"""/videos/<name> -> dtype, one row per video (the 1-D columns; the means are 2-D)."""
 
-_STRING_COLUMNS = ("path", "status", "error")
+_STRING_COLUMNS = ("path", "status", "error", "warning")
+# Columns a version-1 file lacks, with the value they read as.
+_V1_MISSING_COLUMNS: dict[str, str] = {"warning": ""}
+# Per-video means (version 2): /videos/<name> [V, width], float32, NaN rows for videos without clips.
+_MEAN_COLUMNS = ("embedding_mean", "scores_mean")
 
 # /clips columns copied row by row from the sources; /clips/video is recomputed on assembly.
 _CLIP_ROW_COLUMNS: dict[str, Any] = {
@@ -86,10 +92,19 @@ def _one_line(text: str) -> str:
 
 
 def _reason(exc: BaseException) -> str:
-    """A short reason for an OS or HDF5 error ("No space left on device")."""
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return _one_line(str(exc)) or type(exc).__name__
+    """A short reason for an OS or HDF5 error ("No space left on device").
+
+    HDF5 errors carry a long multi-line description of the failed low-level call; the OS
+    message inside it (``error message = '...'``) is what the user needs.
+    """
+    errno = getattr(exc, "errno", None)
+    if isinstance(exc, OSError) and isinstance(errno, int) and errno > 0:
+        return os.strerror(errno)
+    text = _one_line(str(exc))
+    found = re.search(r"error message = '([^']*)'", text)
+    if found:
+        return found.group(1)
+    return text.split(" (", 1)[0] or type(exc).__name__
 
 
 def _canon(value: Any) -> Any:
@@ -114,6 +129,9 @@ def _read_table(h5: h5py.Group) -> dict[str, np.ndarray]:
     """All /videos columns (strings as object arrays of str). Small: one row per video."""
     table = {}
     for name in VIDEO_COLUMNS:
+        if name in _V1_MISSING_COLUMNS and f"videos/{name}" not in h5:
+            table[name] = np.full(h5["videos/path"].shape[0], _V1_MISSING_COLUMNS[name], dtype=object)
+            continue
         ds = h5[f"videos/{name}"]
         table[name] = ds.asstr()[()] if name in _STRING_COLUMNS else ds[()]
     return table

@@ -4,6 +4,7 @@ underneath), with the /videos table (:class:`VideoTable`) and one video's clips 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ class VideoTable:
     path: np.ndarray  # str objects
     status: np.ndarray  # str objects
     error: np.ndarray  # str objects
+    warning: np.ndarray  # str objects ("" in version-1 files)
     size_bytes: np.ndarray
     mtime: np.ndarray
     duration_sec: np.ndarray
@@ -97,6 +99,7 @@ class FeatureFile:
             raise
         self._videos: VideoTable | None = None
         self._classes: list[str] | None = None
+        self._means: tuple[np.ndarray, np.ndarray] | None = None
 
     def __enter__(self) -> FeatureFile:
         return self
@@ -111,10 +114,29 @@ class FeatureFile:
         """Number of clips (rows of /clips)."""
         return int(self.h5["clips/embedding"].shape[0])
 
+    def __iter__(self) -> Iterator[VideoClips]:
+        """The videos in file order, one :class:`VideoClips` at a time (read on demand)."""
+        for path in self.videos.path:
+            yield self.clips(str(path))
+
     @property
     def attrs(self) -> dict[str, Any]:
         """Root attrs as plain Python values."""
         return {key: _canon(value) for key, value in self.h5.attrs.items()}
+
+    @property
+    def format_version(self) -> int:
+        return int(_canon(self.h5.attrs.get("format_version", 0)))
+
+    @property
+    def embedding_mean(self) -> h5py.Dataset | None:
+        """/videos/embedding_mean ``[V, D]`` float32 (None in version-1 files), lazy."""
+        return self.h5.get("videos/embedding_mean")
+
+    @property
+    def scores_mean(self) -> h5py.Dataset | None:
+        """/videos/scores_mean ``[V, C]``: mean class probabilities (None in version-1 files), lazy."""
+        return self.h5.get("videos/scores_mean")
 
     @property
     def classes(self) -> list[str]:
@@ -162,6 +184,29 @@ class FeatureFile:
         p /= p.sum()
         best = np.argsort(-p, kind="stable")[: max(0, k)]
         return [(self.classes[i], float(p[i])) for i in best]
+
+
+    def _video_means(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._means is None:
+            from ..search import video_means
+
+            self._means = video_means(self)
+        return self._means
+
+    def video_embeddings(self) -> np.ndarray:
+        """``[V, D]`` float32: the mean clip embedding of each video (NaN rows: no clips)."""
+        return self._video_means()[0]
+
+    def video_scores(self) -> np.ndarray:
+        """``[V, C]`` float32: the mean softmax score of each video's clips (NaN rows: no clips)."""
+        return self._video_means()[1]
+
+    def search(self, **kwargs: Any) -> list[Any]:
+        """Cosine nearest clips or videos: see :func:`vidfeat.search.search` for the arguments
+        (``clip=``, ``video=`` with ``at=``, or ``query=``; ``k``, ``level``, ``exclude_same_video``)."""
+        from ..search import search
+
+        return search(self, **kwargs)
 
 
 def open_features(path: str | os.PathLike[str]) -> FeatureFile:

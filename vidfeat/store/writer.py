@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import SettingsMismatch, StoreError
-from .assemble import _assemble
+from .assemble import NoSpace, _assemble
 from .format import (
     _CHUNK_RE,
     _CLIP_COPY,
@@ -78,6 +78,10 @@ def _fsync_dir(path: Path) -> None:
             raise
     finally:
         os.close(fd)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
 
 
 def _unlink_quiet(path: Path) -> None:
@@ -166,6 +170,8 @@ class VideoResult:
     the resume key. Unknown ``duration_sec``/``fps`` are NaN (``None`` is accepted), unknown
     ``width``/``height`` 0. ``embedding`` is ``[n, D]``, ``logits`` ``[n, C]``, ``start_sec``,
     ``end_sec`` and ``valid_frames`` ``[n]``; the writer casts them to the file's dtypes.
+    ``warning`` is "" or one line about a usable but suspect result (e.g. "sampling at 30 fps
+    from a 10 fps video: 66% repeated frames"), stored in /videos/warning.
     """
 
     path: str
@@ -173,6 +179,7 @@ class VideoResult:
     size_bytes: int
     mtime: float
     error: str = ""  # "" or a one-line reason (partial/failed)
+    warning: str = ""  # "" or a one-line note on a result that is usable but suspect
     duration_sec: float | None = math.nan
     fps: float | None = math.nan
     width: int | None = 0
@@ -240,6 +247,7 @@ def _normalized(
         path=path,
         status=result.status,
         error=_one_line(result.error),
+        warning=_one_line(result.warning),
         size_bytes=size,
         mtime=float(result.mtime),
         duration_sec=math.nan if result.duration_sec is None else float(result.duration_sec),
@@ -261,6 +269,26 @@ def _table_from_results(results: Sequence[VideoResult]) -> dict[str, np.ndarray]
     table["clip_count"] = counts
     table["clip_offset"] = np.cumsum(counts) - counts
     return table
+
+
+def _chunk_image(records: Sequence[VideoResult]) -> bytes:
+    """The bytes of a chunk file holding ``records``, built in memory.
+
+    HDF5 never writes the chunk to disk itself: a write that fails inside HDF5 (a full disk)
+    can surface while a file is being closed, where it cannot be reported cleanly and leaves
+    the library in a state that crashes the process. Writing the image with plain Python file
+    calls makes a full disk an ordinary OSError. A chunk holds at most ``flush_videos`` videos.
+    """
+    with h5py.File(f"chunk-{id(records)}.h5", "w", driver="core", backing_store=False) as h5:
+        h5.attrs["format"] = "vidfeat-chunk"
+        h5.attrs["format_version"] = FORMAT_VERSION
+        table = _table_from_results(records)
+        for name, dtype in VIDEO_COLUMNS.items():
+            h5.create_dataset(f"videos/{name}", data=table[name], dtype=dtype)
+        for name in _CLIP_COPY:
+            h5.create_dataset(f"clips/{name}", data=np.concatenate([getattr(r, name) for r in records]))
+        h5.flush()
+        return h5.id.get_file_image()
 
 
 # writing
@@ -508,6 +536,10 @@ class FeatureWriter:
         """Chunk files committed so far in the work directory, oldest first."""
         return list(self._chunks)
 
+    def has(self, path: str) -> bool:
+        """Whether ``path`` has a result of any status already, committed or buffered."""
+        return path in self._done
+
     def is_done(self, path: str, size_bytes: int, mtime: float) -> bool:
         """Whether ``path`` (same size and mtime) has a result already, committed or buffered.
 
@@ -548,15 +580,11 @@ class FeatureWriter:
         chunk = self.parts / f"chunk-{self._next_seq:06d}.h5"
         tmp = chunk.with_name(chunk.name + _TMP_SUFFIX)
         try:
-            with h5py.File(tmp, "w") as h5:
-                h5.attrs["format"] = "vidfeat-chunk"
-                h5.attrs["format_version"] = FORMAT_VERSION
-                table = _table_from_results(records)
-                for name, dtype in VIDEO_COLUMNS.items():
-                    h5.create_dataset(f"videos/{name}", data=table[name], dtype=dtype)
-                for name in _CLIP_COPY:
-                    h5.create_dataset(f"clips/{name}", data=np.concatenate([getattr(r, name) for r in records]))
-            _fsync_file(tmp)
+            image = _chunk_image(records)
+            with open(tmp, "wb") as f:
+                f.write(image)
+                f.flush()
+                os.fsync(f.fileno())
             os.replace(tmp, chunk)
         except BaseException as exc:  # Ctrl-C too: no temporary file left behind
             _unlink_quiet(tmp)
@@ -607,6 +635,12 @@ class FeatureWriter:
                 _fsync_file(tmp)
                 os.replace(tmp, self.output)
                 _fsync_dir(self.output.parent)
+            except NoSpace as exc:
+                raise StoreError(
+                    f"cannot assemble {self.output}: it needs about {_mb(exc.needed)} in {self.parts}, which has "
+                    f"{_mb(exc.free)} free; the {self._committed_count()} committed videos there are kept: free "
+                    f"at least {_mb(exc.needed - exc.free)} there and rerun the same command to finish"
+                ) from None
             except BaseException as exc:
                 _unlink_quiet(tmp)
                 if not isinstance(exc, (OSError, RuntimeError)):
