@@ -155,3 +155,21 @@ def test_extract_with_torchcodec_writes_the_pyav_file_and_nvdec_falls_back(tmp_p
             np.testing.assert_array_equal(got.valid_frames, want.valid_frames)
             # bilinear vs swscale rounding at the tiny test size moves the embeddings a little
             np.testing.assert_allclose(got.embedding.astype(np.float32), want.embedding.astype(np.float32), atol=0.1)
+
+
+def test_cli_decoder_nvdec_without_a_gpu_says_so_and_extracts(tmp_path):
+    from click.testing import CliRunner
+
+    from checkpoints import save_tiny_model
+    from vidfeat.cli import main
+
+    (tmp_path / "v").mkdir()
+    make_video(tmp_path / "v" / "a.mp4", seconds=2.0)
+    model = save_tiny_model(tmp_path / "m", num_frames=4, fps=4.0, size=32)
+    args = ["extract", str(tmp_path / "v"), "-o", str(tmp_path / "f.h5"), "--model", str(model), "--device", "cpu",
+            "--workers", "0", "--decoder", "nvdec", "--quiet"]  # fmt: skip
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "NVDEC is not available (the model runs on the CPU): decoding on the CPU with PyAV" in result.output
+    bad = CliRunner().invoke(main, [*args[:-3], "--decoder", "vaapi"])
+    assert bad.exit_code == 2 and "vaapi" in bad.output
