@@ -104,6 +104,8 @@ def test_page_plays_a_result_from_its_start_time(site):
             page.wait_for_selector("body[data-state=results]", timeout=20_000)
             assert page.locator(".hit").count() == 9  # every other clip (10 clips, not the query)
             assert page.locator(".hit").first.get_attribute("data-row") == str(first.row)
+            # the results can show before their first thumbnail has arrived: wait for it to load
+            page.wait_for_function("document.querySelector('.hit img').complete", timeout=20_000)
             assert page.evaluate("document.querySelector('.hit img').naturalWidth") == 160  # thumbnail decoded
             page.locator(".hit").first.click()
             page.wait_for_function("(t) => { const v = document.getElementById('video');"
