@@ -4,7 +4,7 @@ runs here unless NOT_RUN / PYTHON_NOT_RUN below says why it cannot.
 The examples run in a workspace built once per session with the names the docs use: ``videos/``
 (``holiday/beach.mp4``, ``cooking/pasta.mp4``, long synthetic motion videos), ``query.mp4``,
 ``feats.h5`` (extracted from ``videos/`` with the default bundled model), ``todo.txt``,
-``data/motion`` and ``data/motion-test`` (small ``vidfeat synth`` sets) and ``runs/tiny-motion`` (a run directory
+``data/motion-test`` (a small ``vidfeat synth`` set) and ``runs/tiny-motion``, ``runs/motion`` (run directories
 holding the bundled model). Each fenced block runs in its own copy, its lines in order; the
 Python blocks of one page share one copy and one namespace, in page order.
 """
@@ -53,7 +53,9 @@ NOT_RUN: dict[str, str] = {
     "vidfeat view feats.h5 --videos videos/": "serves until stopped (tests/test_view.py starts it)",
     "vidfeat index feats.h5 --factory \"IVF4096,PQ64\"": "IVF4096 trains on at least 4096 vectors; the workspace has a few dozen",
     "h5dump -d /clips/embedding -s \"0,0\" -c \"3,768\" feats.h5": "768 is the base model's width; tiny-motion's is 64",
-    # training: minutes to hours, Kinetics data
+    # training: minutes to hours, Kinetics data (tests/test_train.py trains, resumes and evaluates small runs)
+    "vidfeat train synthetic_motion --set data.train=data/motion -o runs/motion":
+        "trains for 14 minutes; the workspace's runs/motion holds the bundled tiny-motion",
     "vidfeat train kinetics_finetune --set data.train=k400/train.csv --set data.val=k400/val.csv "
     "--set optim.lr=0.01 --set schedule.milestones=[8,12] --set model.init=base": NEEDS_BASE + " and Kinetics-400 videos",
     "vidfeat train kinetics_finetune --set data.train=train.csv --set 'data.class_weights={\"juggling\" = 2.0}'":
@@ -250,9 +252,9 @@ def workspace(tmp_path_factory) -> Path:
         shutil.move(scratch / name / "long_000.mp4", root / "videos" / name)
     generate_dataset(scratch / "query", videos=1, seed=3)
     shutil.move(next((scratch / "query").rglob("*.mp4")), root / "query.mp4")
-    generate_dataset(root / "data" / "motion", videos=16, seed=0)
     generate_dataset(root / "data" / "motion-test", videos=8, seed=1)
-    shutil.copytree(REPO / "models" / "tiny-motion", root / "runs" / "tiny-motion")
+    for run in ("tiny-motion", "motion"):  # what the docs' training commands would have written
+        shutil.copytree(REPO / "models" / "tiny-motion", root / "runs" / run)
     (root / "todo.txt").write_text("videos/holiday/beach.mp4\nvideos/cooking/pasta.mp4\n", encoding="utf-8")
     (root.parent / "home").mkdir()
     made = _sh("vidfeat extract videos/ -o feats.h5", root, _env(root.parent / "home"))
