@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
@@ -21,15 +22,15 @@ def test_folders_are_walked_and_names_are_relative_to_the_common_root(tmp_path):
     touch(tmp_path / "v" / "b" / "x.MKV")
     touch(tmp_path / "v" / "b" / "notes.txt")
     touch(tmp_path / "w" / "x.webm")
-    videos, root = discover([tmp_path / "v"])
-    assert root == tmp_path / "v" and [v.name for v in videos] == ["a/x.mp4", "b/x.MKV"]
-    videos, root = discover([tmp_path / "v" / "a", tmp_path / "v" / "b", tmp_path / "w"])
-    assert root == tmp_path and [v.name for v in videos] == ["v/a/x.mp4", "v/b/x.MKV", "w/x.webm"]
+    found = discover([tmp_path / "v"])
+    assert found.root == tmp_path / "v" and [v.name for v in found.videos] == ["a/x.mp4", "b/x.MKV"]
+    found = discover([tmp_path / "v" / "a", tmp_path / "v" / "b", tmp_path / "w"])
+    assert found.root == tmp_path and [v.name for v in found.videos] == ["v/a/x.mp4", "v/b/x.MKV", "w/x.webm"]
 
 
 def test_explicit_files_any_extension_and_duplicates_once(tmp_path):
     f = touch(tmp_path / "clip.bin")
-    videos, _ = discover([f, f, tmp_path])
+    videos = discover([f, f, tmp_path]).videos
     assert [v.name for v in videos] == ["clip.bin"]
 
 
@@ -37,7 +38,7 @@ def test_undecodable_file_names_become_valid_utf8(tmp_path):
     raw = os.path.join(os.fsencode(tmp_path), b"caf\xe9.mp4")
     with open(raw, "wb") as fh:
         fh.write(b"x")
-    videos, _ = discover([tmp_path])
+    videos = discover([tmp_path]).videos
     assert [v.name for v in videos] == ["caf\\xe9.mp4"]
     assert videos[0].name.encode("utf-8") and os.path.exists(videos[0].path)
 
@@ -56,3 +57,21 @@ def test_list_file_relative_to_itself(tmp_path):
     assert read_list(str(listing)) == [tmp_path / "d" / "a.mp4"] * 2
     with pytest.raises(VidfeatError, match="cannot read the list file"):
         read_list(str(tmp_path / "missing.txt"))
+
+
+def test_names_are_relative_to_a_given_root_and_inputs_outside_it_are_refused(tmp_path):
+    touch(tmp_path / "v" / "sub" / "a.mp4")
+    touch(tmp_path / "w" / "b.mp4")
+    found = discover([tmp_path / "v" / "sub" / "a.mp4"], root=tmp_path / "v")
+    assert found.root == tmp_path / "v" and [v.name for v in found.videos] == ["sub/a.mp4"]
+    message = re.escape(f"{tmp_path / 'w' / 'b.mp4'} lies outside the input root {tmp_path / 'v'},")
+    with pytest.raises(VidfeatError, match=message):
+        discover([tmp_path / "v", tmp_path / "w"], root=tmp_path / "v")
+
+
+def test_listed_paths_that_do_not_exist_are_kept_unless_none_exists(tmp_path):
+    touch(tmp_path / "a.mp4")
+    found = discover([], listed=[tmp_path / "a.mp4", tmp_path / "gone.mp4"])
+    assert [(v.name, v.path.exists()) for v in found.videos] == [("a.mp4", True), ("gone.mp4", False)]
+    with pytest.raises(VidfeatError, match="none of the 2 listed videos exists"):
+        discover([], listed=[tmp_path / "gone.mp4", tmp_path / "x.mp4"])

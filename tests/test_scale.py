@@ -282,7 +282,10 @@ def test_adding_videos_then_rerunning_the_same_shards_recomputes_no_finished_vid
     assert sum(map(len, new_by_shard.values())) == 2
     for i in range(2):
         result = run(args(root, out, "--shard", f"{i}/2"))
-        assert result.exit_code == 0, result.output  # the failed video is not retried
+        with h5py.File(shard_output(out, Shard(i, 2, "t"))) as f:
+            failed = "failed" in set(f["videos/status"].asstr()[()])
+        assert result.exit_code == (3 if failed else 0), result.output  # a failed video is not retried
+        assert f"{shard_output(out, Shard(i, 2, 't'))}: " in result.output  # the summary names the shard's file
         done = len(new_by_shard[i])
         assert f"{done} ok, 0 partial, 0 failed this run, {len(before[i])} already done" in result.output
     merged = tmp_path / "merged.h5"

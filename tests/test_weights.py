@@ -401,3 +401,11 @@ def test_models_command_needs_no_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "tiny-motion" in result.stdout
+
+
+def test_cli_prints_vidfeat_warnings_as_one_line():
+    import vidfeat.cli  # noqa: F401 - installs the formatter
+
+    text = warnings.formatwarning("heads assumed:\n  3 = width / 64", SamplingWarning, "weights.py", 1)
+    assert text == "vidfeat: warning: heads assumed: 3 = width / 64\n"
+    assert "UserWarning" in warnings.formatwarning("other", UserWarning, "x.py", 7)  # not ours: as Python prints it

@@ -19,8 +19,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from .cards import find_card
-from .extract import DEFAULT_MODEL, ExtractOptions, extract
+from .cards import DEFAULT_MODEL, find_card
+from .extract import ExtractOptions, extract, stored_root
 from .inputs import discover
 from .progress import Progress
 from .store import open_features
@@ -117,8 +117,9 @@ def main(argv: list[str] | None = None) -> int:
 
     output = args.out / "feats.h5"
     console.print(f"[bold]2. vidfeat extract {videos_dir} -o {output} --model {args.model}")
-    files, _ = discover([videos_dir])
-    report = extract(files, output, ExtractOptions(model=args.model, workers=args.workers), Progress())
+    inputs = discover([videos_dir], root=stored_root(output))
+    options = ExtractOptions(model=args.model, workers=args.workers, root=str(inputs.root))
+    report = extract(inputs.videos, output, options, Progress())
     if report.exit_code not in (0, 3):
         return report.exit_code
 

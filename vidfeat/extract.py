@@ -18,6 +18,7 @@ writer sorts them when it assembles the final file.
 
 from __future__ import annotations
 
+import json
 import math
 import multiprocessing as mp
 import os
@@ -25,9 +26,10 @@ import signal
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -38,12 +40,12 @@ from .errors import VideoError, VidfeatError
 from .inputs import VideoFile
 from .model import TimeSformer
 from .progress import Progress
-from .store import FeatureWriter, VideoResult
+from .store import FeatureWriter, VideoResult, parts_path, summarize
 from .transforms import normalize, spatial_crops
 from .video import ClipReader
 from .weights import load_model
 
-__all__ = ["ExtractOptions", "ExtractReport", "extract", "DEFAULT_MODEL"]
+__all__ = ["ExtractOptions", "ExtractReport", "extract", "stored_root"]
 
 
 @dataclass
@@ -61,23 +63,25 @@ class ExtractOptions:
     commit_seconds: float = 10.0  # commit finished videos to disk at least this often (0: each video)
     overwrite: bool = False
     retry_failed: bool = False
+    root: str | None = None  # absolute folder the video names are relative to (vidfeat.inputs.Inputs.root)
 
 
 @dataclass
 class ExtractReport:
     output: Path
-    total: int = 0  # videos in the input
     skipped: int = 0  # already done by an earlier run
-    counts: dict[str, int] = field(default_factory=lambda: {"ok": 0, "partial": 0, "failed": 0})
+    counts: dict[str, int] = field(default_factory=lambda: {"ok": 0, "partial": 0, "failed": 0})  # this run
+    in_file: dict[str, int] = field(default_factory=dict)  # videos by status in the output after the run
     clips: int = 0
     interrupted: bool = False
 
     @property
     def exit_code(self) -> int:
-        """0: every video of this run ok; 3: some failed or partial (see docs); 130: interrupted."""
+        """130: interrupted; 3: the output holds failed or partial videos (from this run or an
+        earlier one); 0: every video in the output is ok."""
         if self.interrupted:
             return 130
-        return 3 if self.counts["failed"] or self.counts["partial"] else 0
+        return 3 if self.in_file.get("failed") or self.in_file.get("partial") else 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,6 +113,7 @@ class VideoEnd:
     width: int
     height: int
     decode_sec: float
+    warning: str = ""  # "" or one line: the sampling mostly repeats frames (ClipReader.warning)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -120,7 +125,7 @@ def decode_video(video: int, path: Path, sampling: ClipSampling, card: ModelCard
     """Yield the ClipItems of one video, then its VideoEnd. Never raises for a bad video."""
     start = time.perf_counter()
     sent, info = 0, None
-    status, error, duration = "failed", "", math.nan
+    status, error, duration, warning = "failed", "", math.nan, ""
     try:
         with ClipReader(path, sampling, short_side=card.preprocess.short_side, threads=threads) as reader:
             info = reader.info
@@ -129,6 +134,7 @@ def decode_video(video: int, path: Path, sampling: ClipSampling, card: ModelCard
                 yield ClipItem(video, clip.index, torch.from_numpy(views), clip.start_sec, clip.end_sec, clip.valid_frames)
                 sent += 1
             status, error, duration = reader.status, reader.error, reader.duration_sec
+            warning = reader.warning
     except VideoError as exc:
         error = _one_line(exc)
     except Exception as exc:  # noqa: BLE001 - a bug or an exotic file must not end the run
@@ -147,6 +153,7 @@ def decode_video(video: int, path: Path, sampling: ClipSampling, card: ModelCard
         width=int(info.width) if info else 0,
         height=int(info.height) if info else 0,
         decode_sec=time.perf_counter() - start,
+        warning=warning,
     )
 
 
@@ -270,6 +277,7 @@ def _auto_batch_size(model: TimeSformer, device: torch.device, crops: int) -> in
 def _settings(card: ModelCard, sampling: ClipSampling, options: ExtractOptions) -> dict:
     """The root attributes that define the result (a rerun must match them to resume)."""
     pre = card.preprocess
+    _, dtype = _resolve_device(options)
     return {
         "model": card.name,
         "weights_sha256": card.weights.sha256,
@@ -283,7 +291,40 @@ def _settings(card: ModelCard, sampling: ClipSampling, options: ExtractOptions) 
         "std": list(pre.std),
         "crops": options.crops,
         "embedding_dtype": options.embedding_dtype,
+        "dtype": str(dtype).removeprefix("torch."),  # model precision: bf16 and fp32 give other numbers
+        "root": str(options.root or ""),  # video names are relative to it (vidfeat.inputs); "": not given
     }
+
+
+def stored_root(output: Path) -> str | None:
+    """The input root recorded by an earlier run of ``output`` (its final file, else its work
+    directory's manifest), or None for a new output."""
+    output = Path(output)
+    if output.is_file():
+        try:
+            with h5py.File(output, "r") as h5:
+                root = h5.attrs.get("root")
+        except OSError:
+            root = None  # not a readable HDF5 file: the writer reports it
+        if root is not None:
+            return (root.decode() if isinstance(root, bytes) else str(root)) or None
+    manifest = parts_path(output) / "settings.json"
+    try:
+        root = json.loads(manifest.read_text(encoding="utf-8"))["identity"].get("root")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None  # none, or unreadable: the writer reports it
+    return (str(root) or None) if root is not None else None
+
+
+def _root_of(videos: list[VideoFile]) -> str | None:
+    """The folder that each video's name is relative to (one for all), from the videos themselves."""
+    roots = set()
+    for v in videos:
+        full = Path(os.path.abspath(v.path))
+        depth = len(v.name.split("/"))
+        if full.as_posix().endswith(v.name):
+            roots.add(str(full.parents[depth - 1]))
+    return roots.pop() if len(roots) == 1 else None
 
 
 def _resolve_device(options: ExtractOptions) -> tuple[torch.device, torch.dtype]:
@@ -298,15 +339,20 @@ def _default_workers() -> int:
 
 
 def extract(videos: list[VideoFile], output: Path, options: ExtractOptions, progress: Progress | None = None) -> ExtractReport:
-    """Extract every video in ``videos`` into ``output`` (resuming what an earlier run finished)."""
+    """Extract every video of ``videos`` into ``output`` (resuming what an earlier run finished).
+
+    ``videos`` and ``options.root`` come from :func:`vidfeat.inputs.discover` (``Inputs.videos``
+    and ``Inputs.root``), called with ``root=stored_root(output)`` for an existing output so that
+    names stay those of the earlier runs."""
+    if options.root is None:  # a library caller: the root the names were made against
+        options = replace(options, root=_root_of(videos))
     device, dtype = _resolve_device(options)
     model = load_model(options.model, num_frames=options.num_frames, device=device)
     card = model.card
     sampling = ClipSampling(card.preprocess.num_frames, options.fps or card.preprocess.fps, options.stride_sec)
     workers = _default_workers() if options.workers is None else options.workers
-    threads = max(1, (os.cpu_count() or 2) // max(1, workers))
     progress = progress or Progress(enabled=False)
-    report = ExtractReport(output=output, total=len(videos))
+    report = ExtractReport(output=output)
 
     writer = FeatureWriter(
         output,
@@ -323,8 +369,11 @@ def extract(videos: list[VideoFile], output: Path, options: ExtractOptions, prog
         for v in videos:
             try:
                 st = os.stat(v.path)
-            except OSError as exc:  # vanished between listing and now
-                reason = f"cannot stat: {exc.strerror or exc}"
+            except OSError as exc:  # a stale --list entry, or vanished since it was listed
+                if writer.has(v.name):  # keep an earlier run's result: a file gone now cannot be redone
+                    report.skipped += 1
+                    continue
+                reason = "not found" if isinstance(exc, FileNotFoundError) else f"cannot stat: {exc.strerror or exc}"
                 writer.add(VideoResult(path=v.name, status="failed", error=reason, size_bytes=0, mtime=0.0))
                 report.counts["failed"] += 1
                 progress.failure(v.name, "failed", reason)
@@ -340,14 +389,41 @@ def extract(videos: list[VideoFile], output: Path, options: ExtractOptions, prog
             if todo:
                 batch = options.batch_size or _auto_batch_size(model, device, options.crops)
                 runner = ModelRunner(model, device, dtype, options.crops, batch)
-                with _StopOnCtrlC() as stop:
-                    _run(todo, sampling, card, options, workers, threads, runner, writer, report, progress, stop)
+                with _StopOnCtrlC() as stop, _DurationProbe(todo, progress):
+                    _Run(todo, sampling, card, options, workers, runner, writer, report, progress, stop).run()
         except KeyboardInterrupt:
             report.interrupted = True
         finally:
             progress.close()
         writer.finalize()
+    report.in_file = summarize(output)["status"]
     return report
+
+
+class _DurationProbe:
+    """Reads each video's duration from its container metadata (no decoding) in a thread, so
+    that progress and ETA count video-seconds from the start of the run."""
+
+    def __init__(self, todo, progress: Progress) -> None:
+        self.todo, self.progress = todo, progress
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._probe, name="vidfeat-probe", daemon=True)
+
+    def _probe(self) -> None:
+        from .video import probe_duration
+
+        for vid, (v, _) in enumerate(self.todo):
+            if self._stop.is_set():
+                return
+            self.progress.expect(vid, probe_duration(v.path))
+
+    def __enter__(self) -> _DurationProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 class _Collector:
@@ -392,6 +468,7 @@ class _Collector:
             self.clips.setdefault(item.video, []).append(
                 (item.index, f, lg, item.start_sec, item.end_sec, item.valid_frames)
             )
+            self.progress.clip_done(item.video, item.end_sec)
 
     def finish_ready(self) -> None:
         for vid in [v for v, end in self.ends.items() if len(self.clips.get(v, [])) == end.clips]:
@@ -424,6 +501,7 @@ class _Collector:
                 path=v.name,
                 status=status,
                 error=error,
+                warning=end.warning,
                 size_bytes=st.st_size,
                 mtime=st.st_mtime,
                 duration_sec=end.duration_sec,
@@ -442,11 +520,13 @@ class _Collector:
         self.report.clips += len(rows)
         if status != "ok":
             self.progress.failure(v.name, status, error)
-        self.progress.video_done(st.st_size, end.duration_sec, len(rows), end.decode_sec, self.runner.model_sec)
+        if end.warning:
+            self.progress.warning(v.name, end.warning)
+        self.progress.video_done(vid, st.st_size, end.duration_sec, end.decode_sec, self.runner.model_sec)
 
 
 class _StopOnCtrlC:
-    """The first SIGINT only asks the run to stop; :func:`_run` then raises KeyboardInterrupt at a
+    """The first SIGINT only asks the run to stop; :meth:`_Run.run` then raises KeyboardInterrupt at a
     safe point (between loader items). Python's default raises it wherever the main process
     happens to be, for instance inside a garbage-collector callback, which prints a traceback
     and swallows the interrupt. A second Ctrl-C interrupts at once. Outside the main thread
@@ -479,7 +559,7 @@ def _received(items):
     """The loader's items. A worker that dies right after sending a batch takes its shared-memory
     file descriptors with it, and receiving that batch then fails (EOFError, ConnectionError or
     FileNotFoundError from the descriptor hand-over): that is the worker's crash too, so it is
-    raised as the DataLoader's own "worker exited" RuntimeError, which :func:`_run` handles."""
+    raised as the DataLoader's own "worker exited" RuntimeError, which :meth:`_Run.run` handles."""
     while True:
         try:
             item = next(items)
@@ -490,54 +570,63 @@ def _received(items):
         yield item
 
 
-def _run(todo, sampling, card, options, workers, threads, runner, writer, report, progress, stop=None) -> None:
-    """Decode and embed every video of ``todo``.
+class _Run:
+    """Decode and embed every video of ``todo`` (a list of (VideoFile, stat)); ``run()`` does it.
 
     If a decode worker dies (a crash inside FFmpeg on a hostile file), the videos the workers
     were on are retried one at a time in a worker of their own: the one that crashes again is
     recorded as failed, the others succeed, and the rest of the run goes on with fresh workers.
     """
-    collector = _Collector(todo, card, runner, writer, report, progress)
-    stop = stop or _StopOnCtrlC()
-    pending = [(i, v.path) for i, (v, _) in enumerate(todo)]
-    isolate: list[tuple[int, Path]] = []  # suspects of a crash, each to be retried alone
-    while pending or isolate:
-        alone = bool(isolate)
-        jobs, n = ([isolate.pop(0)], 1) if alone else (pending, workers)
-        current = mp.Array("q", [-1] * max(1, n), lock=False)
-        stream = ClipStream(jobs, sampling, card, options.crops, threads, current)
-        loader = DataLoader(
-            stream,
-            batch_size=None,
-            num_workers=n,
-            pin_memory=runner.device.type == "cuda",
-            prefetch_factor=4 if n else None,
-            in_order=False,  # take whichever worker is ready: a slow video does not stall the others
-        )
-        try:
-            items = iter(loader)
-            if n and threading.current_thread() is threading.main_thread():
-                # The DataLoader's SIGCHLD handler raises "worker exited unexpectedly" at any point
-                # of the main process, even inside the writer. Without it the same error comes
-                # from next(items) (the loader polls its workers), where it is handled below.
-                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            for item in _received(items):
-                stop.check()
-                collector.add(item)
-            collector.flush()
-            if not alone:
-                pending = []
-        except RuntimeError as exc:
-            stop.check()  # workers that a terminal's Ctrl-C reached before they ignored it
-            if not n or "DataLoader worker" not in str(exc):
-                raise
-            collector.flush()
-            if alone:
-                vid = jobs[0][0]
-                collector.fail(vid, f"the decoder crashed on this video ({_one_line(exc)[:100]})")
-                continue
-            suspects = {v for v in current if v >= 0 and v not in collector.finished}
-            for vid in suspects:
-                collector.discard(vid)
-            isolate += [(j, p) for j, p in pending if j in suspects]
-            pending = [(j, p) for j, p in pending if j not in collector.finished and j not in suspects]
+
+    def __init__(self, todo, sampling: ClipSampling, card: ModelCard, options: ExtractOptions, workers: int,
+                 runner: ModelRunner, writer: FeatureWriter, report: ExtractReport, progress: Progress,
+                 stop: _StopOnCtrlC) -> None:  # fmt: skip
+        self.todo, self.sampling, self.card, self.options, self.workers = todo, sampling, card, options, workers
+        self.runner, self.stop = runner, stop
+        self.threads = max(1, (os.cpu_count() or 2) // max(1, workers))  # FFmpeg threads per decoder
+        self.collector = _Collector(todo, card, runner, writer, report, progress)
+
+    def run(self) -> None:
+        collector, stop = self.collector, self.stop
+        pending = [(i, v.path) for i, (v, _) in enumerate(self.todo)]
+        isolate: list[tuple[int, Path]] = []  # suspects of a crash, each to be retried alone
+        while pending or isolate:
+            alone = bool(isolate)
+            jobs, n = ([isolate.pop(0)], 1) if alone else (pending, self.workers)
+            current = mp.Array("q", [-1] * max(1, n), lock=False)
+            stream = ClipStream(jobs, self.sampling, self.card, self.options.crops, self.threads, current)
+            loader = DataLoader(
+                stream,
+                batch_size=None,
+                num_workers=n,
+                pin_memory=self.runner.device.type == "cuda",
+                prefetch_factor=4 if n else None,
+                in_order=False,  # take whichever worker is ready: a slow video does not stall the others
+            )
+            try:
+                items = iter(loader)
+                if n and threading.current_thread() is threading.main_thread():
+                    # The DataLoader's SIGCHLD handler raises "worker exited unexpectedly" at any point
+                    # of the main process, even inside the writer. Without it the same error comes
+                    # from next(items) (the loader polls its workers), where it is handled below.
+                    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                for item in _received(items):
+                    stop.check()
+                    collector.add(item)
+                collector.flush()
+                if not alone:
+                    pending = []
+            except RuntimeError as exc:
+                stop.check()  # workers that a terminal's Ctrl-C reached before they ignored it
+                if not n or "DataLoader worker" not in str(exc):
+                    raise
+                collector.flush()
+                if alone:
+                    vid = jobs[0][0]
+                    collector.fail(vid, f"the decoder crashed on this video ({_one_line(exc)[:100]})")
+                    continue
+                suspects = {v for v in current if v >= 0 and v not in collector.finished}
+                for vid in suspects:
+                    collector.discard(vid)
+                isolate += [(j, p) for j, p in pending if j in suspects]
+                pending = [(j, p) for j, p in pending if j not in collector.finished and j not in suspects]

@@ -1,10 +1,16 @@
 """Finding the videos of a run and naming them.
 
-Each video is named by its path relative to the run's *input root*: the common folder of the
-inputs (a folder input counts as itself, a file as its parent folder). One folder ``videos/``
-gives ``a/x.mp4``; ``videos/a videos/b`` give ``a/x.mp4`` and ``b/x.mp4``, so same-named files in
-different folders never collide. Names use ``/`` on every platform. The same command always
-gives the same names, which is what resuming keys on (with the file's size and mtime).
+Each video is named by its path relative to the output's *input root*, ``/`` separated on every
+platform: the video's key in the output file, which resuming (with the file's size and mtime)
+and sharding (a hash of the name) rely on. The root is chosen once, when the output is created:
+``--root`` or, by default, the common folder of that first run's inputs (a folder input counts
+as itself, a file as its parent folder). It is stored in the file (the ``root`` attribute) and
+every rerun names its videos against it, whichever other videos it lists, so names never depend
+on the rest of the run. An input outside the stored root is refused. The file's row for a video
+is therefore ``os.path.join(root, name)``.
+
+One folder ``videos/`` gives ``a/x.mp4``; ``videos/a videos/b`` give ``a/x.mp4`` and ``b/x.mp4``,
+so same-named files in different folders never collide.
 """
 
 from __future__ import annotations
@@ -13,10 +19,11 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .errors import VidfeatError
 
-__all__ = ["VIDEO_EXTENSIONS", "VideoFile", "discover", "read_list"]
+__all__ = ["VIDEO_EXTENSIONS", "Inputs", "VideoFile", "discover", "read_list"]
 
 VIDEO_EXTENSIONS = frozenset(
     ".mp4 .m4v .mkv .webm .avi .mov .mpg .mpeg .m2v .ts .mts .m2ts .flv .wmv .asf .3gp .3g2 .ogv .vob .mxf .dv .y4m".split()
@@ -27,6 +34,14 @@ VIDEO_EXTENSIONS = frozenset(
 class VideoFile:
     path: Path  # as given or found (absolute or relative to the working directory)
     name: str  # relative to the input root, '/' separated: the video's key in the output
+
+
+class Inputs(NamedTuple):
+    """The videos of a run, sorted by name, and the absolute root their names are relative to.
+    A listed path that does not exist is kept (extraction records it as failed, 'not found')."""
+
+    videos: list[VideoFile]
+    root: Path
 
 
 def read_list(list_file: str) -> list[Path]:
@@ -58,12 +73,18 @@ def _walk(folder: Path) -> list[Path]:
     return found
 
 
-def discover(inputs: list[Path]) -> tuple[list[VideoFile], Path]:
+def _inside(path: str, root: str) -> bool:
+    return os.path.commonpath([path, root]) == root
+
+
+def discover(inputs: list[Path], listed: list[Path] = (), root: str | os.PathLike[str] | None = None) -> Inputs:
     """Expand folders (recursively, video extensions in any case) and name every video.
 
-    Files given explicitly are taken whatever their extension (they may be broken: that is
-    reported per video later, not here). Returns the videos sorted by name, and the input root.
-    Raises VidfeatError for an input that does not exist or when nothing is found.
+    ``inputs`` are folders or files (one that does not exist is an error); ``listed`` are the
+    paths of a ``--list`` (one that does not exist is kept, to be recorded as failed; only when
+    none exists is it an error). Files given explicitly are taken whatever their extension (they
+    may be broken: that is reported per video later, not here). ``root``: the folder names are
+    relative to (None: the common folder of the inputs); an input outside it is an error.
     """
     files: list[Path] = []
     anchors: list[str] = []
@@ -76,13 +97,27 @@ def discover(inputs: list[Path]) -> tuple[list[VideoFile], Path]:
             anchors.append(os.path.dirname(os.path.abspath(item)))
         else:
             raise VidfeatError(f"input not found: {item}")
+    if listed and not any(p.exists() or p.is_symlink() for p in listed):
+        raise VidfeatError(f"none of the {len(listed)} listed videos exists (the first: {listed[0]})")
+    for item in listed:
+        files.append(item)
+        anchors.append(os.path.dirname(os.path.abspath(item)))
     if not files:
         raise VidfeatError("no videos found in " + ", ".join(str(i) for i in inputs))
-    root = Path(os.path.commonpath(anchors))
+    if root is None:
+        base = os.path.commonpath(anchors)
+    else:
+        base = os.path.abspath(root)
+        outside = next((f for f in files if not _inside(os.path.abspath(f), base)), None)
+        if outside is not None:
+            raise VidfeatError(
+                f"{outside} lies outside the input root {base}, which names the videos of this output: "
+                "give videos under it, or start another output (-o, or --overwrite) with --root set to a folder holding all"
+            )
     videos: dict[str, VideoFile] = {}
     for f in files:
-        name = Path(os.path.relpath(os.path.abspath(f), root)).as_posix()
+        name = Path(os.path.relpath(os.path.abspath(f), base)).as_posix()
         # Undecodable bytes in a file name (surrogate escapes) become \xNN so the name is UTF-8.
         name = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
         videos.setdefault(name, VideoFile(path=f, name=name))  # the same file given twice counts once
-    return sorted(videos.values(), key=lambda v: v.name), root
+    return Inputs(videos=sorted(videos.values(), key=lambda v: v.name), root=Path(base))

@@ -141,7 +141,7 @@ def extract_ray(videos, output: Path, options, progress=None, *, address: str | 
     from .clips import ClipSampling
     from .extract import ExtractReport, _settings
     from .progress import Progress
-    from .store import FeatureWriter, VideoResult
+    from .store import FeatureWriter, VideoResult, summarize
     from .weights import load_model
 
     ray = _connect(address)
@@ -150,7 +150,7 @@ def extract_ray(videos, output: Path, options, progress=None, *, address: str | 
     del model
     sampling = ClipSampling(card.preprocess.num_frames, options.fps or card.preprocess.fps, options.stride_sec)
     progress = progress or Progress(enabled=False)
-    report = ExtractReport(output=output, total=len(videos))
+    report = ExtractReport(output=output)
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0)) if options.device in (None, "cuda") or str(options.device).startswith("cuda") else 0
     cpus_each = 1 if options.workers == 0 else 2
@@ -243,4 +243,5 @@ def extract_ray(videos, output: Path, options, progress=None, *, address: str | 
             for actor in alive:
                 ray.kill(actor)
         writer.finalize()
+    report.in_file = summarize(output)["status"]
     return report

@@ -39,8 +39,8 @@ Why one frame cannot tell the classes apart:
   with the current ranges: radius 0.2-0.4 of the frame is a log-range of ln 2, a clip scales
   by 1.5-2x, so grow clips start at most at 1.33 r_min and shrink clips at 1.5 r_min or more. A model
   that knows which frame comes first can read these two classes off it; one that does not
-  (space-only attention, no time embedding) cannot. A wider size range would restore the
-  overlap the older defaults had (radius 0.08-0.4), at the price of a retrained bundled model.
+  (space-only attention, no time embedding) cannot. A wider size range (e.g. radius 0.08-0.4)
+  would let the two ranges overlap, at the price of a retrained bundled model.
 * Shape kind, texture, colours, background, its drift and the distractors are drawn
   independently of the class (every class makes the same random draws). Given the same
   generator, the four translation classes render the identical frame 0, and so do the two
@@ -67,7 +67,6 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 
 CLASSES: tuple[str, ...] = (
@@ -87,7 +86,7 @@ TEXTURES: tuple[str, ...] = ("noise", "stripes", "checker")
 DEFAULT_SIZE = 24  # frame width and height in pixels; every length below is relative to it or in px
 
 # Main-shape motion per second: 0.8-1.2 of the frame, 135-270 degrees and 1.5-2x per 4 s.
-# The bundled tiny-motion model was trained on these values (train/synthetic_motion.toml says why
+# The bundled tiny-motion model was trained on these values (docs/results.md says why
 # they are what they are); changing them changes the task it is evaluated on.
 MAIN_SPEED = (0.2, 0.3)  # frame widths per second
 ROTATION_SPEED = (math.radians(135 / 4), math.radians(270 / 4))  # radians per second
@@ -509,6 +508,8 @@ def render_clip(
 def _encoder() -> tuple[str, dict[str, str], int | None, str]:
     """Codec name, options, bit rate and pixel format: libx264 at CRF 10 in 4:4:4, else mpeg4
     in 4:2:0 (its only chroma layout) at a high rate."""
+    import av  # PyAV only where videos are written: `vidfeat --help` imports this module for its defaults
+
     if "libx264" in av.codecs_available:
         return "libx264", X264_OPTIONS, None, "yuv444p"
     return "mpeg4", {}, MPEG4_BIT_RATE, "yuv420p"
@@ -521,6 +522,8 @@ def write_video(path: Path, frames: Iterable[np.ndarray], *, fps: int) -> int:
     written next to ``path`` and renamed into place when complete (removed on error).
     Returns the number of frames written.
     """
+    import av
+
     chunks = iter(frames)
     first = next(chunks, None)
     if first is None:

@@ -8,21 +8,28 @@ from pathlib import Path
 
 import click
 
-from ..cards import find_card
-from ..extract import DEFAULT_MODEL, ExtractOptions, extract
 from ..inputs import discover, read_list
-from ..progress import Progress
 from ..store import summarize, verify
 from . import main
 from .scale import scale_options
+
+# torch, timm and PyAV are imported inside extract_cmd only, so that `--help`, `info` and
+# `verify` start fast.
 
 
 @main.command(name="extract")
 @click.argument("inputs", nargs=-1, type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The HDF5 file to write.")
-@click.option("--list", "list_file", help="A file with one video path per line ('-' reads stdin).")
-@click.option("--model", "--weights", "model", default=DEFAULT_MODEL, show_default=True,
-              help="A model name (vidfeat models), a checkpoint file, a Hugging Face or vidfeat directory, or a hub id.")  # fmt: skip
+@click.option("--list", "list_file", metavar="FILE",
+              help="A file with one video path per line ('-' reads stdin); relative paths are relative to the list "
+                   "file's folder (to the working directory for stdin). A listed path that does not exist is a failed "
+                   "video ('not found').")  # fmt: skip
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path),
+              help="The folder video names are relative to (default: the common folder of the first run's inputs). "
+                   "Stored in the file; reruns keep it.")  # fmt: skip
+@click.option("--model", "--weights", "model",
+              help="A model name (vidfeat models), a checkpoint file, a Hugging Face or vidfeat directory, or a hub id "
+                   "(default: the bundled demo model).")  # fmt: skip
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True), help="Frames sampled per second (default: the model's).")
 @click.option("--num-frames", type=click.IntRange(min=1), help="Frames per clip (default: the model's).")
 @click.option("--stride", type=click.FloatRange(min=0, min_open=True), help="Seconds between clip starts (default: half a clip).")
@@ -39,24 +46,27 @@ from .scale import scale_options
 @click.option("--retry-failed", is_flag=True, help="Try again the videos that failed in an earlier run.")
 @click.option("--quiet", is_flag=True, help="No progress display (failures are still printed).")
 @scale_options
-def extract_cmd(inputs, output, list_file, model, fps, num_frames, stride, batch_size, device, dtype, workers, crops,
+def extract_cmd(inputs, output, list_file, root, model, fps, num_frames, stride, batch_size, device, dtype, workers, crops,
                 embedding_dtype, commit_every, overwrite, retry_failed, quiet, shard, gpus, ray_address) -> None:  # fmt: skip
     """Extract per-clip embeddings and class scores of every video in INPUTS into one HDF5 file.
 
     INPUTS are folders (searched recursively for video files), video files, or --list. Videos
-    are named by their path relative to the inputs' common folder. Rerunning the same command
-    resumes: finished videos are kept and skipped, even after a crash or a kill.
+    are named by their path relative to the input root (--root; by default the common folder
+    of the first run's inputs), which the file records: reruns name videos against it and refuse
+    inputs outside it. Rerunning resumes: finished videos are kept and skipped, even after a
+    crash or a kill.
 
-    Exit status: 0 every video this run processed is ok; 3 some failed or are partial (listed on stderr and in
-    the file, see `vidfeat info`); 1 a fatal error (bad argument, weights or output); 130 stopped
-    by Ctrl-C (the file then holds every video that finished).
+    Exit status: 0 every video in the file is ok; 3 the file holds failed or partial videos,
+    from this run or an earlier one (listed on stderr and in the file, see `vidfeat info`); 1 a
+    fatal error (bad argument, weights or output); 2 a usage error; 130 stopped by Ctrl-C (the
+    file then holds every video that finished).
 
     \b
     Examples:
       vidfeat extract videos/ -o feats.h5
       vidfeat extract videos/ -o feats.h5 --model large --crops 3
       vidfeat extract --list todo.txt -o feats.h5 --workers 14 --batch-size 32
-      find /data -name '*.mp4' | vidfeat extract --list - -o feats.h5
+      find /data -name '*.mp4' | vidfeat extract --list - -o feats.h5 --root /data
       vidfeat extract videos/ -o feats.h5 --model runs/my-finetune --fps 4 --stride 2
       vidfeat extract videos/ -o feats.h5 --gpus 8
       vidfeat extract videos/ -o feats.h5 --shard 3/64
@@ -69,26 +79,33 @@ def extract_cmd(inputs, output, list_file, model, fps, num_frames, stride, batch
         from ..launch import launch_gpus, strip_gpus
 
         sys.exit(launch_gpus(gpus, strip_gpus(sys.argv[1:])))
-    paths = list(inputs)
-    if list_file:
-        paths += read_list(list_file)
-    if not paths:
+    from ..cards import DEFAULT_MODEL, find_card
+    from ..extract import ExtractOptions, stored_root
+    from ..launch import dispatch
+    from ..progress import Progress
+
+    listed = read_list(list_file) if list_file else []
+    if not inputs and not listed:
         raise click.UsageError("give at least one folder or video, or --list FILE")
-    if model == DEFAULT_MODEL and find_card(DEFAULT_MODEL) is None:
+    demo = model is None
+    model = model or DEFAULT_MODEL
+    if demo and find_card(DEFAULT_MODEL) is None:
         raise click.UsageError(
             f"the default demo model {DEFAULT_MODEL!r} is not bundled in this version; choose one with --model "
             "(a name from `vidfeat models`, a checkpoint file or directory, or a Hugging Face hub id)"
         )
     if output.exists() and output.is_dir():
         raise click.UsageError(f"-o {output} is a directory; give the .h5 file to write")
-    if model == DEFAULT_MODEL and not quiet:
+    if demo and not quiet:
         click.echo(
             f"note: --model not given, so this uses the bundled demo model {DEFAULT_MODEL!r}: a tiny TimeSformer that knows "
             "8 synthetic motion classes (vidfeat synth), not real actions. For real videos pass --model, e.g. "
             "--model base (TimeSformer Kinetics-400) or --model timesformer_large_96x224.howto100m; `vidfeat models` lists them all.",
             err=True,
         )
-    videos, root = discover(paths)
+    if root is None and not overwrite:
+        root = stored_root(output)
+    found = discover(list(inputs), listed, root=root)
     options = ExtractOptions(
         model=model,
         fps=fps,
@@ -103,19 +120,20 @@ def extract_cmd(inputs, output, list_file, model, fps, num_frames, stride, batch
         commit_seconds=commit_every,
         overwrite=overwrite,
         retry_failed=retry_failed,
+        root=str(found.root),
     )
     progress = Progress(enabled=not quiet)
     if not quiet:
-        progress.console.print(f"{len(videos)} videos under {root} -> {output}")
-    from ..launch import dispatch
-
-    report = dispatch(videos, output, options, progress, shard=shard, ray=ray_address,
+        progress.console.print(f"{len(found.videos)} videos under {found.root} -> {output}")
+    report = dispatch(found.videos, output, options, progress, shard=shard, ray=ray_address,
                       echo=lambda line: click.echo(line, err=True))  # fmt: skip
-    c = report.counts
+    c, f = report.counts, report.in_file
     message = (
-        f"{output}: {c['ok']} ok, {c['partial']} partial, {c['failed']} failed this run, "
+        f"{report.output}: {c['ok']} ok, {c['partial']} partial, {c['failed']} failed this run, "
         f"{report.skipped} already done; {report.clips} clips"
     )
+    if f.get("failed") or f.get("partial"):
+        message += f"; the file holds {f.get('failed', 0)} failed, {f.get('partial', 0)} partial (vidfeat info {report.output})"
     if report.interrupted:
         message += " (interrupted: rerun the same command to finish)"
     click.echo(message, err=True)

@@ -1,6 +1,6 @@
 """The output file: one HDF5 file per run, written crash-safely and resumably, and read back.
 
-Layout (DESIGN.md section 5, documented for other languages in docs/format.md)::
+Layout (documented for other languages in docs/format.md)::
 
     /                  attrs: format="vidfeat", format_version, the run's settings (model,
                        weights_sha256, num_frames, fps, stride_sec, input_size, mean, std, ...),
@@ -10,7 +10,7 @@ Layout (DESIGN.md section 5, documented for other languages in docs/format.md)::
     /clips/<column>    [N...]  one row per clip, grouped per video in /videos order
     /classes           [C]     class names (UTF-8 strings)
 
-Writing (DESIGN.md section 6). :class:`FeatureWriter` never writes the final file in place:
+Writing (crash safety: docs/format.md). :class:`FeatureWriter` never writes the final file in place:
 
 * finished videos are buffered and committed as small chunk files in the work directory beside
   the output (``feats.h5.parts/chunk-000001.h5``): written under a temporary name, fsynced,

@@ -25,7 +25,7 @@ STATUSES: tuple[str, ...] = ("ok", "partial", "failed")
 VOLATILE_ATTRS: tuple[str, ...] = ("created", "vidfeat_version", "torch_version")
 # Root attrs the writer sets itself; a caller's settings may not use these names.
 WRITER_ATTRS: tuple[str, ...] = ("format", "format_version", *VOLATILE_ATTRS)
-# Settings every file carries (DESIGN.md section 5).
+# Settings every file carries (docs/format.md, root attributes).
 REQUIRED_SETTINGS: tuple[str, ...] = (
     "model",
     "weights_sha256",

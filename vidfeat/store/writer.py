@@ -536,6 +536,10 @@ class FeatureWriter:
         """Chunk files committed so far in the work directory, oldest first."""
         return list(self._chunks)
 
+    def has(self, path: str) -> bool:
+        """Whether ``path`` has a result of any status already, committed or buffered."""
+        return path in self._done
+
     def is_done(self, path: str, size_bytes: int, mtime: float) -> bool:
         """Whether ``path`` (same size and mtime) has a result already, committed or buffered.
 
