@@ -5,8 +5,8 @@ The examples run in a workspace built once per session with the names the docs u
 (``holiday/beach.mp4``, ``cooking/pasta.mp4``, long synthetic motion videos), ``query.mp4``,
 ``feats.h5`` (extracted from ``videos/`` with the default bundled model), ``todo.txt``,
 ``data/motion-test`` (a small ``vidfeat synth`` set) and ``runs/tiny-motion``, ``runs/motion`` (run directories
-holding the bundled model). Each fenced block runs in its own copy, its lines in order; the
-Python blocks of one page share one copy and one namespace, in page order.
+holding the bundled model). Each fenced block runs in a fresh copy of it, its lines in order; the
+Python blocks of one page share one fresh copy and one namespace, in page order.
 """
 
 from __future__ import annotations
@@ -47,9 +47,8 @@ NOT_RUN: dict[str, str] = {
     "make test": "the whole suite, which contains this test",
     "vidfeat synth data/motion --videos 2400 --seed 0": "2400 videos take minutes; the workspace's data/motion has 16",
     "vidfeat extract videos/ -o feats.h5 --model base": NEEDS_BASE,
-    "vidfeat extract videos/ -o feats.h5 --model large --crops 3": NEEDS_BASE,
     "vidfeat eval --weights base k400/val.csv --crops 3 --json": NEEDS_BASE + " and Kinetics-400 videos",
-    "vidfeat convert TimeSformer_divST_8x32_224_K400.pyth k400-base/": "an official checkpoint that is not bundled",
+    "vidfeat extract --list todo.txt -o feats.h5 --root /data": "/data stands for the top of the reader's data tree",
     "vidfeat view feats.h5 --videos videos/": "serves until stopped (tests/test_view.py starts it)",
     "vidfeat index feats.h5 --factory \"IVF4096,PQ64\"": "IVF4096 trains on at least 4096 vectors; the workspace has a few dozen",
     "h5dump -d /clips/embedding -s \"0,0\" -c \"3,768\" feats.h5": "768 is the base model's width; tiny-motion's is 64",
@@ -260,13 +259,16 @@ def workspace(tmp_path_factory) -> Path:
     made = _sh("vidfeat extract videos/ -o feats.h5", root, _env(root.parent / "home"))
     assert made.returncode == 0, made.stderr
     shutil.rmtree(scratch)
+    shutil.copytree(root, root.parent / "pristine", symlinks=True)
     return root
 
 
-def _copy(workspace: Path, name: str) -> Path:
-    target = workspace.parent / "copies" / re.sub(r"[^\w.-]", "_", name)
-    shutil.copytree(workspace, target, symlinks=True)
-    return target
+def _fresh(workspace: Path) -> Path:
+    """The workspace as the fixture made it, at the same path (feats.h5 stores its input root
+    as an absolute path, so a copy elsewhere would be another root)."""
+    shutil.rmtree(workspace)
+    shutil.copytree(workspace.parent / "pristine", workspace, symlinks=True)
+    return workspace
 
 
 def _blocks() -> list[tuple[str, list[Example]]]:
@@ -282,7 +284,7 @@ def test_shell_examples_run(examples, workspace):
     runnable = [e for e in examples if _is_listed(e) is None]
     if not runnable:
         pytest.skip("every command of this block is listed in NOT_RUN")
-    cwd = _copy(workspace, examples[0].where)
+    cwd = _fresh(workspace)
     env = _env(workspace.parent / "home")
     for example in runnable:
         done = _sh(example.text, cwd, env)
@@ -298,7 +300,7 @@ def test_python_examples_run(source, workspace, monkeypatch, capsys):
     blocks = [e for e in PYTHON if e.source == source and _is_listed(e) is None]
     if not blocks:
         pytest.skip("every Python block of this page is listed in PYTHON_NOT_RUN")
-    monkeypatch.chdir(_copy(workspace, source + ".py"))
+    monkeypatch.chdir(_fresh(workspace))
     namespace: dict = {"__name__": "__doc_example__"}
     for example in blocks:
         code = compile(example.text, example.where, "exec")
