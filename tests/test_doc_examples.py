@@ -220,6 +220,8 @@ def test_docs_link_only_to_files_that_exist_and_readme_links_every_page():
         for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
             if "://" not in target:
                 assert (path.parent / target).exists(), f"{path.relative_to(REPO)} links to missing {target}"
+        for named in re.findall(r"(?<![\w/.])((?:bench|docs|models|tests|train|vidfeat)/[\w./-]*\w)", text):
+            assert (REPO / named).exists(), f"{path.relative_to(REPO)} names {named}, which does not exist"
     for page in sorted((REPO / "docs").glob("*.md")):
         assert f"(docs/{page.name})" in readme, f"README.md does not link docs/{page.name}"
 
