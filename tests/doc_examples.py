@@ -305,7 +305,8 @@ def check_calls(example: Example) -> None:
 
 
 def check_python_names(example: Example) -> None:
-    """A python example compiles and every ``vidfeat`` name it imports or reads exists."""
+    """A python example compiles, every ``vidfeat`` name it imports or reads exists, and a
+    ``["vidfeat", ...]`` argument list parses like a shell example."""
     try:
         tree = ast.parse(example.text, filename=example.where)
     except SyntaxError as exc:
@@ -340,6 +341,17 @@ def check_python_names(example: Example) -> None:
             for a in node.names:
                 resolve(f"{node.module}.{a.name}")
                 aliases[a.asname or a.name] = f"{node.module}.{a.name}"
+    for node in ast.walk(tree):  # subprocess.run(["vidfeat", "extract", ...]): the command line it runs
+        if isinstance(node, ast.List) and node.elts and isinstance(node.elts[0], ast.Constant) \
+                and node.elts[0].value == "vidfeat":
+            args = [e.value if isinstance(e, ast.Constant) else None for e in node.elts[1:]]
+            try:
+                if None in args:  # a computed value: its option name is still checked
+                    check_option_names([a if a is not None else "VALUE" for a in args])
+                else:
+                    check_vidfeat_args(args)
+            except ExampleError as exc:
+                raise ExampleError(f"{example.where}: {['vidfeat', *args]}: {exc}") from None
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute):
             chain, inner = [node.attr], node.value

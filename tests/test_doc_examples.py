@@ -187,6 +187,11 @@ def test_python_checker_finds_a_missing_vidfeat_name():
         check_python_names(Example("a.md", 1, "python", "import vidfeat\nvidfeat.open_feature('x')\n"))
     with pytest.raises(ExampleError, match="has no 'summarise'"):
         check_python_names(Example("a.md", 1, "python", "from vidfeat.store import summarise\n"))
+    with pytest.raises(ExampleError, match="No such option '--shards'"):
+        check_python_names(Example("a.md", 1, "python", "run(['vidfeat', 'extract', 'v', '-o', 'f.h5', '--shards', '0/2'])\n"))
+    with pytest.raises(ExampleError, match="no such option: --shards"):
+        check_python_names(Example("a.md", 1, "python", "run(['vidfeat', 'extract', 'v', '--shards', f'{i}/2'])\n"))
+    check_python_names(Example("a.md", 1, "python", "run(['vidfeat', 'extract', 'v', '-o', 'f.h5', '--shard', f'{i}/2'])\n"))
     with pytest.raises(ExampleError, match="does not compile"):
         check_python_names(Example("a.md", 1, "python", "with open('x') as f\n"))
 
