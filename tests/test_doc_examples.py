@@ -45,7 +45,8 @@ NEEDS_BASE = "weights that are not bundled (base/large: CC-BY-NC official checkp
 NOT_RUN: dict[str, str] = {
     "make demo": "rebuilds the virtual environment; tests/test_demo.py runs the demo",
     "make test": "the whole suite, which contains this test",
-    "vidfeat synth data/motion --videos 2400 --seed 0": "2400 videos take minutes; the workspace's data/motion has 16",
+    "vidfeat synth data/motion --videos 2400 --seed 0": "2400 videos; nothing here trains on them",
+    "vidfeat synth data/motion-test --videos 400 --seed 1": "400 videos; the workspace's data/motion-test has 8",
     "vidfeat extract videos/ -o feats.h5 --model base": NEEDS_BASE,
     "vidfeat eval --weights base k400/val.csv --crops 3 --json": NEEDS_BASE + " and Kinetics-400 videos",
     "vidfeat extract --list todo.txt -o feats.h5 --root /data": "/data stands for the top of the reader's data tree",
