@@ -316,6 +316,12 @@ def stored_root(output: Path) -> str | None:
     return (str(root) or None) if root is not None else None
 
 
+def with_root(options: ExtractOptions, videos: list[VideoFile]) -> ExtractOptions:
+    """``options`` with its input root set: a library caller that gave none gets the folder the
+    names were made against (see :func:`_root_of`)."""
+    return options if options.root is not None else replace(options, root=_root_of(videos))
+
+
 def _root_of(videos: list[VideoFile]) -> str | None:
     """The folder that each video's name is relative to (one for all), from the videos themselves."""
     roots = set()
@@ -344,8 +350,7 @@ def extract(videos: list[VideoFile], output: Path, options: ExtractOptions, prog
     ``videos`` and ``options.root`` come from :func:`vidfeat.inputs.discover` (``Inputs.videos``
     and ``Inputs.root``), called with ``root=stored_root(output)`` for an existing output so that
     names stay those of the earlier runs."""
-    if options.root is None:  # a library caller: the root the names were made against
-        options = replace(options, root=_root_of(videos))
+    options = with_root(options, videos)
     device, dtype = _resolve_device(options)
     model = load_model(options.model, num_frames=options.num_frames, device=device)
     card = model.card
@@ -365,23 +370,7 @@ def extract(videos: list[VideoFile], output: Path, options: ExtractOptions, prog
         flush_seconds=options.commit_seconds,
     )
     with writer:
-        todo: list[tuple[VideoFile, os.stat_result]] = []
-        for v in videos:
-            try:
-                st = os.stat(v.path)
-            except OSError as exc:  # a stale --list entry, or vanished since it was listed
-                if writer.has(v.name):  # keep an earlier run's result: a file gone now cannot be redone
-                    report.skipped += 1
-                    continue
-                reason = "not found" if isinstance(exc, FileNotFoundError) else f"cannot stat: {exc.strerror or exc}"
-                writer.add(VideoResult(path=v.name, status="failed", error=reason, size_bytes=0, mtime=0.0))
-                report.counts["failed"] += 1
-                progress.failure(v.name, "failed", reason)
-                continue
-            if writer.is_done(v.name, st.st_size, st.st_mtime):
-                report.skipped += 1
-            else:
-                todo.append((v, st))
+        todo = plan(videos, writer, report, progress)
         progress.start(
             total=len(todo), total_bytes=sum(st.st_size for _, st in todo), skipped=report.skipped, workers=workers
         )
@@ -398,6 +387,73 @@ def extract(videos: list[VideoFile], output: Path, options: ExtractOptions, prog
         writer.finalize()
     report.in_file = summarize(output)["status"]
     return report
+
+
+def plan(videos: list[VideoFile], writer: FeatureWriter, report: ExtractReport, progress: Progress):
+    """The ``(video, stat)`` pairs still to do. Videos done by an earlier run are counted as
+    skipped; a listed file that is missing now is recorded as failed, unless an earlier run
+    already has its result (a file gone now cannot be redone: its row is kept)."""
+    todo: list[tuple[VideoFile, os.stat_result]] = []
+    for v in videos:
+        try:
+            st = os.stat(v.path)
+        except OSError as exc:  # a stale --list entry, or vanished since it was listed
+            if writer.has(v.name):
+                report.skipped += 1
+                continue
+            reason = "not found" if isinstance(exc, FileNotFoundError) else f"cannot stat: {exc.strerror or exc}"
+            writer.add(VideoResult(path=v.name, status="failed", error=reason, size_bytes=0, mtime=0.0))
+            report.counts["failed"] += 1
+            progress.failure(v.name, "failed", reason)
+            continue
+        if writer.is_done(v.name, st.st_size, st.st_mtime):
+            report.skipped += 1
+        else:
+            todo.append((v, st))
+    return todo
+
+
+def video_result(name: str, size_bytes: int, mtime: float, end: VideoEnd, rows: list, embedding_dim: int,
+                 num_classes: int) -> VideoResult:  # fmt: skip
+    """One video's result from its :class:`VideoEnd` and its clip ``rows``, sorted by clip index:
+    ``(index, embedding, logits, start_sec, end_sec, valid_frames)``. A video on which the model
+    produced NaN/inf fails (its rows are dropped)."""
+    embedding = np.stack([r[1] for r in rows]) if rows else np.zeros((0, embedding_dim), np.float32)
+    logits = np.stack([r[2] for r in rows]) if rows else np.zeros((0, num_classes), np.float32)
+    status, error = end.status, end.error
+    if rows and not (np.isfinite(embedding).all() and np.isfinite(logits).all()):
+        status, error, rows = "failed", "the model produced NaN/inf on this video", []
+        embedding, logits = embedding[:0], logits[:0]
+    return VideoResult(
+        path=name,
+        status=status,
+        error=error,
+        warning=end.warning,
+        size_bytes=size_bytes,
+        mtime=mtime,
+        duration_sec=end.duration_sec,
+        fps=end.fps,
+        width=end.width,
+        height=end.height,
+        embedding=embedding,
+        logits=logits,
+        start_sec=np.array([r[3] for r in rows], np.float64),
+        end_sec=np.array([r[4] for r in rows], np.float64),
+        valid_frames=np.array([r[5] for r in rows], np.int32),
+    )
+
+
+def record(vid: int, result: VideoResult, writer: FeatureWriter, report: ExtractReport, progress: Progress,
+           decode_sec: float, model_sec: float) -> None:  # fmt: skip
+    """Hand a finished video to the writer and count and show it (``vid``: its index in the plan)."""
+    writer.add(result)
+    report.counts[result.status] += 1
+    report.clips += result.num_clips
+    if result.status != "ok":
+        progress.failure(result.path, result.status, result.error)
+    if result.warning:
+        progress.warning(result.path, result.warning)
+    progress.video_done(vid, result.size_bytes, result.duration_sec, decode_sec, model_sec)
 
 
 class _DurationProbe:
@@ -490,39 +546,9 @@ class _Collector:
     def _write(self, vid: int, end: VideoEnd, rows: list) -> None:
         v, st = self.todo[vid]
         dim, classes = self.runner.model.num_features, len(self.card.classes)
-        embedding = np.stack([r[1] for r in rows]) if rows else np.zeros((0, dim), np.float32)
-        logits = np.stack([r[2] for r in rows]) if rows else np.zeros((0, classes), np.float32)
-        status, error = end.status, end.error
-        if rows and not (np.isfinite(embedding).all() and np.isfinite(logits).all()):
-            status, error, rows = "failed", "the model produced NaN/inf on this video", []
-            embedding, logits = embedding[:0], logits[:0]
-        self.writer.add(
-            VideoResult(
-                path=v.name,
-                status=status,
-                error=error,
-                warning=end.warning,
-                size_bytes=st.st_size,
-                mtime=st.st_mtime,
-                duration_sec=end.duration_sec,
-                fps=end.fps,
-                width=end.width,
-                height=end.height,
-                embedding=embedding,
-                logits=logits,
-                start_sec=np.array([r[3] for r in rows], np.float64),
-                end_sec=np.array([r[4] for r in rows], np.float64),
-                valid_frames=np.array([r[5] for r in rows], np.int32),
-            )
-        )
+        result = video_result(v.name, st.st_size, st.st_mtime, end, rows, dim, classes)
         self.finished.add(vid)
-        self.report.counts[status] += 1
-        self.report.clips += len(rows)
-        if status != "ok":
-            self.progress.failure(v.name, status, error)
-        if end.warning:
-            self.progress.warning(v.name, end.warning)
-        self.progress.video_done(vid, st.st_size, end.duration_sec, end.decode_sec, self.runner.model_sec)
+        record(vid, result, self.writer, self.report, self.progress, end.decode_sec, self.runner.model_sec)
 
 
 class _StopOnCtrlC:

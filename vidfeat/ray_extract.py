@@ -62,10 +62,9 @@ class _Embedder:
 
     def embed(self, job):
         """``job``: (id, name, path, size_bytes, mtime) -> (id, VideoResult, decode_sec, model_sec)."""
-        import numpy as np
         from torch.utils.data import DataLoader
 
-        from .extract import ClipItem, ClipStream, VideoEnd
+        from .extract import ClipItem, ClipStream, VideoEnd, video_result
         from .store import VideoResult
 
         vid, name, path, size, mtime = job
@@ -76,7 +75,7 @@ class _Embedder:
 
         def run(items):
             feats, logits = self.runner.collect(self.runner.submit([b.crops for b in items]))
-            rows.extend((i, f, lg) for i, f, lg in zip(items, feats, logits))
+            rows.extend((i.index, f, lg, i.start_sec, i.end_sec, i.valid_frames) for i, f, lg in zip(items, feats, logits))
 
         try:
             for item in loader:
@@ -95,23 +94,9 @@ class _Embedder:
                 self.runner.model_sec
         if batch:
             run(batch)
-        rows.sort(key=lambda r: r[0].index)
+        rows.sort(key=lambda r: r[0])
         dim, classes = self.runner.model.num_features, len(self.card.classes)
-        embedding = np.stack([r[1] for r in rows]) if rows else np.zeros((0, dim), np.float32)
-        logits = np.stack([r[2] for r in rows]) if rows else np.zeros((0, classes), np.float32)
-        status, error = end.status, end.error
-        if rows and not (np.isfinite(embedding).all() and np.isfinite(logits).all()):
-            status, error, rows = "failed", "the model produced NaN/inf on this video", []
-            embedding, logits = embedding[:0], logits[:0]
-        result = VideoResult(
-            path=name, status=status, error=error, size_bytes=size, mtime=mtime,
-            duration_sec=end.duration_sec, fps=end.fps, width=end.width, height=end.height,
-            embedding=embedding, logits=logits,
-            start_sec=np.array([r[0].start_sec for r in rows], np.float64),
-            end_sec=np.array([r[0].end_sec for r in rows], np.float64),
-            valid_frames=np.array([r[0].valid_frames for r in rows], np.int32),
-        )  # fmt: skip
-        return vid, result, end.decode_sec, self.runner.model_sec
+        return vid, video_result(name, size, mtime, end, rows, dim, classes), end.decode_sec, self.runner.model_sec
 
 
 def _connect(address: str | None):
@@ -139,11 +124,12 @@ def extract_ray(videos, output: Path, options, progress=None, *, address: str | 
     import copy
 
     from .clips import ClipSampling
-    from .extract import ExtractReport, _settings
+    from .extract import ExtractReport, _settings, plan, record, with_root
     from .progress import Progress
     from .store import FeatureWriter, VideoResult, summarize
     from .weights import load_model
 
+    options = with_root(options, videos)
     ray = _connect(address)
     model = load_model(options.model, num_frames=options.num_frames, device="cpu")  # the card and width
     card, embedding_dim = model.card, model.num_features
@@ -166,23 +152,9 @@ def extract_ray(videos, output: Path, options, progress=None, *, address: str | 
         flush_seconds=options.commit_seconds,
     )
     with writer:
-        pending: deque = deque()
-        sizes = {}
-        for v in videos:
-            try:
-                st = os.stat(v.path)
-            except OSError as exc:
-                reason = f"cannot stat: {exc.strerror or exc}"
-                writer.add(VideoResult(path=v.name, status="failed", error=reason, size_bytes=0, mtime=0.0))
-                report.counts["failed"] += 1
-                progress.failure(v.name, "failed", reason)
-                continue
-            if writer.is_done(v.name, st.st_size, st.st_mtime):
-                report.skipped += 1
-            else:
-                job = (len(sizes), v.name, str(os.path.abspath(v.path)), st.st_size, st.st_mtime)
-                sizes[job[0]] = st.st_size
-                pending.append(job)
+        todo = plan(videos, writer, report, progress)
+        pending = deque((vid, v.name, os.path.abspath(v.path), st.st_size, st.st_mtime) for vid, (v, st) in enumerate(todo))
+        sizes = {job[0]: job[3] for job in pending}
         echo(f"ray: {count} actors ({'1 GPU' if gpus else f'{cpus_each} CPU'} each) for {len(pending)} videos")
         progress.start(total=len(pending), total_bytes=sum(sizes.values()), skipped=report.skipped, workers=count)
         actor_class = ray.remote(num_cpus=cpus_each, num_gpus=1 if gpus else 0)(_Embedder)
@@ -229,13 +201,7 @@ def extract_ray(videos, output: Path, options, progress=None, *, address: str | 
                     reason = f"the Ray actor died {_MAX_ATTEMPTS} times on this video ({type(exc).__name__})"
                     result = VideoResult(path=job[1], status="failed", error=reason, size_bytes=job[3], mtime=job[4])
                     decode_sec = 0.0
-                writer.add(result)
-                report.counts[result.status] += 1
-                report.clips += len(result.start_sec)
-                if result.status != "ok":
-                    progress.failure(result.path, result.status, result.error)
-                progress.video_done(result.size_bytes, result.duration_sec, len(result.start_sec), decode_sec,
-                                    sum(model_sec.values()))  # fmt: skip
+                record(job[0], result, writer, report, progress, decode_sec, sum(model_sec.values()))
         except KeyboardInterrupt:
             report.interrupted = True
         finally:
