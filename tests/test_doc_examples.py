@@ -243,7 +243,7 @@ def _env(home: Path) -> dict[str, str]:
     return env
 
 
-def _sh(command: str, cwd: Path, env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess:
+def _sh(command: str, cwd: Path, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
     """Run one example with bash; on a timeout kill its whole process group (decode workers
     included) and fail naming the command."""
     proc = subprocess.Popen(["bash", "-o", "pipefail", "-c", command], cwd=cwd, env=env, text=True,
