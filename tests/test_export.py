@@ -117,3 +117,13 @@ def test_cli_search_prints_json_and_refuses_two_queries(feats):
     with open_features(feats) as f:
         first = f.search(video="v0001.mp4", at=3.0, k=1)[0]
     assert first.video in result.output and f"{first.start_sec:.2f}-{first.end_sec:.2f}" in result.output
+
+
+def test_cli_search_table_keeps_long_video_names_whole(tmp_path):
+    folder = "a_long_folder_name_of_a_collection/with_a_long_subfolder_too/"
+    feats = make_file(tmp_path / "long.h5", videos=6, folder=folder)
+    result = CliRunner().invoke(main, ["search", str(feats), "--clip", "0", "-k", "3"])  # 80 columns, as in a pipe
+    assert result.exit_code == 0, result.output
+    assert "…" not in result.output
+    cells = "".join(line.split("│")[2].strip() for line in result.output.splitlines() if line.count("│") == 6)
+    assert cells.count(folder) == 3  # each name folded onto several lines, none cut

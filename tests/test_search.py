@@ -20,8 +20,10 @@ SETTINGS = {"model": "test-model", "weights_sha256": "0" * 64, "num_frames": 8, 
             "input_size": 32, "mean": [0.45] * 3, "std": [0.225] * 3}  # fmt: skip
 
 
-def make_file(out: Path, videos: int, clips: int = 6, seed: int = 0, dtype: str = "float16", dim: int = D) -> Path:
-    """``videos`` videos of ``clips`` clips each (video 3 failed: no clips), random embeddings."""
+def make_file(out: Path, videos: int, clips: int = 6, seed: int = 0, dtype: str = "float16", dim: int = D,
+              folder: str = "") -> Path:  # fmt: skip
+    """``videos`` videos ``{folder}v0000.mp4`` ... of ``clips`` clips each (video 3 failed: no clips),
+    random embeddings."""
     rng = np.random.default_rng(seed)
     with FeatureWriter(out, settings=SETTINGS, classes=CLASSES, embedding_dim=dim, embedding_dtype=dtype,
                        flush_videos=64) as writer:  # fmt: skip
@@ -29,7 +31,7 @@ def make_file(out: Path, videos: int, clips: int = 6, seed: int = 0, dtype: str 
             n = 0 if v == 3 else clips
             start = np.arange(n) * 2.0
             writer.add(VideoResult(
-                path=f"v{v:04d}.mp4", status="failed" if n == 0 else "ok", error="no video stream" if n == 0 else "",
+                path=f"{folder}v{v:04d}.mp4", status="failed" if n == 0 else "ok", error="no video stream" if n == 0 else "",
                 size_bytes=100 + v, mtime=1.7e9, duration_sec=n * 2.0 + 2.0, fps=30.0, width=64, height=64,
                 embedding=rng.standard_normal((n, dim)).astype(np.float32),
                 logits=(rng.standard_normal((n, C)) * 3).astype(np.float32),

@@ -72,7 +72,8 @@ def search_cmd(feats, video, at, clip, query_video, k, exclude_same_video, level
 
     table = Table(title=f"nearest {'clips' if level == 'clip' else 'videos'} in {feats}")
     for col in ("rank", "video", "time (s)", "cosine", "top class"):
-        table.add_column(col, no_wrap=col != "video")
+        # a long path folds onto more lines instead of being cut (a pipe gets 80 columns)
+        table.add_column(col, no_wrap=col != "video", overflow="fold" if col == "video" else "ellipsis")
     for rank, h in enumerate(hits, 1):
         table.add_row(str(rank), h.video, f"{h.start_sec:.2f}-{h.end_sec:.2f}", f"{h.similarity:.3f}",
                       f"{h.top_class} ({h.score:.0%})")  # fmt: skip
