@@ -81,6 +81,7 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--compile", action="store_true", help="time our model torch.compile'd too")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="GPU peak for MFU (H100 SXM bf16 dense)")
     args = parser.parse_args()
 
@@ -104,6 +105,15 @@ def main() -> None:
             return hf(pixel_values=v.transpose(1, 2)).logits
 
     diff = (run_ours(x).float() - run_hf(x).float()).abs().max().item()
+    if args.compile:
+        step = torch.compile(ours)
+
+        def run_compiled(v):
+            with torch.inference_mode(), autocast:
+                return step(v)
+
+        compiled_diff = (run_compiled(x).float() - run_ours(x).float()).abs().max().item()
+        t_compiled = timed(run_compiled, x, args.iters, device)
     t_ours = timed(run_ours, x, args.iters, device)
     t_hf = timed(run_hf, x, args.iters, device)
     flops = flops_per_clip(config, frames, size) * args.batch
@@ -114,6 +124,9 @@ def main() -> None:
     print(f"ours: {args.batch / t_ours:.3f} clips/s ({flops / t_ours / 1e12:.2f} TFLOP/s)")
     print(f"HF:   {args.batch / t_hf:.3f} clips/s ({flops / t_hf / 1e12:.2f} TFLOP/s)")
     print(f"throughput ratio ours/HF: {t_hf / t_ours:.2f}x")
+    if args.compile:
+        print(f"compiled: {args.batch / t_compiled:.3f} clips/s, {t_ours / t_compiled:.2f}x eager "
+              f"(max |logit difference| to eager {compiled_diff:.2e})")  # fmt: skip
     if device.type == "cuda":
         print(f"MFU ours: {flops / t_ours / 1e12 / args.peak_tflops:.1%}  HF: {flops / t_hf / 1e12 / args.peak_tflops:.1%}")
 

@@ -41,7 +41,7 @@ from .inputs import VideoFile
 from .model import TimeSformer
 from .progress import Progress
 from .store import FeatureWriter, VideoResult, parts_path, summarize
-from .transforms import normalize, spatial_crops
+from .transforms import Normalize, spatial_crops
 from .video import ClipReader
 from .weights import load_model
 
@@ -63,6 +63,8 @@ class ExtractOptions:
     commit_seconds: float = 10.0  # commit finished videos to disk at least this often (0: each video)
     overwrite: bool = False
     retry_failed: bool = False
+    decoder: str = "pyav"  # pyav | torchcodec | nvdec (NVDEC_WORKERS GPU decoders beside CPU ones)
+    compile: bool = False  # torch.compile the model step
     root: str | None = None  # absolute folder the video names are relative to (vidfeat.inputs.Inputs.root)
 
 
@@ -121,17 +123,22 @@ def _one_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-def decode_video(video: int, path: Path, sampling: ClipSampling, card: ModelCard, crops: int, threads: int):
-    """Yield the ClipItems of one video, then its VideoEnd. Never raises for a bad video."""
+def decode_video(
+    video: int, path: Path, sampling: ClipSampling, card: ModelCard, crops: int, threads: int, decoder: str = "pyav"
+):
+    """Yield the ClipItems of one video, then its VideoEnd. Never raises for a bad video.
+    ``decoder``: see ``vidfeat.decoders``; crops of GPU-decoded frames are copied to the host
+    (the loader hands items between processes)."""
     start = time.perf_counter()
     sent, info = 0, None
     status, error, duration, warning = "failed", "", math.nan, ""
     try:
-        with ClipReader(path, sampling, short_side=card.preprocess.short_side, threads=threads) as reader:
+        with ClipReader(path, sampling, short_side=card.preprocess.short_side, threads=threads, decoder=decoder) as reader:
             info = reader.info
             for clip in reader:
                 views = spatial_crops(clip.frame_list, card.preprocess.crop_size, crops)
-                yield ClipItem(video, clip.index, torch.from_numpy(views), clip.start_sec, clip.end_sec, clip.valid_frames)
+                views = views.cpu() if isinstance(views, torch.Tensor) else torch.from_numpy(views)
+                yield ClipItem(video, clip.index, views, clip.start_sec, clip.end_sec, clip.valid_frames)
                 sent += 1
             status, error, duration = reader.status, reader.error, reader.duration_sec
             warning = reader.warning
@@ -163,8 +170,9 @@ class ClipStream(IterableDataset):
     into ``current[w]`` (shared memory, -1 when idle), so that if the process dies the main
     process knows which video it was on."""
 
-    def __init__(self, jobs, sampling: ClipSampling, card: ModelCard, crops: int, threads: int, current=None):
+    def __init__(self, jobs, sampling: ClipSampling, card: ModelCard, crops: int, threads: int, current=None, decoder="pyav"):
         self.jobs, self.sampling, self.card, self.crops, self.threads = jobs, sampling, card, crops, threads
+        self.decoder = decoder
         self.current = current
 
     def __iter__(self):
@@ -175,9 +183,39 @@ class ClipStream(IterableDataset):
         for video, path in shard:
             if worker is not None and self.current is not None:
                 self.current[worker.id] = video
-            yield from decode_video(video, path, self.sampling, self.card, self.crops, self.threads)
+            yield from decode_video(video, path, self.sampling, self.card, self.crops, self.threads, _worker_decoder(self.decoder, worker))
         if worker is not None and self.current is not None:
             self.current[worker.id] = -1
+
+
+NVDEC_WORKERS = 4
+"""With ``decoder="nvdec"``, decode workers 0..NVDEC_WORKERS-1 decode on the GPU, the others
+with PyAV on the CPU: both feed the model."""
+
+
+def _worker_decoder(decoder: str, worker) -> str:
+    if decoder != "nvdec" or worker is None:
+        return decoder
+    return decoder if worker.id < NVDEC_WORKERS else "pyav"
+
+
+def _usable_decoder(decoder: str, device: torch.device) -> str:
+    """``decoder``, or "pyav" with one line on stderr when NVDEC cannot run here; a VidfeatError
+    when torchcodec was asked for and does not work."""
+    from .decoders import DECODERS, nvdec_unavailable, torchcodec_unavailable
+
+    if decoder not in DECODERS:
+        raise VidfeatError(f"--decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
+    if decoder == "torchcodec" and (reason := torchcodec_unavailable()):
+        raise VidfeatError(reason)
+    if decoder == "nvdec":
+        reason = "the model runs on the CPU" if device.type != "cuda" else nvdec_unavailable(device.index or 0)
+        if reason:
+            import sys
+
+            print(f"NVDEC is not available ({reason}): decoding on the CPU with PyAV", file=sys.stderr)
+            return "pyav"
+    return decoder
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,10 +230,15 @@ class ModelRunner:
     is halved and the batch retried, so the default batch size is "as large as fits".
     """
 
-    def __init__(self, model: TimeSformer, device: torch.device, dtype: torch.dtype, crops: int, batch_size: int):
+    def __init__(
+        self, model: TimeSformer, device: torch.device, dtype: torch.dtype, crops: int, batch_size: int, compile: bool = False
+    ):
         self.model, self.device, self.dtype, self.crops = model, device, dtype, crops
+        # torch.compile of the model step (its outputs equal eager's; tests/test_compile.py)
+        self._step = torch.compile(self._model_step) if compile else self._model_step
         self.batch_size = batch_size
         self.pre = model.card.preprocess
+        self.normalize = Normalize(self.pre.mean, self.pre.std, device)  # mean/std stay on the device
         self.model_sec = 0.0
         self._staging: list[torch.Tensor] = []  # CUDA: two pinned uint8 batch buffers, used in turn
         self._turn = 0
@@ -217,11 +260,14 @@ class ModelRunner:
         return torch.cat(crops, out=out)
 
     def _forward(self, clips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = normalize(clips.to(self.device, non_blocking=True), self.pre.mean, self.pre.std)
+        x = self.normalize(clips.to(self.device, non_blocking=True))
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-            feats = self.model.forward_features(x)
-            logits = self.model.forward_head(feats)
+            feats, logits = self._step(x)
         return feats.float(), logits.float()
+
+    def _model_step(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = self.model.forward_features(x)
+        return feats, self.model.forward_head(feats)
 
     @torch.inference_mode()
     def submit(self, crops: list[torch.Tensor]):
@@ -258,16 +304,15 @@ class ModelRunner:
         return feats.numpy(), logits.numpy()
 
 
-def _auto_batch_size(model: TimeSformer, device: torch.device, crops: int) -> int:
-    """Clips per model step. CPU: 4. CUDA: half the free memory over a per-clip activation
-    estimate (bf16 MLP activations of one block dominate); out-of-memory halves it later."""
-    if device.type != "cuda":
-        return 4
-    c = model.config
-    tokens = model.card.preprocess.num_frames * (c.img_size // c.patch_size) ** 2
-    per_clip = tokens * c.embed_dim * (c.mlp_ratio + 4) * 2 * crops * 2  # bytes, 2x margin
-    free, _ = torch.cuda.mem_get_info(device)
-    return int(max(1, min(256, free * 0.5 // per_clip)))
+def _auto_batch_size(
+    model: TimeSformer, device: torch.device, crops: int, dtype: torch.dtype | None = None, compile: bool = False
+) -> int:
+    """Clips per model step: the largest that fits with a margin (see :mod:`vidfeat.batchsize`);
+    out-of-memory still halves it later. ``dtype`` None: bf16 on CUDA."""
+    from .batchsize import find_batch_size
+
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    return find_batch_size(model, device, dtype, crops, compiled=compile)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -356,6 +401,7 @@ def extract(videos: list[VideoFile], output: Path, options: ExtractOptions, prog
     card = model.card
     sampling = ClipSampling(card.preprocess.num_frames, options.fps or card.preprocess.fps, options.stride_sec)
     workers = _default_workers() if options.workers is None else options.workers
+    options = replace(options, decoder=_usable_decoder(options.decoder, device))
     progress = progress or Progress(enabled=False)
     report = ExtractReport(output=output)
 
@@ -376,8 +422,8 @@ def extract(videos: list[VideoFile], output: Path, options: ExtractOptions, prog
         )
         try:
             if todo:
-                batch = options.batch_size or _auto_batch_size(model, device, options.crops)
-                runner = ModelRunner(model, device, dtype, options.crops, batch)
+                batch = options.batch_size or _auto_batch_size(model, device, options.crops, dtype, options.compile)
+                runner = ModelRunner(model, device, dtype, options.crops, batch, compile=options.compile)
                 with _StopOnCtrlC() as stop, _DurationProbe(todo, progress):
                     _Run(todo, sampling, card, options, workers, runner, writer, report, progress, stop).run()
         except KeyboardInterrupt:
@@ -620,7 +666,8 @@ class _Run:
             alone = bool(isolate)
             jobs, n = ([isolate.pop(0)], 1) if alone else (pending, self.workers)
             current = mp.Array("q", [-1] * max(1, n), lock=False)
-            stream = ClipStream(jobs, self.sampling, self.card, self.options.crops, self.threads, current)
+            stream = ClipStream(jobs, self.sampling, self.card, self.options.crops, self.threads, current,
+                                 decoder=self.options.decoder)
             loader = DataLoader(
                 stream,
                 batch_size=None,
@@ -628,6 +675,7 @@ class _Run:
                 pin_memory=self.runner.device.type == "cuda",
                 prefetch_factor=4 if n else None,
                 in_order=False,  # take whichever worker is ready: a slow video does not stall the others
+                multiprocessing_context="spawn" if self.options.decoder == "nvdec" and n else None,  # CUDA in workers
             )
             try:
                 items = iter(loader)

@@ -9,10 +9,11 @@ removed (see ``vidfeat.weights``). The maths is the official one; the implementa
 
 * attention runs through ``F.scaled_dot_product_attention`` (fused flash / memory-efficient kernels
   on a GPU, bf16 autocast friendly);
-* divided blocks keep the CLS token ``(B, 1, D)`` and the patch tokens ``(B, T, N, D)`` apart instead
-  of one ``(B, 1 + N*T, D)`` sequence, which saves the concatenations and one of the two
-  space/time transposes of every block. Attention has no positional bias, so token order inside
-  a sequence does not change the result.
+* divided blocks run on one layout, ``(B, T, 1 + N, D)``: each frame carries a copy of the CLS
+  token in slot 0 next to its N patches, so spatial attention reads each frame's 1 + N tokens as
+  they lie (no per-block concatenation of CLS and patches), and temporal attention reads strided
+  views of the same buffer (no transpose into ``(B N, T, D)``). Attention has no positional bias,
+  so token order inside a sequence does not change the result.
 
 Axis letters, used in every einops pattern and shape comment:
 ``b`` batch, ``t`` frames, ``n`` patches per frame, ``h`` heads, ``d`` channels.
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange, repeat
+from einops import rearrange
 from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -92,6 +93,20 @@ class Attention(nn.Module):
         x = rearrange(x, "b h n d -> b n (h d)")  # (b, n, d)
         return self.proj_drop(self.proj(x))
 
+    def forward_time(self, x: torch.Tensor) -> torch.Tensor:
+        """Attention over the frames of each token slot: ``(b, t, s, d)`` -> ``(b, t, s, d)``.
+
+        q, k and v stay strided views of the ``(b, t, s, 3d)`` projection (no transpose copy).
+        Their ``(b, s)`` batch axes cannot merge into one without a copy, and SDPA runs its fused
+        kernels only on 4-D inputs, so it runs once per clip on ``(s, h, t, d)`` views."""
+        q, k, v = rearrange(self.qkv(x), "b t s (three h d) -> three b s h t d", three=3, h=self.num_heads)
+        p = self.attn_drop if self.training else 0.0
+        out = torch.stack(
+            [rearrange(F.scaled_dot_product_attention(q[i], k[i], v[i], dropout_p=p), "s h t d -> t s (h d)")
+             for i in range(x.shape[0])]
+        )  # (b, t, s, d)  # fmt: skip
+        return self.proj_drop(self.proj(out))
+
 
 class Block(nn.Module):
     """One TimeSformer block.
@@ -129,37 +144,45 @@ class Block(nn.Module):
         x = x + self.drop_path(self.attn(self.norm1(x)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
-    def forward_divided(self, cls: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """divided_space_time: ``cls`` is ``(b, 1, d)``, ``x`` the patch tokens ``(b, t, n, d)``."""
-        b, t, n, _ = x.shape
+    def forward_divided(self, x: torch.Tensor) -> torch.Tensor:
+        """divided_space_time on one layout, ``(b, t, 1 + n, d)``: slot 0 of every frame holds the
+        CLS token (the same in all frames), slots 1..n the frame's patches. No step copies the
+        tokens into another layout.
 
-        # temporal attention: each patch position attends over its t frames
-        xt = rearrange(x, "b t n d -> (b n) t d")
-        res = self.drop_path(self.temporal_attn(self.temporal_norm1(xt)))
-        x = x + self.temporal_fc(rearrange(res, "(b n) t d -> b t n d", b=b, n=n))
+        Temporal attention runs over every slot and its result is zeroed on the CLS slot (the CLS
+        token is not in temporal attention: one slot in 1 + n of extra work instead of a copy of
+        the patches); spatial attention runs over each frame's 1 + n slots as they lie, which is
+        the CLS token replicated into every frame, and its t CLS results are averaged back into
+        one; the MLP is token-wise (the CLS copies stay equal). Stochastic depth draws its masks
+        as the official blocks do: per (clip, patch) in time, per (clip, frame) in space, per
+        clip in the MLP."""
+        b, t, s, d = x.shape
 
-        # spatial attention: each frame's patches plus a copy of the CLS token
-        xs = torch.cat((repeat(cls, "b 1 d -> (b t) 1 d", t=t), rearrange(x, "b t n d -> (b t) n d")), dim=1)
-        res = self.drop_path(self.attn(self.norm1(xs)))  # ((b t), 1 + n, d)
-        cls_res = rearrange(res[:, :1], "(b t) 1 d -> b t d", b=b).mean(dim=1, keepdim=True)  # (b, 1, d)
-        cls = cls + cls_res
-        x = x + rearrange(res[:, 1:], "(b t) n d -> b t n d", b=b)
-
-        # MLP, token-wise: applied to CLS and patches separately (same result, no concatenation);
-        # stochastic depth drops a sample's whole MLP branch, CLS and patches together (one mask)
-        cls_res, res = self.mlp(self.norm2(cls)), self.mlp(self.norm2(x))
-        keep = self._keep_mask(b, cls)
+        # temporal attention: each slot attends over its t frames
+        res = self.temporal_attn.forward_time(self.temporal_norm1(x))
+        keep = self._keep_mask((b, 1, s - 1, 1), res)  # official: one mask per (clip, patch)
         if keep is not None:
-            cls_res, res = cls_res * keep, res * keep.unsqueeze(1)
-        return cls + cls_res, x + res
+            res = res * F.pad(keep, (0, 0, 1, 0), value=1.0)
+        res = self.temporal_fc(res)
+        res[:, :, 0] = 0.0  # the CLS slot keeps its value
+        x = x + res
 
-    def _keep_mask(self, batch: int, like: torch.Tensor) -> torch.Tensor | None:
-        """Stochastic-depth mask ``(batch, 1, 1)`` drawn as timm's ``DropPath`` draws it (one
-        Bernoulli per sample, kept samples scaled by 1 / keep), or None when nothing is dropped."""
+        # spatial attention: each frame's slots, CLS included (drop path per frame)
+        res = self.drop_path(self.attn(self.norm1(x.view(b * t, s, d)))).view(b, t, s, d)
+        cls = x[:, :1, :1] + res[:, :, :1].mean(dim=1, keepdim=True)  # (b, 1, 1, d)
+        x = x + res
+        x[:, :, :1] = cls  # the averaged CLS token, in every frame again
+
+        # MLP, token-wise; stochastic depth drops a clip's whole MLP branch (one mask a clip)
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def _keep_mask(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor | None:
+        """Stochastic-depth mask of ``shape`` drawn as timm's ``DropPath`` draws it (one
+        Bernoulli per element, kept ones scaled by 1 / keep), or None when nothing is dropped."""
         if not isinstance(self.drop_path, DropPath) or not self.training:
             return None
         keep_prob = 1.0 - self.drop_path.drop_prob
-        mask = like.new_empty((batch, 1, 1)).bernoulli_(keep_prob)
+        mask = like.new_empty(shape).bernoulli_(keep_prob)
         return mask.div_(keep_prob) if keep_prob > 0.0 else mask
 
 
@@ -287,9 +310,11 @@ class TimeSformer(nn.Module):
                 tokens = self._run(block, tokens)
             return self.norm(tokens[:, 0])
 
+        # one (b, t, 1 + n, d) buffer through every block: slot 0 of each frame is the CLS token
+        x = torch.cat((cls.view(b, 1, 1, -1).expand(b, t, 1, -1), x), dim=2)
         for block in self.blocks:
-            cls, x = self._run(block, cls, x)
-        return self.norm(cls[:, 0])
+            x = self._run(block, x)
+        return self.norm(x[:, 0, 0])
 
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """``(B, D)`` features -> ``(B, num_classes)`` logits (or the features with ``pre_logits``)."""

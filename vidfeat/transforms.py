@@ -7,7 +7,7 @@ Layouts (einops letters: ``t`` frames, ``h w`` pixels, ``c`` channels, ``b`` bat
 * crops: ``(t, s, s, c)`` uint8, still in the worker (small to send between processes and to copy
   to the GPU: 4x fewer bytes than float);
 * model input: ``(b, c, t, s, s)`` float, normalised with the card's mean/std, made on the
-  model's device by ``normalize``.
+  model's device by ``Normalize`` (mean/std kept there).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from einops import rearrange
 
-__all__ = ["crop_positions", "spatial_crops", "normalize", "TrainAugment"]
+__all__ = ["crop_positions", "spatial_crops", "Normalize", "normalize", "TrainAugment"]
 
 
 def crop_positions(length: int, size: int, n: int) -> list[int]:
@@ -35,9 +35,10 @@ def crop_positions(length: int, size: int, n: int) -> list[int]:
     raise ValueError(f"crops must be 1 or 3, got {n}")
 
 
-def spatial_crops(frames: Sequence[np.ndarray] | np.ndarray, size: int, n: int = 1) -> np.ndarray:
+def spatial_crops(frames: Sequence[np.ndarray] | np.ndarray | Sequence[torch.Tensor], size: int, n: int = 1):
     """``t`` frames ``(h, w, c)`` (a list, or one ``(t, h, w, c)`` array) -> ``(n, t, size, size, c)``:
-    crops along the long side, centred on the other. Only the crops are copied."""
+    crops along the long side, centred on the other. Only the crops are copied. Torch tensors
+    (frames from the GPU decoder) give a tensor on their device."""
     h, w = frames[0].shape[:2]
     if h >= w:
         x = (w - size) // 2
@@ -45,21 +46,49 @@ def spatial_crops(frames: Sequence[np.ndarray] | np.ndarray, size: int, n: int =
     else:
         y = (h - size) // 2
         boxes = [(y, x) for x in crop_positions(w, size, n)]
-    out = np.empty((n, len(frames), size, size, frames[0].shape[2]), dtype=frames[0].dtype)
+    shape = (n, len(frames), size, size, frames[0].shape[2])
+    if isinstance(frames[0], torch.Tensor):  # frames decoded on the GPU stay there
+        out = torch.empty(shape, dtype=frames[0].dtype, device=frames[0].device)
+    else:
+        out = np.empty(shape, dtype=frames[0].dtype)
     for i, (y, x) in enumerate(boxes):
         for j, frame in enumerate(frames):
             out[i, j] = frame[y : y + size, x : x + size]
     return out
 
 
+class Normalize:
+    """``(b, t, h, w, c)`` uint8 -> ``(b, c, t, h, w)`` normalised ``dtype``, with the mean and std
+    held on ``device`` once (building them per batch would copy them from the host each time,
+    which blocks the host on CUDA). One fused pass: ``x * (1 / (255 std)) - mean / std``."""
+
+    def __init__(
+        self,
+        mean: Sequence[float],
+        std: Sequence[float],
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        m = torch.tensor(mean, dtype=torch.float64)
+        s = torch.tensor(std, dtype=torch.float64)
+        self.scale = (1.0 / (255.0 * s)).to(torch.float32).view(1, -1, 1, 1, 1).to(device)
+        self.shift = (m / s).to(torch.float32).view(1, -1, 1, 1, 1).to(device)
+        self.dtype = dtype
+
+    def __call__(self, clips: torch.Tensor) -> torch.Tensor:
+        if clips.device != self.scale.device:
+            raise ValueError(f"clips are on {clips.device}, the normaliser on {self.scale.device}")
+        x = rearrange(clips, "b t h w c -> b c t h w").to(torch.float32)
+        return torch.addcmul(-self.shift, x, self.scale).to(self.dtype).contiguous()
+
+
 def normalize(
-    clips: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...], dtype: torch.dtype = torch.float32
+    clips: torch.Tensor, mean: Sequence[float], std: Sequence[float], dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
-    """``(b, t, h, w, c)`` uint8 -> ``(b, c, t, h, w)`` normalised ``dtype`` (on the tensor's device)."""
-    x = rearrange(clips, "b t h w c -> b c t h w").to(torch.float32).div_(255.0)
-    m = torch.tensor(mean, device=x.device, dtype=torch.float32).view(1, -1, 1, 1, 1)
-    s = torch.tensor(std, device=x.device, dtype=torch.float32).view(1, -1, 1, 1, 1)
-    return x.sub_(m).div_(s).to(dtype).contiguous()
+    """``(b, t, h, w, c)`` uint8 -> ``(b, c, t, h, w)`` normalised ``dtype`` (on the tensor's device).
+
+    For one-off calls; a loop over batches keeps a :class:`Normalize` instead."""
+    return Normalize(mean, std, clips.device, dtype)(clips)
 
 
 @dataclass

@@ -230,6 +230,7 @@ class _VideoSource:
         _check_file(self._path)
         self._threads = threads
         self._container: InputContainer | None = None
+        self._reformatter: VideoReformatter | None = None
         self.error = ""
         self.end_sec: float | None = None
         self.decoded_frames = 0
@@ -438,6 +439,21 @@ class _VideoSource:
             yield declared - back
             back *= 2
 
+    def to_rgb(self, frame: VideoFrame, size: tuple[int, int]):
+        """A decoded frame as upright ``(h, w, 3)`` uint8 RGB, scaled first to ``size``
+        (width, height, in coded orientation), then rotated by the rotation metadata."""
+        if self._reformatter is None:
+            # One converter per video: VideoFrame.to_ndarray(width=...) builds a new swscale
+            # context (with its own threads) for every frame, which cost more than the scaling
+            # itself. One thread: parallelism comes from the decode processes.
+            self._reformatter = VideoReformatter()
+        width, height = size
+        rgb = self._reformatter.reformat(
+            frame, width=width, height=height, format="rgb24", interpolation=INTERPOLATION, threads=1
+        ).to_ndarray()
+        k = self.info.rotation // 90
+        return np.rot90(rgb, k) if k else rgb
+
     @property
     def closed(self) -> bool:
         return self._container is None
@@ -482,7 +498,9 @@ class ClipReader:
     video. Iterate (once) to get the clips in index order, or call :meth:`read_at` for one clip
     at a given time; ``short_side`` resizes every frame so that its short side has that many
     pixels (aspect kept), ``None`` keeps the native size. ``threads`` is the decoder thread
-    count (0: FFmpeg chooses).
+    count (0: FFmpeg chooses). ``decoder`` is ``"pyav"``, or one of :mod:`vidfeat.decoders`
+    (``"torchcodec"``: the same FFmpeg decoding through torchcodec; ``"nvdec"``: on the GPU,
+    frames are then CUDA tensors): every decoder gives the same sampling, times and statuses.
 
     Once iteration ends, ``status`` is ``"ok"`` or ``"partial"`` (decoding stopped on an error,
     or ended far before the declared duration), ``error`` the one-line reason for ``partial``
@@ -502,6 +520,7 @@ class ClipReader:
         sampling: ClipSampling,
         short_side: int | None = 224,
         threads: int = 0,
+        decoder: str = "pyav",
     ) -> None:
         if short_side is not None and (
             not isinstance(short_side, int) or isinstance(short_side, bool) or short_side < 1
@@ -511,19 +530,19 @@ class ClipReader:
             raise ValueError(f"threads must be >= 0, got {threads}")
         self.sampling = sampling
         self.short_side = short_side
-        self._source = _VideoSource(path, threads)
+        if decoder == "pyav":
+            self._source = _VideoSource(path, threads)
+        else:
+            from vidfeat.decoders import open_source
+
+            self._source = open_source(decoder, path, threads)
         self.info = self._source.info
         self.status = "ok"
         self.error = ""
         self.duration_sec: float | None = None
         self.sampled_frames = 0
         self.repeated_frames = 0
-        self._rotate_k = self.info.rotation // 90
         self._size = _coded_output_size(*self._source.coded_size, short_side)
-        # One converter per video: VideoFrame.to_ndarray(width=...) builds a new swscale context
-        # (with its own threads) for every frame, which cost more than the scaling itself.
-        # One thread: parallelism comes from the decode processes.
-        self._reformatter = VideoReformatter()
         self._pending: deque[_OpenClip] = deque()
         self._newest: _Decoded | None = None
         self._iterated = False
@@ -577,11 +596,7 @@ class ClipReader:
         """Convert a sampled frame once: resize, rgb24, rotate upright; release the raw frame."""
         if frame.rgb is None:
             assert frame.raw is not None
-            width, height = self._size
-            rgb = self._reformatter.reformat(
-                frame.raw, width=width, height=height, format="rgb24", interpolation=INTERPOLATION, threads=1
-            ).to_ndarray()
-            frame.rgb = np.rot90(rgb, self._rotate_k) if self._rotate_k else rgb
+            frame.rgb = self._source.to_rgb(frame.raw, self._size)
             frame.raw = None
 
     def _finish(self, clip: _OpenClip, valid: int) -> Clip:

@@ -45,9 +45,12 @@ from .scale import scale_options
 @click.option("--overwrite", is_flag=True, help="Replace an output made with another model or setting.")
 @click.option("--retry-failed", is_flag=True, help="Try again the videos that failed in an earlier run.")
 @click.option("--quiet", is_flag=True, help="No progress display (failures are still printed).")
+@click.option("--decoder", type=click.Choice(["pyav", "torchcodec", "nvdec"]), default="pyav", show_default=True,
+              help="Video decoder: PyAV, torchcodec on the CPU, or NVDEC on the GPU beside PyAV workers (extra vidfeat[torchcodec]).")
+@click.option("--compile", "compile_model", is_flag=True, help="torch.compile the model (a slower start for faster steps).")
 @scale_options
 def extract_cmd(inputs, output, list_file, root, model, fps, num_frames, stride, batch_size, device, dtype, workers, crops,
-                embedding_dtype, commit_every, overwrite, retry_failed, quiet, shard, gpus, ray_address) -> None:  # fmt: skip
+                embedding_dtype, commit_every, overwrite, retry_failed, quiet, shard, gpus, ray_address, decoder="pyav", compile_model=False) -> None:  # fmt: skip
     """Extract per-clip embeddings and class scores of every video in INPUTS into one HDF5 file.
 
     INPUTS are folders (searched recursively for video files), video files, or --list. Videos
@@ -72,6 +75,7 @@ def extract_cmd(inputs, output, list_file, root, model, fps, num_frames, stride,
       vidfeat extract videos/ -o feats.h5 --shard 3/64
       vidfeat merge feats.h5 --from feats.h5.shards
       vidfeat extract videos/ -o feats.h5 --ray
+      vidfeat extract videos/ -o feats.h5 --model large --decoder nvdec --compile
     """
     if gpus is not None and (shard is not None or ray_address is not None):
         raise click.UsageError("--gpus starts its own ranks: drop --shard / --ray")
@@ -121,6 +125,8 @@ def extract_cmd(inputs, output, list_file, root, model, fps, num_frames, stride,
         overwrite=overwrite,
         retry_failed=retry_failed,
         root=str(found.root),
+        decoder=decoder,
+        compile=compile_model,
     )
     progress = Progress(enabled=not quiet)
     if not quiet:
