@@ -22,27 +22,10 @@ from pathlib import Path
 import av
 import numpy as np
 
+from footage import film_grain_video as make_video  # bench/footage.py (this folder is on sys.path)
+
 from vidfeat.clips import ClipSampling
 from vidfeat.video import ClipReader
-
-
-def make_video(path: Path, seconds: float, size=(640, 360), fps=30) -> Path:
-    """A moving-gradient H.264 video with film-grain-like noise, so that decoding costs about
-    what real footage costs (a clean gradient compresses to almost nothing and decodes ~3x faster)."""
-    w, h = size
-    yy, xx = np.mgrid[0:h, 0:w]
-    grain = np.random.default_rng(0).integers(0, 24, size=(8, h, w, 1), dtype=np.uint8)
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=fps, options={"preset": "ultrafast"})
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        for i in range(int(seconds * fps)):
-            img = np.stack([(xx + i * 3) % 232, (yy + i) % 232, (xx + yy + i * 5) % 232], -1).astype(np.uint8)
-            img += grain[i % 8]
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return path
 
 
 def raw_decode_fps(path: Path) -> tuple[float, float]:

@@ -38,6 +38,7 @@ from pathlib import Path
 import av
 import numpy as np
 import torch
+from footage import film_grain_video  # bench/footage.py (this folder is on sys.path)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from model_vs_hf import flops_per_clip, hf_twin  # noqa: E402
@@ -77,25 +78,6 @@ def say(text: str) -> None:
 # test videos
 
 
-def film_grain_video(args: tuple[str, int, int, float, int]) -> str:
-    """A moving gradient with film-grain noise (decodes at about real footage's cost)."""
-    path, width, height, seconds, fps = args
-    yy, xx = np.mgrid[0:height, 0:width]
-    grain = np.random.default_rng(0).integers(0, 24, size=(8, height, width, 1), dtype=np.uint8)
-    with av.open(path, "w") as out:
-        stream = out.add_stream("libx264", rate=fps, options={"preset": "ultrafast"})
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.codec_context.thread_count = 1
-        for i in range(int(seconds * fps)):
-            img = np.stack([(xx + i * 3) % 232, (yy + i) % 232, (xx + yy + i * 5) % 232], -1).astype(np.uint8)
-            img += grain[i % 8]
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return path
-
-
 def make_videos(folder: Path, small: bool, cores: int) -> dict[str, list[Path]]:
     """{resolution name: files}, encoded in parallel."""
     if small:
@@ -107,9 +89,9 @@ def make_videos(folder: Path, small: bool, cores: int) -> dict[str, list[Path]]:
         sub = folder / name
         sub.mkdir(parents=True)
         sets[name] = [sub / f"v{i}.mp4" for i in range(count)]
-        jobs += [(str(p), w, h, seconds, 30) for p in sets[name]]
+        jobs += [(p, seconds, (w, h), 30, 1) for p in sets[name]]
     with mp.get_context("spawn").Pool(min(cores, len(jobs))) as pool:
-        pool.map(film_grain_video, jobs)
+        pool.starmap(film_grain_video, jobs)
     return sets
 
 

@@ -19,26 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import av
 import h5py
-import numpy as np
-
-
-def make_video(path: Path, seconds: float, size=(320, 240), fps=25) -> None:
-    """A moving gradient with noise, H.264."""
-    w, h = size
-    yy, xx = np.mgrid[0:h, 0:w]
-    noise = np.random.default_rng(0).integers(0, 24, size=(4, h, w, 1), dtype=np.uint8)
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=fps, options={"preset": "ultrafast"})
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        for i in range(int(seconds * fps)):
-            img = np.stack([(xx + i * 3) % 232, (yy + i) % 232, (xx + yy + i * 5) % 232], -1).astype(np.uint8)
-            img += noise[i % 4]
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
+from footage import film_grain_video  # bench/footage.py (this folder is on sys.path)
 
 
 def timed_run(videos: Path, out: Path, extra: list[str]) -> tuple[float, int]:
@@ -69,7 +51,7 @@ def main() -> None:
         root = Path(tmp) / "videos"
         root.mkdir()
         for i in range(args.videos):
-            make_video(root / f"v{i:03d}.mp4", args.seconds)
+            film_grain_video(root / f"v{i:03d}.mp4", args.seconds, size=(320, 240), fps=25)
         one_sec, clips = timed_run(root, Path(tmp) / "one.h5", extra)
         two_sec, clips2 = timed_run(root, Path(tmp) / "two.h5", [*extra, "--gpus", "2"])
         assert clips == clips2, (clips, clips2)
