@@ -672,3 +672,41 @@ def test_sampling_faster_than_the_video_warns_once_per_video(tmp_path, model_dir
     assert warnings == [
         "vidfeat: warning: slow.mp4: sampling at 4 fps from a 1.0 fps video: 75% of sampled frames repeat the previous one"
     ]
+
+
+def test_the_duration_probe_never_runs_while_the_pipeline_forks(tmp_path):
+    """A fork while the probe thread holds a lock (an import inside PyAV) hangs the decode
+    worker for ever: the pipeline forks only inside probe.forking(), which waits for the file
+    being probed and holds the probe until the workers are started."""
+    import threading
+
+    from vidfeat.extract import _DurationProbe
+    from vidfeat.progress import Progress
+
+    inside, release, forked = threading.Event(), threading.Event(), threading.Event()
+    events = []
+
+    def slow_probe(path):  # stands for probe_duration on a slow file system
+        events.append(f"probe {path}")
+        inside.set()
+        assert release.wait(30)
+        events.append(f"probed {path}")
+        return 1.0
+
+    def fork():
+        with probe.forking():
+            events.append("fork")
+            forked.set()
+
+    todo = [(type("V", (), {"path": f"v{i}"})(), None) for i in range(2)]
+    probe = _DurationProbe(todo, Progress(enabled=False), probe=slow_probe)
+    with probe:
+        assert inside.wait(30)  # the probe is inside v0 and stays there until released
+        forker = threading.Thread(target=fork)
+        forker.start()
+        forked.wait(0.5)  # a broken lock lets the fork in now; a working one makes it wait for v0
+        release.set()
+        forker.join(30)
+    before = events[: events.index("fork")]
+    assert before.count("probe v0") == 1 and len(before) % 2 == 0, events  # never inside a file being probed
+    assert sorted(events) == ["fork", "probe v0", "probe v1", "probed v0", "probed v1"], events

@@ -18,6 +18,7 @@ writer sorts them when it assembles the final file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import multiprocessing as mp
@@ -424,8 +425,8 @@ def extract(videos: list[VideoFile], output: Path, options: ExtractOptions, prog
             if todo:
                 batch = options.batch_size or _auto_batch_size(model, device, options.crops, dtype, options.compile)
                 runner = ModelRunner(model, device, dtype, options.crops, batch, compile=options.compile)
-                with _StopOnCtrlC() as stop, _DurationProbe(todo, progress):
-                    _Run(todo, sampling, card, options, workers, runner, writer, report, progress, stop).run()
+                with _StopOnCtrlC() as stop, _DurationProbe(todo, progress) as probe:
+                    _Run(todo, sampling, card, options, workers, runner, writer, report, progress, stop, probe).run()
         except KeyboardInterrupt:
             report.interrupted = True
         finally:
@@ -504,20 +505,37 @@ def record(vid: int, result: VideoResult, writer: FeatureWriter, report: Extract
 
 class _DurationProbe:
     """Reads each video's duration from its container metadata (no decoding) in a thread, so
-    that progress and ETA count video-seconds from the start of the run."""
+    that progress and ETA count video-seconds from the start of the run.
 
-    def __init__(self, todo, progress: Progress) -> None:
+    The decode workers are forked while this thread runs. A fork copies whatever lock the
+    thread holds at that moment (Python's import locks inside PyAV, FFmpeg's own) into the
+    child, where nobody will release it: the worker then hangs on its first open. So the
+    thread probes under ``_busy`` and the pipeline forks only inside :meth:`forking`."""
+
+    def __init__(self, todo, progress: Progress, probe=None) -> None:
         self.todo, self.progress = todo, progress
+        self._read = probe  # None: vidfeat.video.probe_duration
+        self._busy = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._probe, name="vidfeat-probe", daemon=True)
 
     def _probe(self) -> None:
-        from .video import probe_duration
-
+        if self._read is None:
+            from .video import probe_duration as read
+        else:
+            read = self._read
         for vid, (v, _) in enumerate(self.todo):
-            if self._stop.is_set():
-                return
-            self.progress.expect(vid, probe_duration(v.path))
+            with self._busy:
+                if self._stop.is_set():
+                    return
+                duration = read(v.path)
+            self.progress.expect(vid, duration)
+
+    @contextlib.contextmanager
+    def forking(self):
+        """Hold the probe between two files while the caller starts processes."""
+        with self._busy:
+            yield
 
     def __enter__(self) -> _DurationProbe:
         self._thread.start()
@@ -652,9 +670,9 @@ class _Run:
 
     def __init__(self, todo, sampling: ClipSampling, card: ModelCard, options: ExtractOptions, workers: int,
                  runner: ModelRunner, writer: FeatureWriter, report: ExtractReport, progress: Progress,
-                 stop: _StopOnCtrlC) -> None:  # fmt: skip
+                 stop: _StopOnCtrlC, probe: _DurationProbe) -> None:  # fmt: skip
         self.todo, self.sampling, self.card, self.options, self.workers = todo, sampling, card, options, workers
-        self.runner, self.stop = runner, stop
+        self.runner, self.stop, self.probe = runner, stop, probe
         self.threads = max(1, (os.cpu_count() or 2) // max(1, workers))  # FFmpeg threads per decoder
         self.collector = _Collector(todo, card, runner, writer, report, progress)
 
@@ -678,7 +696,8 @@ class _Run:
                 multiprocessing_context="spawn" if self.options.decoder == "nvdec" and n else None,  # CUDA in workers
             )
             try:
-                items = iter(loader)
+                with self.probe.forking():  # the workers are forked here
+                    items = iter(loader)
                 if n and threading.current_thread() is threading.main_thread():
                     # The DataLoader's SIGCHLD handler raises "worker exited unexpectedly" at any point
                     # of the main process, even inside the writer. Without it the same error comes
