@@ -710,3 +710,8 @@ def test_the_duration_probe_never_runs_while_the_pipeline_forks(tmp_path):
     before = events[: events.index("fork")]
     assert before.count("probe v0") == 1 and len(before) % 2 == 0, events  # never inside a file being probed
     assert sorted(events) == ["fork", "probe v0", "probe v1", "probed v0", "probed v1"], events
+
+
+def test_an_empty_list_is_named_as_such(tmp_path, model_dir):
+    result = run(["extract", "--list", "-", "-o", tmp_path / "f.h5", "--model", model_dir], input="# nothing\n\n")
+    assert result.exit_code == 2 and "--list -: standard input holds no paths" in result.output

@@ -90,6 +90,9 @@ def extract_cmd(inputs, output, list_file, root, model, fps, num_frames, stride,
 
     listed = read_list(list_file) if list_file else []
     if not inputs and not listed:
+        if list_file:
+            where = "standard input" if list_file == "-" else list_file
+            raise click.UsageError(f"--list {list_file}: {where} holds no paths (one video path a line; # comments)")
         raise click.UsageError("give at least one folder or video, or --list FILE")
     demo = model is None
     model = model or DEFAULT_MODEL
