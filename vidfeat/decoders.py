@@ -27,7 +27,7 @@ from types import SimpleNamespace
 import av
 
 from vidfeat.errors import VideoError
-from vidfeat.video import VideoInfo, _declared_duration, _pick_stream, _reason, _VideoSource
+from vidfeat.video import VideoInfo, _declared_duration, _open_container, _pick_stream, _VideoSource
 
 __all__ = ["DECODERS", "torchcodec_unavailable", "nvdec_unavailable", "open_source"]
 
@@ -127,15 +127,7 @@ class TorchcodecSource(_VideoSource):
         from torchcodec.decoders import Demuxer
 
         if self._header is None:  # PyAV reads the header: the same refusals as the default decoder
-            try:
-                container = av.open(self._path, metadata_errors="replace")
-            except PermissionError:
-                raise VideoError("permission denied") from None
-            except FileNotFoundError:
-                raise VideoError("file not found") from None
-            except av.FFmpegError as error:
-                raise VideoError(f"not a readable video file: {_reason(error)}") from None
-            with container:
+            with _open_container(self._path) as container:
                 stream = _pick_stream(container)
                 self._header = (_declared_duration(container, stream), stream.average_rate, stream.codec_context.name)
                 index = stream.index

@@ -181,6 +181,18 @@ def _check_file(path: str) -> None:
         raise VideoError("empty file (0 bytes)")
 
 
+def _open_container(path: str) -> InputContainer:
+    """Open ``path`` with PyAV; VideoError (one-line reason) when it cannot be opened as media."""
+    try:
+        return av.open(path, metadata_errors="replace")
+    except PermissionError:
+        raise VideoError("permission denied") from None
+    except FileNotFoundError:
+        raise VideoError("file not found") from None
+    except av.FFmpegError as error:
+        raise VideoError(f"not a readable video file: {_reason(error)}") from None
+
+
 def _pick_stream(container: InputContainer) -> VideoStream:
     """The first real video stream (cover art is not video); VideoError if there is none."""
     attached = av.stream.Disposition.attached_pic
@@ -258,14 +270,7 @@ class _VideoSource:
             raise
 
     def _open(self) -> None:
-        try:
-            container = av.open(self._path, metadata_errors="replace")
-        except PermissionError:
-            raise VideoError("permission denied") from None
-        except FileNotFoundError:
-            raise VideoError("file not found") from None
-        except av.FFmpegError as error:
-            raise VideoError(f"not a readable video file: {_reason(error)}") from None
+        container = _open_container(self._path)
         self._container = container
         try:
             stream = _pick_stream(container)
