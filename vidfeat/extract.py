@@ -406,17 +406,7 @@ def extract(videos: list[VideoFile], output: Path, options: ExtractOptions, prog
     progress = progress or Progress(enabled=False)
     report = ExtractReport(output=output)
 
-    writer = FeatureWriter(
-        output,
-        settings=_settings(card, sampling, options),
-        classes=card.classes,
-        embedding_dim=model.num_features,
-        embedding_dtype=options.embedding_dtype,
-        overwrite=options.overwrite,
-        retry_failed=options.retry_failed,
-        flush_seconds=options.commit_seconds,
-    )
-    with writer:
+    with open_writer(output, card, sampling, options, model.num_features) as writer:
         todo = plan(videos, writer, report, progress)
         progress.start(
             total=len(todo), total_bytes=sum(st.st_size for _, st in todo), skipped=report.skipped, workers=workers
@@ -434,6 +424,21 @@ def extract(videos: list[VideoFile], output: Path, options: ExtractOptions, prog
         writer.finalize()
     report.in_file = summarize(output)["status"]
     return report
+
+
+def open_writer(output: Path, card: ModelCard, sampling: ClipSampling, options: ExtractOptions,
+                embedding_dim: int) -> FeatureWriter:  # fmt: skip
+    """The run's writer: resumes ``output`` or refuses it when it was made with other settings."""
+    return FeatureWriter(
+        output,
+        settings=_settings(card, sampling, options),
+        classes=card.classes,
+        embedding_dim=embedding_dim,
+        embedding_dtype=options.embedding_dtype,
+        overwrite=options.overwrite,
+        retry_failed=options.retry_failed,
+        flush_seconds=options.commit_seconds,
+    )
 
 
 def plan(videos: list[VideoFile], writer: FeatureWriter, report: ExtractReport, progress: Progress):

@@ -124,9 +124,9 @@ def extract_ray(videos, output: Path, options, progress=None, *, address: str | 
     import copy
 
     from .clips import ClipSampling
-    from .extract import ExtractReport, _settings, plan, record, with_root
+    from .extract import ExtractReport, open_writer, plan, record, with_root
     from .progress import Progress
-    from .store import FeatureWriter, VideoResult, summarize
+    from .store import VideoResult, summarize
     from .weights import load_model
 
     options = with_root(options, videos)
@@ -141,17 +141,7 @@ def extract_ray(videos, output: Path, options, progress=None, *, address: str | 
     gpus = int(resources.get("GPU", 0)) if options.device in (None, "cuda") or str(options.device).startswith("cuda") else 0
     cpus_each = 1 if options.workers == 0 else 2
     count = actors or (gpus if gpus else max(1, int(resources.get("CPU", 1)) // cpus_each))
-    writer = FeatureWriter(
-        output,
-        settings=_settings(card, sampling, options),
-        classes=card.classes,
-        embedding_dim=embedding_dim,
-        embedding_dtype=options.embedding_dtype,
-        overwrite=options.overwrite,
-        retry_failed=options.retry_failed,
-        flush_seconds=options.commit_seconds,
-    )
-    with writer:
+    with open_writer(output, card, sampling, options, embedding_dim) as writer:
         todo = plan(videos, writer, report, progress)
         pending = deque((vid, v.name, os.path.abspath(v.path), st.st_size, st.st_mtime) for vid, (v, st) in enumerate(todo))
         sizes = {job[0]: job[3] for job in pending}

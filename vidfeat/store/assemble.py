@@ -25,7 +25,6 @@ from ..errors import StoreError
 from .format import (
     _CLIP_COPY,
     _CLIP_ROW_COLUMNS,
-    _MEAN_COLUMNS,
     _STR,
     _STRING_COLUMNS,
     VIDEO_COLUMNS,

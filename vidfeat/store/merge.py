@@ -216,7 +216,6 @@ def _write(output: Path, paths: Sequence[Path], files: Sequence[h5py.File], layo
     names = [h5["videos/path"].asstr()[()] for h5 in files]
     all_names = np.concatenate(names) if names else np.array([], dtype=object)
     source = np.concatenate([np.full(len(n), s, dtype=np.int64) for s, n in enumerate(names)])
-    row = np.concatenate([np.arange(len(n), dtype=np.int64) for n in names])
     order = np.argsort(all_names.astype(str), kind="stable")
     sorted_names = all_names[order]
     if len(sorted_names) > 1:
