@@ -27,7 +27,7 @@ from types import SimpleNamespace
 import av
 
 from vidfeat.errors import VideoError
-from vidfeat.video import VideoInfo, _declared_duration, _open_container, _pick_stream, _VideoSource
+from vidfeat.video import VideoInfo, _declared_duration, _open_container, _pick_stream, _video_info, _VideoSource
 
 __all__ = ["DECODERS", "torchcodec_unavailable", "nvdec_unavailable", "open_source"]
 
@@ -142,20 +142,7 @@ class TorchcodecSource(_VideoSource):
         self._time_base = Fraction(1, 1)
 
     def _describe(self, frame: _Frame) -> VideoInfo:
-        duration, rate, codec = self._header
-        rotation = (round(frame.rotation / 90) % 4) * 90
-        width, height = frame.width, frame.height
-        if rotation in (90, 270):
-            width, height = height, width
-        return VideoInfo(
-            duration_sec=duration,
-            fps=float(rate) if rate else None,
-            width=width,
-            height=height,
-            rotation=rotation,
-            codec=codec,
-            pix_fmt=frame.format.name,
-        )
+        return _video_info(frame, *self._header)
 
     def _decoded(self) -> Iterator[_Frame]:
         demuxer, decoder = self._container, self._decoder

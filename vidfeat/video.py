@@ -193,6 +193,24 @@ def _open_container(path: str) -> InputContainer:
         raise VideoError(f"not a readable video file: {_reason(error)}") from None
 
 
+def _video_info(frame, duration: float | None, rate: Fraction | None, codec: str) -> VideoInfo:
+    """A video's :class:`VideoInfo` from its first decoded frame (size, rotation, pixel format)
+    and its stream's declared duration, average rate and codec name."""
+    rotation = (round(frame.rotation / 90) % 4) * 90
+    width, height = frame.width, frame.height
+    if rotation in (90, 270):
+        width, height = height, width
+    return VideoInfo(
+        duration_sec=duration,
+        fps=float(rate) if rate else None,
+        width=width,
+        height=height,
+        rotation=rotation,
+        codec=codec,
+        pix_fmt=frame.format.name,
+    )
+
+
 def _pick_stream(container: InputContainer) -> VideoStream:
     """The first real video stream (cover art is not video); VideoError if there is none."""
     attached = av.stream.Disposition.attached_pic
@@ -286,21 +304,7 @@ class _VideoSource:
         stream = self._stream
         container = self._container
         assert container is not None
-        duration = _declared_duration(container, stream)
-        rotation = (round(frame.rotation / 90) % 4) * 90
-        width, height = frame.width, frame.height
-        if rotation in (90, 270):
-            width, height = height, width
-        rate = stream.average_rate
-        return VideoInfo(
-            duration_sec=duration,
-            fps=float(rate) if rate else None,
-            width=width,
-            height=height,
-            rotation=rotation,
-            codec=stream.codec_context.name,
-            pix_fmt=frame.format.name,
-        )
+        return _video_info(frame, _declared_duration(container, stream), stream.average_rate, stream.codec_context.name)
 
     def _decoded(self) -> Iterator[VideoFrame]:
         """Frames in presentation order; stops at the first demux/decode error."""
