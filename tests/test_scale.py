@@ -310,10 +310,9 @@ def test_torchrun_two_ranks_equal_a_single_run(tmp_path, videos, reference):
     proc = _torchrun(["--module", "vidfeat"], *args(videos, out))
     assert "shard 0/2 (from torchrun RANK/WORLD_SIZE)" in proc.stderr, proc.stderr
     assert f"merged 2 shards into {out}" in proc.stderr, proc.stderr
-    # broken.mp4 failed, so its rank exits 3 and torchrun reports that rank as failed (its own
-    # ChildFailedError report); the ranks themselves print no traceback
-    assert "exitcode  : 3" in proc.stderr and proc.stderr.count("Traceback") == 1, proc.stderr
-    assert "ChildFailedError" in proc.stderr.split("Traceback")[1], proc.stderr
+    # broken.mp4 failed, but a torchrun rank exits 0 once the final file is complete (an exit 3
+    # would make torchrun stop the other ranks, rank 0 perhaps still merging)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     assert verify(out) == []
     assert_same_file(reference, out)
 
@@ -354,7 +353,7 @@ def test_sigkill_of_one_rank_then_the_same_command_via_gpus_equals_a_clean_run(t
     again = subprocess.run([sys.executable, "-m", "vidfeat", *map(str, args(videos, out, "--commit-every", "0")),
                             "--gpus", "2"], capture_output=True, text=True, timeout=400,
                            env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
-    assert again.returncode in (0, 3), again.stderr  # 3 if broken.mp4 failed in this run rather than the first
+    assert again.returncode == 3, again.stderr  # --gpus reads the final file: broken.mp4 failed
     assert "1 already done" in again.stderr, again.stderr  # rank 1 resumed after its committed video
     assert "Traceback" not in again.stderr
     assert verify(out) == []

@@ -77,6 +77,10 @@ class ExtractReport:
     in_file: dict[str, int] = field(default_factory=dict)  # videos by status in the output after the run
     clips: int = 0
     interrupted: bool = False
+    # The status when the output holds failed or partial videos. A torchrun rank says 0: torchrun
+    # takes any other status of one rank as that rank's failure and stops the others (rank 0 may
+    # be merging); `--gpus` reads the 3 off the final file instead.
+    failures_exit: int = 3
 
     @property
     def exit_code(self) -> int:
@@ -84,7 +88,7 @@ class ExtractReport:
         earlier one); 0: every video in the output is ok."""
         if self.interrupted:
             return 130
-        return 3 if self.in_file.get("failed") or self.in_file.get("partial") else 0
+        return self.failures_exit if self.in_file.get("failed") or self.in_file.get("partial") else 0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -91,6 +91,7 @@ def run_sharded(videos, output: Path, options, progress, shard: Shard, echo=prin
     report = extract(mine, target, options, progress)
     if shard.distributed:
         _barrier_and_merge(output, shard, report, echo)
+        report.failures_exit = 0  # see ExtractReport.failures_exit
     return report
 
 
@@ -123,8 +124,9 @@ def _barrier_and_merge(output: Path, shard: Shard, report, echo) -> None:
         dist.destroy_process_group()
 
 
-def launch_gpus(gpus: int, argv: list[str]) -> int:
-    """Run ``vidfeat <argv>`` as ``gpus`` ranks on this machine with torch's launcher; its exit code."""
+def launch_gpus(gpus: int, argv: list[str], output: Path) -> int:
+    """Run ``vidfeat <argv>`` as ``gpus`` ranks on this machine with torch's launcher; the exit
+    status of `vidfeat extract` for the final file ``output`` (3 when it holds failed videos)."""
     from torch.distributed.run import get_args_parser, run
 
     args = get_args_parser().parse_args(
@@ -132,16 +134,17 @@ def launch_gpus(gpus: int, argv: list[str]) -> int:
     )
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
+    from .store import summarize
+
     try:
         run(args)
     except ChildFailedError as exc:  # the ranks printed their own errors
         codes = {f.exitcode for f in exc.failures.values()}
-        if codes == {3}:  # every failed rank only had failed or partial videos: the file is complete
-            return 3
         print(f"vidfeat: a rank failed (exit {', '.join(map(str, sorted(codes)))}); "
               "rerun the same command to resume", file=sys.stderr)
         return 1
-    return 0
+    status = summarize(output)["status"]  # every rank finished: rank 0 merged the final file
+    return 3 if status.get("failed") or status.get("partial") else 0
 
 
 def strip_gpus(argv: list[str]) -> list[str]:

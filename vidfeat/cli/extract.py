@@ -82,7 +82,7 @@ def extract_cmd(inputs, output, list_file, root, model, fps, num_frames, stride,
     if gpus is not None:
         from ..launch import launch_gpus, strip_gpus
 
-        sys.exit(launch_gpus(gpus, strip_gpus(sys.argv[1:])))
+        sys.exit(launch_gpus(gpus, strip_gpus(sys.argv[1:]), output))
     from ..cards import DEFAULT_MODEL, find_card
     from ..extract import ExtractOptions, stored_root
     from ..launch import dispatch
