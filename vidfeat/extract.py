@@ -41,6 +41,7 @@ from .errors import VideoError, VidfeatError
 from .inputs import VideoFile
 from .model import TimeSformer
 from .progress import Progress
+from .runtime import one_line
 from .store import FeatureWriter, VideoResult, parts_path, summarize
 from .transforms import Normalize, spatial_crops
 from .video import ClipReader
@@ -123,11 +124,6 @@ class VideoEnd:
     warning: str = ""  # "" or one line: the sampling mostly repeats frames (ClipReader.warning)
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
-
-
 def decode_video(
     video: int, path: Path, sampling: ClipSampling, card: ModelCard, crops: int, threads: int, decoder: str = "pyav"
 ):
@@ -148,9 +144,9 @@ def decode_video(
             status, error, duration = reader.status, reader.error, reader.duration_sec
             warning = reader.warning
     except VideoError as exc:
-        error = _one_line(exc)
+        error = one_line(exc)
     except Exception as exc:  # noqa: BLE001 - a bug or an exotic file must not end the run
-        error = f"internal error: {type(exc).__name__}: {_one_line(exc)}"
+        error = f"internal error: {type(exc).__name__}: {one_line(exc)}"
         if os.environ.get("VIDFEAT_RAISE_ERRORS"):
             traceback.print_exc()
     if status == "failed" and sent:  # died after some clips: keep them
@@ -725,7 +721,7 @@ class _Run:
                 collector.flush()
                 if alone:
                     vid = jobs[0][0]
-                    collector.fail(vid, f"the decoder crashed on this video ({_one_line(exc)[:100]})")
+                    collector.fail(vid, f"the decoder crashed on this video ({one_line(exc)[:100]})")
                     continue
                 suspects = {v for v in current if v >= 0 and v not in collector.finished}
                 for vid in suspects:
