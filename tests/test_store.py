@@ -1019,3 +1019,21 @@ def test_a_setting_new_to_this_version_is_a_mismatch_not_a_crash(tmp_path):
     assert "\n" not in message
     assert message == ('feats.h5 was made with other settings (dtype not set there (now "bf16"); root not set there '
                        '(now "/data/videos")): rerun with --overwrite to replace it, or choose another -o')
+
+
+def test_stored_settings_read_the_final_file_else_the_unfinished_work(tmp_path):
+    from vidfeat.store import stored_settings
+
+    out = tmp_path / "f.h5"
+    assert stored_settings(out) == {}
+    writer = open_writer(out)
+    writer.add(make_result("a.mp4"))
+    writer.flush()  # committed, not assembled: only the work directory's manifest knows the settings
+    unfinished = stored_settings(out)
+    assert not out.exists() and unfinished["model"] == SETTINGS["model"]
+    writer.finalize()
+    writer.close()
+    final = stored_settings(out)
+    assert final["model"] == SETTINGS["model"] and "format_version" not in final
+    out.write_bytes(b"not hdf5")
+    assert stored_settings(out) == {}

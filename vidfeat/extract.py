@@ -19,7 +19,6 @@ writer sorts them when it assembles the final file.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import multiprocessing as mp
 import os
@@ -30,7 +29,6 @@ import traceback
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -42,7 +40,7 @@ from .inputs import VideoFile
 from .model import TimeSformer
 from .progress import Progress
 from .runtime import one_line
-from .store import FeatureWriter, VideoResult, parts_path, summarize
+from .store import FeatureWriter, VideoResult, stored_settings, summarize
 from .transforms import Normalize, spatial_crops
 from .video import ClipReader
 from .weights import load_model
@@ -345,21 +343,8 @@ def _settings(card: ModelCard, sampling: ClipSampling, options: ExtractOptions) 
 def stored_root(output: Path) -> str | None:
     """The input root recorded by an earlier run of ``output`` (its final file, else its work
     directory's manifest), or None for a new output."""
-    output = Path(output)
-    if output.is_file():
-        try:
-            with h5py.File(output, "r") as h5:
-                root = h5.attrs.get("root")
-        except OSError:
-            root = None  # not a readable HDF5 file: the writer reports it
-        if root is not None:
-            return (root.decode() if isinstance(root, bytes) else str(root)) or None
-    manifest = parts_path(output) / "settings.json"
-    try:
-        root = json.loads(manifest.read_text(encoding="utf-8"))["identity"].get("root")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None  # none, or unreadable: the writer reports it
-    return (str(root) or None) if root is not None else None
+    root = stored_settings(output).get("root")
+    return str(root) if root else None
 
 
 def with_root(options: ExtractOptions, videos: list[VideoFile]) -> ExtractOptions:

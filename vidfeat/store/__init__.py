@@ -52,13 +52,14 @@ from .format import (
     parts_path,
 )
 from .reader import FeatureFile, VideoClips, VideoTable, open_features
-from .writer import FeatureWriter, VideoResult
+from .writer import FeatureWriter, VideoResult, stored_settings
 
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "VideoResult",
     "FeatureWriter",
+    "stored_settings",
     "FeatureFile",
     "VideoTable",
     "VideoClips",

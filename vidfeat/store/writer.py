@@ -294,6 +294,25 @@ def _chunk_image(records: Sequence[VideoResult]) -> bytes:
 # writing
 
 
+def stored_settings(output: str | os.PathLike[str]) -> dict[str, Any]:
+    """The settings an earlier run recorded for ``output``: the final file's root attributes,
+    else the unfinished work directory's manifest; ``{}`` for a new output or one that cannot be
+    read (the writer then reports why)."""
+    output = Path(output)
+    if output.is_file():
+        try:
+            with h5py.File(output, "r") as h5:
+                attrs = {key: _canon(value) for key, value in h5.attrs.items()}
+        except OSError:
+            return {}
+        return {key: value for key, value in attrs.items() if key not in WRITER_ATTRS}
+    try:
+        identity = json.loads((parts_path(output) / _MANIFEST).read_text(encoding="utf-8"))["identity"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return dict(identity) if isinstance(identity, dict) else {}
+
+
 class FeatureWriter:
     """Writes per-clip results of many videos into one HDF5 file, crash-safely and resumably.
 
