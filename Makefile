@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 # timm needs torchvision; these two releases are the ones pinned for dev and CI.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv test test-fast demo ffmpeg chromium bench clean
+.PHONY: venv test test-fast demo ffmpeg chromium bench gpu-wheels clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,15 @@ demo: venv
 bench: venv
 	$(PY) bench/model_vs_hf.py
 	$(PY) bench/extract.py
+
+# Wheels for the GPU machine's Python 3.12 (its image lacks PyAV and tomli-w): bench/gpu_session.sh
+# installs them there; carry .whl (git-ignored) with the device run.
+GPU_WHEELS := av==18.1.0 tomli-w==1.2.0
+gpu-wheels:
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	  -d .whl $(GPU_WHEELS)
+	@ls -l .whl
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache demo_out
