@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from . import shm
 from .cards import DEFAULT_MODEL, ModelCard
 from .clips import ClipSampling
 from .errors import VideoError, VidfeatError
@@ -182,10 +183,17 @@ class ClipStream(IterableDataset):
         for video, path in shard:
             if worker is not None and self.current is not None:
                 self.current[worker.id] = video
-            yield from decode_video(video, path, self.sampling, self.card, self.crops, self.threads, _worker_decoder(self.decoder, worker))
+            for item in decode_video(video, path, self.sampling, self.card, self.crops, self.threads,
+                                     _worker_decoder(self.decoder, worker)):  # fmt: skip
+                if worker is not None and isinstance(item, ClipItem):
+                    shm.share(item.crops)  # here a full /dev/shm is waited out or named, not dropped
+                yield item
         if worker is not None and self.current is not None:
             self.current[worker.id] = -1
 
+
+PREFETCH = 4
+"""Clips each decode worker may have queued for the main process (fewer where /dev/shm is small)."""
 
 NVDEC_WORKERS = 4
 """With ``decoder="nvdec"``, decode workers 0..NVDEC_WORKERS-1 decode on the GPU, the others
@@ -560,6 +568,8 @@ class _Collector:
     def submit(self) -> None:
         """Queue the current batch, then read back the previous one (the model never waits)."""
         handle = self.runner.submit([b.crops for b in self.batch]) if self.batch else None
+        for b in self.batch:  # copied into the model's batch: free their shared memory now (vidfeat.shm)
+            b.crops = None
         if self.in_flight:
             self._drain(self.in_flight)
         self.in_flight, self.batch = ((self.batch, handle) if handle else None), []
@@ -661,9 +671,17 @@ class _Run:
     def __init__(self, todo, sampling: ClipSampling, card: ModelCard, options: ExtractOptions, workers: int,
                  runner: ModelRunner, writer: FeatureWriter, report: ExtractReport, progress: Progress,
                  stop: _StopOnCtrlC, probe: _DurationProbe) -> None:  # fmt: skip
-        self.todo, self.sampling, self.card, self.options, self.workers = todo, sampling, card, options, workers
+        self.todo, self.sampling, self.card, self.options = todo, sampling, card, options
         self.runner, self.stop, self.probe = runner, stop, probe
-        self.threads = max(1, (os.cpu_count() or 2) // max(1, workers))  # FFmpeg threads per decoder
+        pre = card.preprocess
+        self.clip_bytes = options.crops * pre.num_frames * pre.crop_size**2 * 3  # uint8 crops of one clip
+        fitted = shm.plan(workers, PREFETCH, runner.batch_size, self.clip_bytes)
+        if fitted.note:
+            import sys
+
+            print(fitted.note, file=sys.stderr)
+        self.workers, self.prefetch, runner.batch_size = fitted.workers, fitted.prefetch, fitted.batch
+        self.threads = max(1, (os.cpu_count() or 2) // max(1, self.workers))  # FFmpeg threads per decoder
         self.collector = _Collector(todo, card, runner, writer, report, progress)
 
     def run(self) -> None:
@@ -681,10 +699,11 @@ class _Run:
                 batch_size=None,
                 num_workers=n,
                 pin_memory=self.runner.device.type == "cuda",
-                prefetch_factor=4 if n else None,
+                prefetch_factor=self.prefetch if n else None,
                 in_order=False,  # take whichever worker is ready: a slow video does not stall the others
                 multiprocessing_context="spawn" if self.options.decoder == "nvdec" and n else None,  # CUDA in workers
             )
+            full = False
             try:
                 with self.probe.forking():  # the workers are forked here
                     items = iter(loader)
@@ -699,6 +718,8 @@ class _Run:
                 collector.flush()
                 if not alone:
                     pending = []
+            except shm.ShmFull:  # raised in a worker: its message there holds the worker's traceback
+                full = True
             except RuntimeError as exc:
                 stop.check()  # workers that a terminal's Ctrl-C reached before they ignored it
                 if not n or "DataLoader worker" not in str(exc):
@@ -713,3 +734,7 @@ class _Run:
                     collector.discard(vid)
                 isolate += [(j, p) for j, p in pending if j in suspects]
                 pending = [(j, p) for j, p in pending if j not in collector.finished and j not in suspects]
+            if full:  # out of the handler, so that no traceback keeps the loader's workers alive
+                items = loader = None
+                collector.flush()  # the videos received whole are kept
+                raise shm.ShmFull(shm.full_message(self.clip_bytes))
