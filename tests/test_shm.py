@@ -45,6 +45,19 @@ def test_plan_decodes_in_the_main_process_when_not_two_clips_fit():
     assert p.workers == 0 and "decoding in the main process" in p.note
 
 
+def test_loader_args_for_batches_say_what_they_lowered(monkeypatch, capsys):
+    batch = 8 * L_CLIP
+    monkeypatch.setattr(shm, "free_bytes", lambda path=shm.SHM_DIR: 64 * 10**9)
+    assert shm.loader_args(4, batch) == {"num_workers": 4, "prefetch_factor": 2}
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(shm, "free_bytes", lambda path=shm.SHM_DIR: int(3 * batch / MARGIN) + 1)
+    assert shm.loader_args(4, batch) == {"num_workers": 2, "prefetch_factor": 1}
+    assert capsys.readouterr().err.startswith("shared memory (/dev/shm) has 495 MB free: running 2 decode workers, prefetch 1 (asked 4, 2)")
+    monkeypatch.setattr(shm, "free_bytes", lambda path=shm.SHM_DIR: batch)
+    assert shm.loader_args(4, batch) == {"num_workers": 0, "prefetch_factor": None}
+    assert "decoding in the main process" in capsys.readouterr().err
+
+
 def test_ranks_of_one_machine_plan_for_their_share(monkeypatch):
     free = int(124 * L_CLIP / MARGIN) + 1
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
@@ -95,16 +108,30 @@ def _videos(folder: Path, count: int = 3, seconds: float = 12.0) -> Path:
     return folder
 
 
+def _private_shm(size: str, command: list) -> subprocess.CompletedProcess:
+    """``command`` run with a ``size`` tmpfs of its own as /dev/shm (skips where that is refused)."""
+    if not shutil.which("unshare") or subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode:
+        pytest.skip("needs unshare -m (root) for a private /dev/shm")
+    script = f"mount -t tmpfs -o size={size} tmpfs /dev/shm && exec " + " ".join(map(str, command))
+    return subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=240)
+
+
+@pytest.mark.slow
+def test_eval_on_a_quarter_megabyte_shm_decodes_in_the_main_process(tmp_path):
+    vidfeat = Path(sys.executable).with_name("vidfeat")
+    subprocess.run([vidfeat, "synth", tmp_path / "data", "--videos", "16", "--seed", "3"], check=True, capture_output=True)
+    proc = _private_shm("256k", [vidfeat, "eval", tmp_path / "data", "--workers", "2"])  # a batch of 8 is 1.3 MB
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "too little for 2 x 1.33 MB in flight: decoding in the main process" in proc.stderr
+    assert "Traceback" not in proc.stderr and "16 videos" in proc.stdout and "top-1" in proc.stdout
+
+
 @pytest.mark.slow
 def test_extract_on_a_half_megabyte_shm_finishes_and_says_why_it_is_slower(tmp_path):
     """The bundled model's clips are 166 KB: 2 workers x 4 queued + a batch of 4 need 2 MB."""
-    if not shutil.which("unshare") or subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode:
-        pytest.skip("needs unshare -m (root) for a private /dev/shm")
     videos = _videos(tmp_path / "v")
     out = tmp_path / "f.h5"
-    vidfeat = Path(sys.executable).with_name("vidfeat")
-    script = f"mount -t tmpfs -o size=512k tmpfs /dev/shm && exec {vidfeat} extract {videos} -o {out} --workers 2"
-    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=240)
+    proc = _private_shm("512k", [Path(sys.executable).with_name("vidfeat"), "extract", videos, "-o", out, "--workers", "2"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     notes = [line for line in proc.stderr.splitlines() if line.startswith("shared memory (/dev/shm)")]
     assert len(notes) == 1 and "running 1 decode workers, prefetch 1, batch 1 (asked 2, 4, 4)" in notes[0]

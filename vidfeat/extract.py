@@ -703,7 +703,7 @@ class _Run:
                 in_order=False,  # take whichever worker is ready: a slow video does not stall the others
                 multiprocessing_context="spawn" if self.options.decoder == "nvdec" and n else None,  # CUDA in workers
             )
-            full = False
+            full = ""
             try:
                 with self.probe.forking():  # the workers are forked here
                     items = iter(loader)
@@ -718,8 +718,8 @@ class _Run:
                 collector.flush()
                 if not alone:
                     pending = []
-            except shm.ShmFull:  # raised in a worker: its message there holds the worker's traceback
-                full = True
+            except shm.ShmFull as exc:  # raised in a worker
+                full = str(exc)
             except RuntimeError as exc:
                 stop.check()  # workers that a terminal's Ctrl-C reached before they ignored it
                 if not n or "DataLoader worker" not in str(exc):
@@ -737,4 +737,4 @@ class _Run:
             if full:  # out of the handler, so that no traceback keeps the loader's workers alive
                 items = loader = None
                 collector.flush()  # the videos received whole are kept
-                raise shm.ShmFull(shm.full_message(self.clip_bytes))
+                raise shm.ShmFull(full)

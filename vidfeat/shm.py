@@ -23,13 +23,14 @@ share of it.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 from typing import NamedTuple
 
 from .errors import VidfeatError
 
-__all__ = ["MARGIN", "SHM_DIR", "WAIT_SEC", "LoaderPlan", "ShmFull", "free_bytes", "plan", "share"]
+__all__ = ["MARGIN", "SHM_DIR", "WAIT_SEC", "LoaderPlan", "ShmFull", "free_bytes", "loader_args", "plan", "share"]
 
 SHM_DIR = Path("/dev/shm")
 MARGIN = 0.7  # share of the free space the clips in flight may take
@@ -38,6 +39,12 @@ WAIT_SEC = 120.0  # how long a worker waits for space before the run stops
 
 class ShmFull(VidfeatError):
     """Shared memory stayed too full to hand a decoded clip to the main process."""
+
+    def __init__(self, message: str) -> None:
+        # Re-raised in the main process by the DataLoader, the message is the worker's whole
+        # traceback, whose last line ends with this one's own message.
+        last = message.rstrip().splitlines()[-1] if message.strip() else message
+        super().__init__(last.split("ShmFull: ", 1)[-1])
 
 
 class LoaderPlan(NamedTuple):
@@ -89,12 +96,23 @@ def plan(workers: int, prefetch: int, batch: int, clip_bytes: int, free: int | N
     need = (workers * prefetch + batch) * clip_bytes / MARGIN
     advice = f"give it more (docker run --shm-size={max(1, -(-int(need) // 10**9))}g) for full speed"
     if w * p + b > fits:  # not even one queued clip beside one held
-        note = (f"shared memory (/dev/shm) has {_mb(free)} free, too little for one {_mb(clip_bytes)} clip in "
-                f"flight: decoding in the main process (slow); {advice}")  # fmt: skip
+        note = (f"shared memory (/dev/shm) has {_mb(free)} free, too little for 2 x {_mb(clip_bytes)} in flight: "
+                f"decoding in the main process (slow); {advice}")  # fmt: skip
         return LoaderPlan(0, prefetch, batch, note)
-    note = (f"shared memory (/dev/shm) has {_mb(free)} free: running {w} decode workers, prefetch {p}, batch {b} "
-            f"(asked {workers}, {prefetch}, {batch}); {advice}")  # fmt: skip
+    running = f"{w} decode workers, prefetch {p}" + (f", batch {b}" if b != batch else "")
+    asked = f"{workers}, {prefetch}" + (f", {batch}" if b != batch else "")
+    note = f"shared memory (/dev/shm) has {_mb(free)} free: running {running} (asked {asked}); {advice}"
     return LoaderPlan(w, p, b, note)
+
+
+def loader_args(workers: int, item_bytes: int, prefetch: int = 2) -> dict:
+    """``num_workers`` and ``prefetch_factor`` for a DataLoader whose items (collated batches of
+    ``item_bytes``) come through shared memory, one held by the caller at a time; a lowered plan
+    is said in one line on stderr."""
+    fitted = plan(workers, prefetch, 1, item_bytes)
+    if fitted.note:
+        print(fitted.note, file=sys.stderr)
+    return {"num_workers": fitted.workers, "prefetch_factor": fitted.prefetch if fitted.workers else None}
 
 
 def share(tensor, wait_sec: float = WAIT_SEC):
@@ -118,6 +136,6 @@ def full_message(clip_bytes: int, wait_sec: float = WAIT_SEC) -> str:
     """The one line :class:`ShmFull` says."""
     free = free_bytes()
     where = f"{_mb(free)} free" if free is not None else "full"
-    return (f"shared memory (/dev/shm) stayed full ({where}, a clip needs {_mb(clip_bytes)}) for {wait_sec:.0f} s: "
-            f"give the container more (docker run --shm-size=16g), or use fewer --workers; "
-            f"finished videos are kept and a rerun resumes")  # fmt: skip
+    return (f"shared memory (/dev/shm) stayed full ({where}, {_mb(clip_bytes)} to hand over) for {wait_sec:.0f} s: "
+            f"give the container more (docker run --shm-size=16g) or use fewer workers, then rerun "
+            f"(extract keeps finished videos; train resumes with --resume)")  # fmt: skip
