@@ -45,8 +45,9 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, get_worker_info
 
+from . import shm
 from .cards import Preprocess
 from .clips import ClipSampling
 from .errors import ConfigError, VideoError
@@ -270,8 +271,11 @@ def collate(items: Sequence[Item | Failed]) -> Batch:
     if not good:
         empty = torch.zeros(0, dtype=torch.int64)
         return Batch(torch.zeros((0, 0, 0, 0, 0, 3), dtype=torch.uint8), empty, empty, failed)
+    clips = torch.stack([item.clip for item in good])
+    if get_worker_info() is not None:  # a full /dev/shm is waited out or named here, not dropped (vidfeat.shm)
+        shm.share(clips)
     return Batch(
-        clips=torch.stack([item.clip for item in good]),
+        clips=clips,
         labels=torch.tensor([item.label for item in good], dtype=torch.int64),
         indices=torch.tensor([item.index for item in good], dtype=torch.int64),
         failed=failed,

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch.utils.data import DataLoader
 
+from . import shm
 from .cards import DEFAULT_MODEL, find_card
 from .data import ClipDataset, Failed, check_labels, collate, read_entries
 from .errors import ConfigError
@@ -170,7 +171,9 @@ def evaluate(
     entries = read_entries(data)
     check_labels(entries, card.classes, source=str(data))
     dataset = ClipDataset(entries, card.classes, card.preprocess, crops=crops)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate)
+    pre = card.preprocess
+    batch_bytes = batch_size * crops * pre.num_frames * pre.crop_size**2 * 3  # uint8 clips
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate, **shm.loader_args(workers, batch_bytes))
     dtype = autocast_dtype(precision, where)
     ctx = torch.autocast(device_type=where.type, dtype=dtype) if dtype is not None else None
     tally = run_eval(

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import multiprocessing as mp
 import os
 import signal
 import threading
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from . import shm
 from .cards import DEFAULT_MODEL, ModelCard
 from .clips import ClipSampling
 from .errors import VideoError, VidfeatError
@@ -43,6 +43,7 @@ from .runtime import one_line
 from .store import FeatureWriter, VideoResult, stored_settings, summarize
 from .transforms import Normalize, spatial_crops
 from .video import ClipReader
+from .watchdog import Board, Watchdog, stall_reason
 from .weights import load_model
 
 __all__ = ["ExtractOptions", "ExtractReport", "extract", "stored_root"]
@@ -165,27 +166,40 @@ def decode_video(
 
 class ClipStream(IterableDataset):
     """Every job's clips (jobs: (video id, path)); with n workers, worker w decodes jobs
-    w, w + n, w + 2n, ... in that order. Each worker writes the id of the video it is decoding
-    into ``current[w]`` (shared memory, -1 when idle), so that if the process dies the main
-    process knows which video it was on."""
+    w, w + n, w + 2n, ... in that order. Each worker marks on ``board`` (a
+    :class:`vidfeat.watchdog.Board` in shared memory) the video it is on and whether it is working
+    on a clip, so that the main process knows which video a dead worker was on and can stop one
+    that stalls."""
 
-    def __init__(self, jobs, sampling: ClipSampling, card: ModelCard, crops: int, threads: int, current=None, decoder="pyav"):
+    def __init__(self, jobs, sampling: ClipSampling, card: ModelCard, crops: int, threads: int, board=None, decoder="pyav"):
         self.jobs, self.sampling, self.card, self.crops, self.threads = jobs, sampling, card, crops, threads
         self.decoder = decoder
-        self.current = current
+        self.board = board
 
     def __iter__(self):
         worker = get_worker_info()
         if worker is not None:  # Ctrl-C in a terminal reaches the whole group: the main process decides
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+        board = self.board if worker is not None else None
         shard = self.jobs if worker is None else self.jobs[worker.id :: worker.num_workers]
         for video, path in shard:
-            if worker is not None and self.current is not None:
-                self.current[worker.id] = video
-            yield from decode_video(video, path, self.sampling, self.card, self.crops, self.threads, _worker_decoder(self.decoder, worker))
-        if worker is not None and self.current is not None:
-            self.current[worker.id] = -1
+            if board is not None:
+                board.start(worker.id, video)
+            for item in decode_video(video, path, self.sampling, self.card, self.crops, self.threads,
+                                     _worker_decoder(self.decoder, worker)):  # fmt: skip
+                if worker is not None and isinstance(item, ClipItem):
+                    shm.share(item.crops)  # here a full /dev/shm is waited out or named, not dropped
+                if board is not None:
+                    board.waiting(worker.id)
+                yield item
+                if board is not None:
+                    board.working(worker.id)
+        if board is not None:
+            board.done(worker.id)
 
+
+PREFETCH = 4
+"""Clips each decode worker may have queued for the main process (fewer where /dev/shm is small)."""
 
 NVDEC_WORKERS = 4
 """With ``decoder="nvdec"``, decode workers 0..NVDEC_WORKERS-1 decode on the GPU, the others
@@ -560,6 +574,8 @@ class _Collector:
     def submit(self) -> None:
         """Queue the current batch, then read back the previous one (the model never waits)."""
         handle = self.runner.submit([b.crops for b in self.batch]) if self.batch else None
+        for b in self.batch:  # copied into the model's batch: free their shared memory now (vidfeat.shm)
+            b.crops = None
         if self.in_flight:
             self._drain(self.in_flight)
         self.in_flight, self.batch = ((self.batch, handle) if handle else None), []
@@ -661,9 +677,17 @@ class _Run:
     def __init__(self, todo, sampling: ClipSampling, card: ModelCard, options: ExtractOptions, workers: int,
                  runner: ModelRunner, writer: FeatureWriter, report: ExtractReport, progress: Progress,
                  stop: _StopOnCtrlC, probe: _DurationProbe) -> None:  # fmt: skip
-        self.todo, self.sampling, self.card, self.options, self.workers = todo, sampling, card, options, workers
+        self.todo, self.sampling, self.card, self.options = todo, sampling, card, options
         self.runner, self.stop, self.probe = runner, stop, probe
-        self.threads = max(1, (os.cpu_count() or 2) // max(1, workers))  # FFmpeg threads per decoder
+        pre = card.preprocess
+        self.clip_bytes = options.crops * pre.num_frames * pre.crop_size**2 * 3  # uint8 crops of one clip
+        fitted = shm.plan(workers, PREFETCH, runner.batch_size, self.clip_bytes)
+        if fitted.note:
+            import sys
+
+            print(fitted.note, file=sys.stderr)
+        self.workers, self.prefetch, runner.batch_size = fitted.workers, fitted.prefetch, fitted.batch
+        self.threads = max(1, (os.cpu_count() or 2) // max(1, self.workers))  # FFmpeg threads per decoder
         self.collector = _Collector(todo, card, runner, writer, report, progress)
 
     def run(self) -> None:
@@ -673,18 +697,20 @@ class _Run:
         while pending or isolate:
             alone = bool(isolate)
             jobs, n = ([isolate.pop(0)], 1) if alone else (pending, self.workers)
-            current = mp.Array("q", [-1] * max(1, n), lock=False)
-            stream = ClipStream(jobs, self.sampling, self.card, self.options.crops, self.threads, current,
+            board = Board(n)
+            stream = ClipStream(jobs, self.sampling, self.card, self.options.crops, self.threads, board,
                                  decoder=self.options.decoder)
             loader = DataLoader(
                 stream,
                 batch_size=None,
                 num_workers=n,
                 pin_memory=self.runner.device.type == "cuda",
-                prefetch_factor=4 if n else None,
+                prefetch_factor=self.prefetch if n else None,
                 in_order=False,  # take whichever worker is ready: a slow video does not stall the others
                 multiprocessing_context="spawn" if self.options.decoder == "nvdec" and n else None,  # CUDA in workers
             )
+            full = ""
+            dog = Watchdog(board, n)
             try:
                 with self.probe.forking():  # the workers are forked here
                     items = iter(loader)
@@ -693,23 +719,37 @@ class _Run:
                     # of the main process, even inside the writer. Without it the same error comes
                     # from next(items) (the loader polls its workers), where it is handled below.
                     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                for item in _received(items):
-                    stop.check()
-                    collector.add(item)
+                with dog if n else contextlib.nullcontext():
+                    for item in _received(items):
+                        stop.check()
+                        collector.add(item)
                 collector.flush()
                 if not alone:
                     pending = []
+            except shm.ShmFull as exc:  # raised in a worker
+                full = str(exc)
             except RuntimeError as exc:
                 stop.check()  # workers that a terminal's Ctrl-C reached before they ignored it
                 if not n or "DataLoader worker" not in str(exc):
                     raise
                 collector.flush()
+                for vid, seconds in dog.stalled.items():  # stopped by the watchdog: no retry
+                    collector.fail(vid, stall_reason(seconds))
                 if alone:
                     vid = jobs[0][0]
-                    collector.fail(vid, f"the decoder crashed on this video ({one_line(exc)[:100]})")
+                    if vid not in collector.finished:
+                        collector.fail(vid, f"the decoder crashed on this video ({one_line(exc)[:100]})")
                     continue
-                suspects = {v for v in current if v >= 0 and v not in collector.finished}
+                # the videos the other workers were on: redone, alone first unless a stall (whose
+                # culprit is known) stopped them
+                suspects = {v for v in board.videos() if v not in collector.finished}
                 for vid in suspects:
                     collector.discard(vid)
-                isolate += [(j, p) for j, p in pending if j in suspects]
-                pending = [(j, p) for j, p in pending if j not in collector.finished and j not in suspects]
+                if not dog.stalled:
+                    isolate += [(j, p) for j, p in pending if j in suspects]
+                    pending = [(j, p) for j, p in pending if j not in suspects]
+                pending = [(j, p) for j, p in pending if j not in collector.finished]
+            if full:  # out of the handler, so that no traceback keeps the loader's workers alive
+                items = loader = None
+                collector.flush()  # the videos received whole are kept
+                raise shm.ShmFull(full)

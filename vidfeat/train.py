@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
+from . import shm
 from .cards import ModelCard, Preprocess
 from .data import ClipDataset, Failed, RepeatSampler, collate, load_data
 from .errors import ConfigError
@@ -382,7 +383,8 @@ def _loaders(config: TrainConfig, data, preprocess: Preprocess, ranks: _Ranks) -
     steps_per_epoch = len(sampler) // per_rank_batch
     if not steps_per_epoch:
         raise ConfigError(f"{len(train_set)} training videos are fewer than one batch of {o.batch_size}: lower optim.batch_size")
-    loader_args = dict(num_workers=d.workers, collate_fn=collate, pin_memory=ranks.device.type == "cuda")
+    batch_bytes = o.micro_batch * preprocess.num_frames * preprocess.crop_size**2 * 3  # uint8 clips
+    loader_args = dict(collate_fn=collate, pin_memory=ranks.device.type == "cuda", **shm.loader_args(d.workers, batch_bytes))
     train_loader = DataLoader(train_set, batch_size=o.micro_batch, sampler=sampler, drop_last=True, **loader_args)
     val_loader = None
     if data.val:
