@@ -4,6 +4,16 @@ Set VIDFEAT_RAISE_ERRORS=1 to see the full traceback instead.
 """
 
 
+def one_line(reason: BaseException | str) -> str:
+    """``reason`` (an exception or a text) on one line: NULs and runs of whitespace become one
+    space; an exception without a message gives its type name. Every reason vidfeat prints or
+    stores (stderr, the failure table) goes through here."""
+    text = " ".join(str(reason).replace("\x00", " ").split())
+    if not text and isinstance(reason, BaseException):
+        return type(reason).__name__
+    return text
+
+
 class VidfeatError(Exception):
     """Base class for every error vidfeat raises on purpose."""
 

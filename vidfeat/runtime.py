@@ -10,7 +10,7 @@ import math
 import re
 from typing import TYPE_CHECKING
 
-from .errors import ConfigError
+from .errors import ConfigError, one_line  # noqa: F401 - vidfeat.runtime.one_line, the one rule
 
 if TYPE_CHECKING:
     import torch
@@ -85,9 +85,3 @@ def combine_views(
     if embeddings is not None:
         embeddings = embeddings.float().view(-1, views, embeddings.shape[-1]).mean(dim=1)
     return scores, embeddings
-
-
-def one_line(exc: BaseException) -> str:
-    """The message of ``exc`` on one line (whitespace runs collapsed), or its type name."""
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__

@@ -16,7 +16,7 @@ import warnings
 import click
 
 from .. import __version__
-from ..errors import VidfeatError
+from ..errors import VidfeatError, one_line
 
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
 
@@ -55,7 +55,7 @@ def main() -> None:
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     """vidfeat's own warnings (e.g. an assumed clip sampling) as one line; others as Python prints them."""
     if category.__module__.startswith("vidfeat"):
-        return "vidfeat: warning: " + " ".join(str(message).split()) + "\n"
+        return "vidfeat: warning: " + one_line(str(message)) + "\n"
     return _python_formatwarning(message, category, filename, lineno, line)
 
 

@@ -12,6 +12,7 @@ import h5py
 import numpy as np
 
 from ..errors import StoreError
+from ..errors import one_line as _one_line
 
 FORMAT = "vidfeat"
 FORMAT_VERSION = 2
@@ -84,11 +85,6 @@ def parts_path(output: str | os.PathLike[str]) -> Path:
     """The work directory of an output file: ``feats.h5`` -> ``feats.h5.parts``."""
     output = Path(output)
     return output.with_name(output.name + ".parts")
-
-
-def _one_line(text: str) -> str:
-    """Collapse an exception message or reason to one line."""
-    return " ".join(str(text).replace("\x00", " ").split())
 
 
 def _reason(exc: BaseException) -> str:
