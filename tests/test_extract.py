@@ -232,6 +232,25 @@ def test_rerun_skips_done_videos_and_adds_new_ones(tmp_path, good_videos, model_
         assert list(f.videos.path) == ["one.mp4", "two.mp4"]
 
 
+def test_a_rerun_with_nothing_left_to_do_never_builds_the_model(tmp_path, model_dir, monkeypatch):
+    from vidfeat.weights import PreparedModel
+
+    root = tmp_path / "in"
+    root.mkdir()
+    make_video(root / "one.mp4", seconds=2.0)
+    out = tmp_path / "f.h5"
+    built = []
+    real_build = PreparedModel.build
+    monkeypatch.setattr(PreparedModel, "build", lambda self, *a, **k: built.append(1) or real_build(self, *a, **k))
+    assert run(extract_args([root], out, model_dir)).exit_code == 0
+    assert built == [1]
+    before = out.read_bytes()
+    result = run(extract_args([root], out, model_dir))
+    assert result.exit_code == 0 and "1 already done" in result.output
+    assert built == [1], "the rerun built the model"
+    assert out.read_bytes() == before
+
+
 def test_list_from_stdin_and_bad_arguments(tmp_path, good_videos, model_dir):
     out = tmp_path / "f.h5"
     listing = f"{good_videos / 'a' / 'clip.mp4'}\n# a comment\n{good_videos / 'vfr.mkv'}\n"

@@ -20,7 +20,7 @@ from vidfeat.cards import DEFAULT_MODEL, ModelCard, Preprocess, bundled_cards, f
 from vidfeat.cli import main
 from vidfeat.errors import WeightsError
 from vidfeat.model import TimeSformer
-from vidfeat.weights import SamplingWarning, load_checkpoint, load_model, save_checkpoint, to_hf
+from vidfeat.weights import SamplingWarning, load_checkpoint, load_model, prepare_model, save_checkpoint, to_hf
 
 torch.set_num_threads(2)
 
@@ -182,6 +182,32 @@ def test_new_head_for_fine_tuning(tmp_path, small_model):
     torch.testing.assert_close(model.blocks[0].attn.qkv.weight, small_model.blocks[0].attn.qkv.weight)
     with torch.no_grad():
         torch.testing.assert_close(model.forward_features(video()), small_model.forward_features(video()))
+
+
+def test_prepare_model_fits_the_checkpoint_without_building_it(tmp_path, small_model, monkeypatch):
+    path = save_official(tmp_path / "ckpt.pyth", small_model)
+    built = []
+    real_init = TimeSformer.__init__
+    monkeypatch.setattr(TimeSformer, "__init__", lambda self, *a, **k: built.append(k.get("card")) or real_init(self, *a, **k))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SamplingWarning)
+        prepared = prepare_model(path, num_frames=4, num_classes=3)
+        assert built == [None]  # only the meta-device reference of the fit check
+        assert prepared.card.config.num_frames == prepared.card.preprocess.num_frames == 4
+        assert prepared.embedding_dim == 128 and prepared.new_head and len(prepared.card.classes) == 3
+        assert prepared.state["time_embed"].shape[1] == 4
+        model = prepared.build()
+        loaded = load_model(path, num_frames=4, num_classes=3)
+    assert model.card == prepared.card and model.num_features == prepared.embedding_dim
+    assert not model.training and model.head.weight.shape == (3, 128)
+    for key, value in loaded.state_dict().items():
+        if not key.startswith("head."):  # the new heads are random
+            torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=0, msg=key)
+    with pytest.raises(WeightsError, match="does not fit the model"):
+        bad = dict(load_file(str(save_checkpoint(model, tmp_path / "ours") / "model.safetensors")))
+        bad.pop("norm.bias")
+        save_file(bad, str(tmp_path / "bad.safetensors"))
+        prepare_model(tmp_path / "bad.safetensors")
 
 
 def test_bundled_cards_schema():

@@ -4,8 +4,9 @@
 
     decode workers (DataLoader processes)        main process
     ---------------------------------------      -------------------------------------------------
-    ClipReader: PyAV decode, sample by PTS,  ->  batch clips across videos (pinned uint8)
-    resize only sampled frames, crop (uint8)     -> device (non-blocking) -> normalise -> bf16 SDPA
+    ClipReader: PyAV decode, sample by PTS,  ->  batch clips across videos: one copy from shared
+    resize only sampled frames, crop (uint8)     memory into a pinned uint8 buffer (CUDA)
+    into shared memory                           -> device (non-blocking) -> normalise -> bf16 SDPA
     one item per clip + one end-of-video item    -> CLS embedding + logits (averaged over crops)
                                                  -> a finished video goes to FeatureWriter
                                                     (chunk files, atomic, resumable)
@@ -44,7 +45,7 @@ from .store import FeatureWriter, VideoResult, stored_settings, summarize
 from .transforms import Normalize, spatial_crops
 from .video import ClipReader
 from .watchdog import Board, Watchdog, stall_reason
-from .weights import load_model
+from .weights import prepare_model
 
 __all__ = ["ExtractOptions", "ExtractReport", "extract", "stored_root"]
 
@@ -103,10 +104,6 @@ class ClipItem:
     start_sec: float
     end_sec: float
     valid_frames: int
-
-    def pin_memory(self) -> "ClipItem":  # called by the DataLoader's pin-memory thread
-        self.crops = self.crops.pin_memory()
-        return self
 
 
 @dataclass
@@ -212,7 +209,12 @@ def _worker_decoder(decoder: str, worker) -> str:
     return decoder if worker.id < NVDEC_WORKERS else "pyav"
 
 
-def _usable_decoder(decoder: str, device: torch.device) -> str:
+def crash_reason(exc: BaseException) -> str:
+    """The failure reason of a video its decode worker died on (``exc``: the loader's error)."""
+    return f"the decoder crashed on this video ({one_line(exc)[:100]})"
+
+
+def usable_decoder(decoder: str, device: torch.device) -> str:
     """``decoder``, or "pyav" with one line on stderr when NVDEC cannot run here; a VidfeatError
     when torchcodec was asked for and does not work."""
     from .decoders import DECODERS, nvdec_unavailable, torchcodec_unavailable
@@ -397,21 +399,23 @@ def extract(videos: list[VideoFile], output: Path, options: ExtractOptions, prog
     names stay those of the earlier runs."""
     options = with_root(options, videos)
     device, dtype = _resolve_device(options)
-    model = load_model(options.model, num_frames=options.num_frames, device=device)
-    card = model.card
+    prepared = prepare_model(options.model, num_frames=options.num_frames)  # built only if work is left
+    card = prepared.card
     sampling = ClipSampling(card.preprocess.num_frames, options.fps or card.preprocess.fps, options.stride_sec)
     workers = _default_workers() if options.workers is None else options.workers
-    options = replace(options, decoder=_usable_decoder(options.decoder, device))
+    options = replace(options, decoder=usable_decoder(options.decoder, device))
     progress = progress or Progress(enabled=False)
     report = ExtractReport(output=output)
 
-    with open_writer(output, card, sampling, options, model.num_features) as writer:
+    with open_writer(output, card, sampling, options, prepared.embedding_dim) as writer:
         todo = plan(videos, writer, report, progress)
         progress.start(
             total=len(todo), total_bytes=sum(st.st_size for _, st in todo), skipped=report.skipped, workers=workers
         )
         try:
             if todo:
+                model = prepared.build(device)
+                del prepared  # its state dict, a copy of the weights, is not kept for the run
                 batch = options.batch_size or _auto_batch_size(model, device, options.crops, dtype, options.compile)
                 runner = ModelRunner(model, device, dtype, options.crops, batch, compile=options.compile)
                 with _StopOnCtrlC() as stop, _DurationProbe(todo, progress) as probe:
@@ -704,7 +708,7 @@ class _Run:
                 stream,
                 batch_size=None,
                 num_workers=n,
-                pin_memory=self.runner.device.type == "cuda",
+                pin_memory=False,  # ModelRunner._stage copies each batch into pinned memory once
                 prefetch_factor=self.prefetch if n else None,
                 in_order=False,  # take whichever worker is ready: a slow video does not stall the others
                 multiprocessing_context="spawn" if self.options.decoder == "nvdec" and n else None,  # CUDA in workers
@@ -738,7 +742,7 @@ class _Run:
                 if alone:
                     vid = jobs[0][0]
                     if vid not in collector.finished:
-                        collector.fail(vid, f"the decoder crashed on this video ({one_line(exc)[:100]})")
+                        collector.fail(vid, crash_reason(exc))
                     continue
                 # the videos the other workers were on: redone, alone first unless a stall (whose
                 # culprit is known) stopped them

@@ -26,7 +26,7 @@ import pickle
 import re
 import warnings
 import zipfile
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -47,7 +47,7 @@ from .cards import (
 from .errors import ConfigError, WeightsError
 from .model import TimeSformer, TimeSformerConfig, resize_pos_embed, resize_time_embed
 
-__all__ = ["load_model", "load_checkpoint", "save_checkpoint", "convert", "to_hf", "SamplingWarning", "ClassCountError"]
+__all__ = ["load_model", "prepare_model", "PreparedModel", "load_checkpoint", "save_checkpoint", "convert", "to_hf", "SamplingWarning", "ClassCountError"]
 
 StateDict = dict[str, torch.Tensor]
 
@@ -554,25 +554,38 @@ def _check_fits(config: TimeSformerConfig, state: StateDict, name: str, fresh: t
         raise WeightsError(f"checkpoint {name!r} does not fit the model; " + "; ".join(problems))
 
 
-def load_model(
+@dataclass
+class PreparedModel:
+    """A checkpoint read and fitted to the model it will build (:func:`prepare_model`), not built
+    yet: ``card`` (its config as the model will have it) says all a caller needs to plan work,
+    :meth:`build` makes the model. ``new_head``: the head is new (random init), not loaded."""
+
+    card: ModelCard
+    state: StateDict
+    new_head: bool = False
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.card.config.embed_dim
+
+    def build(self, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> TimeSformer:
+        """The model in eval mode (``model.card`` is :attr:`card`)."""
+        model = TimeSformer(self.card.config, card=self.card)  # a new head keeps its random init
+        model.load_state_dict(self.state, strict=not self.new_head)
+        return model.to(device=device, dtype=dtype).eval()
+
+
+def prepare_model(
     source: str | Path,
     *,
     num_frames: int | None = None,
     image_size: int | None = None,
     num_classes: int | None = None,
     num_heads: int | None = None,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype | None = None,
-) -> TimeSformer:
-    """Build a TimeSformer from any supported checkpoint (see ``load_checkpoint``).
-
-    ``num_frames`` / ``image_size`` run the model at another frame count or input size than its
-    checkpoint: the time / position embeddings are resized once, here, exactly as the official
-    code and Hugging Face resize them at run time, so outputs stay equal to theirs.
-    ``num_classes`` replaces a head of another size by a new random one (fine-tuning; 0 removes it).
-    ``num_heads``: the head count of a bare checkpoint file no card describes (see ``load_checkpoint``).
-    The returned model is in eval mode; ``model.card`` holds its preprocessing and class names.
-    """
+) -> PreparedModel:
+    """Read and fit a checkpoint as :func:`load_model` does, without building the model (which
+    costs seconds): a run that finds nothing to do plans from the card alone. Arguments are
+    :func:`load_model`'s; a checkpoint that does not fit raises here."""
     card, state = load_checkpoint(source, num_heads=num_heads)
     card = copy.deepcopy(card)
     config = card.config
@@ -592,11 +605,33 @@ def load_model(
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
         config.num_classes = num_classes
         card.classes = [f"class_{i}" for i in range(num_classes)]
-    fresh = ("head.weight", "head.bias") if new_head else ()
-    _check_fits(config, state, card.name, fresh)
-    model = TimeSformer(config, card=card)  # a new head keeps its random init
-    model.load_state_dict(state, strict=not fresh)
-    return model.to(device=device, dtype=dtype).eval()
+    _check_fits(config, state, card.name, ("head.weight", "head.bias") if new_head else ())
+    return PreparedModel(card, state, new_head)
+
+
+def load_model(
+    source: str | Path,
+    *,
+    num_frames: int | None = None,
+    image_size: int | None = None,
+    num_classes: int | None = None,
+    num_heads: int | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+) -> TimeSformer:
+    """Build a TimeSformer from any supported checkpoint (see ``load_checkpoint``).
+
+    ``num_frames`` / ``image_size`` run the model at another frame count or input size than its
+    checkpoint: the time / position embeddings are resized once, here, exactly as the official
+    code and Hugging Face resize them at run time, so outputs stay equal to theirs.
+    ``num_classes`` replaces a head of another size by a new random one (fine-tuning; 0 removes it).
+    ``num_heads``: the head count of a bare checkpoint file no card describes (see ``load_checkpoint``).
+    The returned model is in eval mode; ``model.card`` holds its preprocessing and class names.
+    """
+    prepared = prepare_model(
+        source, num_frames=num_frames, image_size=image_size, num_classes=num_classes, num_heads=num_heads
+    )
+    return prepared.build(device, dtype)
 
 
 def save_checkpoint(model: TimeSformer, out_dir: Path, *, card: ModelCard | None = None, name: str | None = None) -> Path:
