@@ -412,3 +412,33 @@ def test_ray_actor_killed_mid_run_still_gives_the_full_file(tmp_path, videos, re
     assert progress.killed
     assert report.counts == {"ok": 8, "partial": 0, "failed": 1}
     assert_same_file(reference, out)
+
+
+def test_a_ray_actor_takes_the_runs_decoder_precision_and_compile(videos, monkeypatch, capfd):
+    import torch
+
+    import vidfeat.extract as extract
+    from vidfeat.extract import ExtractOptions
+    from vidfeat.ray_extract import _Embedder
+
+    path = videos / "v4.mp4"  # 7 s: several clips
+    job = (0, "v4.mp4", str(path), path.stat().st_size, path.stat().st_mtime)
+    used = []
+    real_decode = extract.decode_video
+    monkeypatch.setattr(extract, "decode_video", lambda *a: used.append(a[-1]) or real_decode(*a))
+    results = {}
+    for decoder in ("pyav", "torchcodec"):
+        actor = _Embedder(ExtractOptions(decoder=decoder, workers=0), use_gpu=False, threads=1)
+        _, results[decoder], _, _ = actor.embed(job)
+    assert used == ["pyav", "torchcodec"]
+    a, b = results["pyav"], results["torchcodec"]
+    assert a.status == b.status == "ok" and a.num_clips == b.num_clips > 1
+    np.testing.assert_allclose(a.start_sec, b.start_sec, atol=1e-6)
+    np.testing.assert_array_equal(a.valid_frames, b.valid_frames)  # (frames: tests/test_decoders.py)
+    nvdec = _Embedder(ExtractOptions(decoder="nvdec", workers=0), use_gpu=False, threads=1)
+    assert nvdec.decoder == "pyav"
+    assert "NVDEC is not available (the model runs on the CPU)" in capfd.readouterr().err
+    compiled = _Embedder(ExtractOptions(compile=True, dtype="bf16", workers=0), use_gpu=False, threads=1)
+    assert compiled.runner.dtype == torch.bfloat16
+    assert compiled.runner._step is not compiled.runner._model_step  # torch.compile's wrapper
+    assert actor.runner._step == actor.runner._model_step and actor.runner.dtype == torch.float32

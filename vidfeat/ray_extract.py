@@ -25,7 +25,7 @@ import os
 from collections import deque
 from pathlib import Path
 
-from .errors import VidfeatError
+from .errors import VidfeatError, one_line
 
 __all__ = ["extract_ray"]
 
@@ -41,7 +41,7 @@ class _Embedder:
         import torch
 
         from .clips import ClipSampling
-        from .extract import ModelRunner, _auto_batch_size, _resolve_device
+        from .extract import ModelRunner, _auto_batch_size, _resolve_device, usable_decoder
         from .weights import load_model
 
         torch.set_num_threads(max(1, threads))
@@ -53,8 +53,9 @@ class _Embedder:
         self.options = options
         self.sampling = ClipSampling(self.card.preprocess.num_frames, options.fps or self.card.preprocess.fps,
                                      options.stride_sec)  # fmt: skip
-        batch = options.batch_size or _auto_batch_size(model, device, options.crops)
-        self.runner = ModelRunner(model, device, dtype, options.crops, batch)
+        batch = options.batch_size or _auto_batch_size(model, device, options.crops, dtype, options.compile)
+        self.runner = ModelRunner(model, device, dtype, options.crops, batch, compile=options.compile)
+        self.decoder = usable_decoder(options.decoder, device)  # NVDEC on this actor's GPU, else PyAV
         self.threads = max(1, threads)
 
     def pid(self) -> int:
@@ -64,13 +65,14 @@ class _Embedder:
         """``job``: (id, name, path, size_bytes, mtime) -> (id, VideoResult, decode_sec, model_sec)."""
         from torch.utils.data import DataLoader
 
-        from .extract import ClipItem, ClipStream, VideoEnd, video_result
-        from .store import VideoResult
+        from .extract import PREFETCH, ClipItem, ClipStream, VideoEnd, crash_reason, video_result
 
         vid, name, path, size, mtime = job
-        stream = ClipStream([(0, Path(path))], self.sampling, self.card, self.options.crops, self.threads)
+        stream = ClipStream([(0, Path(path))], self.sampling, self.card, self.options.crops, self.threads,
+                            decoder=self.decoder)  # fmt: skip
         workers = 1 if (self.options.workers is None or self.options.workers > 0) else 0
-        loader = DataLoader(stream, batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None)
+        loader = DataLoader(stream, batch_size=None, num_workers=workers, prefetch_factor=PREFETCH if workers else None,
+                            multiprocessing_context="spawn" if self.decoder == "nvdec" and workers else None)  # fmt: skip
         rows, batch, end = [], [], None
 
         def run(items):
@@ -89,14 +91,20 @@ class _Embedder:
         except RuntimeError as exc:  # the decode worker died (a crash inside FFmpeg on this file)
             if "DataLoader worker" not in str(exc):
                 raise
-            reason = f"the decoder crashed on this video ({' '.join(str(exc).split())[:100]})"
-            return vid, VideoResult(path=name, status="failed", error=reason, size_bytes=size, mtime=mtime), 0.0, \
-                self.runner.model_sec
+            return vid, _failed(job, crash_reason(exc)), 0.0, self.runner.model_sec
         if batch:
             run(batch)
         rows.sort(key=lambda r: r[0])
         dim, classes = self.runner.model.num_features, len(self.card.classes)
         return vid, video_result(name, size, mtime, end, rows, dim, classes), end.decode_sec, self.runner.model_sec
+
+
+def _failed(job, reason: str):
+    """The result of a video that failed as a whole (``job``: (id, name, path, size_bytes, mtime))."""
+    from .store import VideoResult
+
+    _, name, _, size, mtime = job
+    return VideoResult(path=name, status="failed", error=reason, size_bytes=size, mtime=mtime)
 
 
 def _connect(address: str | None):
@@ -109,7 +117,7 @@ def _connect(address: str | None):
             ray.init(address=address, namespace=NAMESPACE, include_dashboard=False)
         except (ConnectionError, ValueError, RuntimeError) as exc:
             raise VidfeatError(f"cannot reach the Ray cluster {address or '(RAY_ADDRESS or local)'}: "
-                               f"{' '.join(str(exc).split())[:200]}") from exc  # fmt: skip
+                               f"{one_line(exc)[:200]}") from exc  # fmt: skip
     return ray
 
 
@@ -126,14 +134,14 @@ def extract_ray(videos, output: Path, options, progress=None, *, address: str | 
     from .clips import ClipSampling
     from .extract import ExtractReport, open_writer, plan, record, with_root
     from .progress import Progress
-    from .store import VideoResult, summarize
-    from .weights import load_model
+    from .store import summarize
+    from .weights import prepare_model
 
     options = with_root(options, videos)
     ray = _connect(address)
-    model = load_model(options.model, num_frames=options.num_frames, device="cpu")  # the card and width
-    card, embedding_dim = model.card, model.num_features
-    del model
+    prepared = prepare_model(options.model, num_frames=options.num_frames)  # the card and width; the actors build it
+    card, embedding_dim = prepared.card, prepared.embedding_dim
+    del prepared
     sampling = ClipSampling(card.preprocess.num_frames, options.fps or card.preprocess.fps, options.stride_sec)
     progress = progress or Progress(enabled=False)
     report = ExtractReport(output=output)
@@ -176,8 +184,7 @@ def extract_ray(videos, output: Path, options, progress=None, *, address: str | 
                 try:
                     vid, result, decode_sec, model_sec[actor] = ray.get(done[0])
                 except ray.exceptions.RayTaskError as exc:  # a bug in the actor: this video fails, the run goes on
-                    reason = f"internal error in the Ray actor: {' '.join(str(exc.cause).split())[:200]}"
-                    result = VideoResult(path=job[1], status="failed", error=reason, size_bytes=job[3], mtime=job[4])
+                    result = _failed(job, f"internal error in the Ray actor: {one_line(exc.cause)[:200]}")
                     decode_sec = 0.0
                 except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as exc:
                     attempts[job[0]] = attempts.get(job[0], 0) + 1
@@ -188,8 +195,7 @@ def extract_ray(videos, output: Path, options, progress=None, *, address: str | 
                     if attempts[job[0]] < _MAX_ATTEMPTS:
                         pending.appendleft(job)
                         continue
-                    reason = f"the Ray actor died {_MAX_ATTEMPTS} times on this video ({type(exc).__name__})"
-                    result = VideoResult(path=job[1], status="failed", error=reason, size_bytes=job[3], mtime=job[4])
+                    result = _failed(job, f"the Ray actor died {_MAX_ATTEMPTS} times on this video ({type(exc).__name__})")
                     decode_sec = 0.0
                 record(job[0], result, writer, report, progress, decode_sec, sum(model_sec.values()))
         except KeyboardInterrupt:
