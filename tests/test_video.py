@@ -35,6 +35,7 @@ from videos import (
     make_video_without_duration,
     make_zero_length_stream,
     red_band_edge,
+    require_ffmpeg,
     tag_rotate_with_ffmpeg,
 )
 from vidfeat.clips import SHOW_TOLERANCE, ClipSampling
@@ -153,6 +154,8 @@ def test_timeline_starts_at_the_first_frame(tmp_path: Path) -> None:
     reader, clips = read(path, sampling)
     assert clips[0].start_sec == 0.0
     assert reader.duration_sec == pytest.approx(2.0)
+    # The container declares the end, 7 s (the last frame ends 7 s into the file): 2 s long.
+    assert (reader.status, reader.info.duration_sec, probe_duration(path)) == ("ok", 2.0, 2.0)
     check_clips(reader, clips, times, sampling)
 
 
@@ -612,6 +615,120 @@ def test_measure_end_ignores_a_wrong_declared_duration(tmp_path: Path) -> None:
     tiler, _ = read(cut, ClipSampling(4, 4))
     with ClipReader(cut, ClipSampling(4, 4)) as reader:
         assert reader.measure_end() == pytest.approx(tiler.duration_sec) and tiler.duration_sec < 2.0
+
+
+# --- videos whose first frame is not at time 0 of the file -----------------------------------
+
+# The decoders that must agree on statuses and durations; torchcodec is skipped where unusable.
+DECODERS = ["pyav", "torchcodec"]
+
+
+def read_with(path: Path, sampling: ClipSampling, decoder: str) -> tuple[ClipReader, list[Clip]]:
+    if decoder == "torchcodec":
+        from vidfeat.decoders import torchcodec_unavailable
+
+        reason = torchcodec_unavailable()
+        if reason:
+            pytest.skip(reason)
+    with ClipReader(path, sampling, short_side=None, decoder=decoder) as reader:
+        return reader, list(reader)
+
+
+def ffmpeg(*args: str | Path) -> None:
+    """Run the ffmpeg CLI quietly on ``args``; skips the test without it."""
+    subprocess.run([require_ffmpeg(), "-v", "error", "-y", *map(str, args)], check=True, capture_output=True)
+
+
+def shift_with_ffmpeg(src: Path, dst: Path, offset_sec: float) -> None:
+    """Remux ``src`` into ``dst`` (the format of its name) with every timestamp ``offset_sec``
+    later: the first frame sits at ``offset_sec`` on the file's clock."""
+    ffmpeg("-i", src, "-c", "copy", "-output_ts_offset", f"{offset_sec:g}", dst)
+
+
+def add_earlier_audio(src: Path, dst: Path, delay_sec: float, audio_sec: float) -> None:
+    """Remux the video of ``src`` into ``dst`` ``delay_sec`` after the start of an
+    ``audio_sec`` tone: the container starts with the audio, the video later."""
+    ffmpeg("-f", "lavfi", "-i", f"sine=d={audio_sec:g}", "-itsoffset", f"{delay_sec:g}", "-i", src,
+           "-map", "0:a", "-map", "1:v", "-c:v", "copy", "-c:a", "aac", dst)  # fmt: skip
+
+
+# name -> how the 6 s base video is turned into it (FFmpeg's metadata for each, measured):
+OFFSET_VIDEOS: dict[str, Callable[[Path, Path], None]] = {
+    # no stream duration; the container's (Segment Duration) is the end, 36 s, from start 30 s
+    "offset.mkv": lambda src, dst: shift_with_ffmpeg(src, dst, 30.0),
+    # stream start 31.4 s (MPEG-TS adds 1.4 s), stream and container duration 6 s
+    "offset.ts": lambda src, dst: shift_with_ffmpeg(src, dst, 30.0),
+    # stream start 30 s, stream duration 6 s
+    "offset.mp4": lambda src, dst: shift_with_ffmpeg(src, dst, 30.0),
+    # video from about 4 s, no stream duration; container from 0 s (the audio) to 10 s
+    "late.mkv": lambda src, dst: add_earlier_audio(src, dst, 4.0, 10.0),
+    # video stream from 5.4 s for 6 s; container from 1.4 s (the audio) for 10 s
+    "late.ts": lambda src, dst: add_earlier_audio(src, dst, 4.0, 10.0),
+}
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+@pytest.mark.parametrize("name", list(OFFSET_VIDEOS))
+def test_a_video_starting_late_in_its_file_is_complete(tmp_path: Path, name: str, decoder: str) -> None:
+    """Its declared length counts from its first frame, as the timeline does: 6 s, not 36."""
+    base = tmp_path / "base.mp4"
+    times = make_video(base, seconds=6, fps=25, gop=25)
+    path = tmp_path / name
+    OFFSET_VIDEOS[name](base, path)
+    sampling = ClipSampling(8, 8.0)  # 1 s clips every 0.5 s
+    reader, clips = read_with(path, sampling, decoder)
+    assert (reader.status, reader.error) == ("ok", "")
+    assert reader.duration_sec == pytest.approx(6.0, abs=1e-3)
+    assert reader.info.duration_sec == pytest.approx(6.0, abs=0.03)
+    assert reader.info.duration_sec == probe(path).duration_sec  # every decoder: PyAV's number
+    assert probe_duration(path) == pytest.approx(reader.info.duration_sec, abs=1e-9)
+    assert len(clips) == 11
+    check_clips(reader, clips, times, sampling)
+    with ClipReader(path, sampling, short_side=None, decoder=decoder) as measured:
+        assert measured.measure_end() == pytest.approx(reader.duration_sec, abs=1e-9)
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_a_matroska_duration_counts_as_an_end_or_a_length(tmp_path: Path, decoder: str) -> None:
+    """FFmpeg writes the Segment Duration as the end time (36 s for 30 s to 36 s), mkvmerge as
+    the length (6 s): both read as 6 s, and a video starting at 0 reads the same either way."""
+    base = tmp_path / "base.mp4"
+    make_video(base, seconds=6, fps=25, gop=25)
+    as_length = tmp_path / "length.mkv"
+    shift_with_ffmpeg(base, as_length, 30.0)
+    declare_mkv_duration(as_length, 6.0)
+    at_zero = tmp_path / "zero.mkv"
+    make_video(at_zero, seconds=3, fps=25)
+    declare_mkv_duration(at_zero, 6.0)  # claims 6 s, the frames end at 3 s
+    reader, _ = read_with(as_length, ClipSampling(8, 8.0), decoder)
+    assert (reader.status, reader.info.duration_sec, probe_duration(as_length)) == ("ok", 6.0, 6.0)
+    reader, _ = read_with(at_zero, ClipSampling(8, 8.0), decoder)
+    assert (reader.status, reader.error, reader.info.duration_sec) == ("partial", "decoded 3.0 s of 6.0 s", 6.0)
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+@pytest.mark.parametrize(("offset_sec", "duration_as_length"), [(0.0, False), (30.0, False), (30.0, True)])
+def test_a_cut_matroska_file_with_an_offset_is_partial(
+    tmp_path: Path, decoder: str, offset_sec: float, duration_as_length: bool
+) -> None:
+    """Half the bytes of a 20 s video: partial with or without a start offset, and whichever
+    way the Segment Duration is written, the same reason as the file starting at 0."""
+    base = tmp_path / "base.mp4"
+    times = make_video(base, seconds=20, fps=25, gop=25)
+    path = tmp_path / "cut.mkv"
+    shift_with_ffmpeg(base, path, offset_sec)
+    if duration_as_length:
+        declare_mkv_duration(path, 20.0)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    assert probe_duration(path) == pytest.approx(20.0)
+    sampling = ClipSampling(8, 8.0)
+    reader, clips = read_with(path, sampling, decoder)
+    end = reader.duration_sec
+    assert end is not None and 5.0 < end < 15.0
+    assert (reader.status, reader.error) == ("partial", f"decoded {end:.1f} s of 20.0 s")
+    assert reader.info.duration_sec == pytest.approx(20.0)
+    check_clips(reader, clips, times, sampling)
 
 
 # --- sampling warnings -----------------------------------------------------------------------

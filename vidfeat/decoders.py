@@ -27,7 +27,7 @@ from types import SimpleNamespace
 import av
 
 from vidfeat.errors import VideoError
-from vidfeat.video import VideoInfo, _declared_duration, _open_container, _pick_stream, _video_info, _VideoSource
+from vidfeat.video import VideoInfo, _Declared, _open_container, _pick_stream, _video_info, _VideoSource
 
 __all__ = ["DECODERS", "torchcodec_unavailable", "nvdec_unavailable", "open_source"]
 
@@ -120,7 +120,8 @@ class TorchcodecSource(_VideoSource):
     def __init__(self, path: str | os.PathLike[str], threads: int = 0, device: str = "cpu") -> None:
         self._device = device
         self._converter = None
-        self._header: tuple[float | None, Fraction | None, str] | None = None
+        self._header: tuple[_Declared, Fraction | None, str] | None = None
+        self._tick: Fraction | None = None  # the stream's time base
         super().__init__(path, threads)
 
     def _open(self) -> None:
@@ -129,8 +130,9 @@ class TorchcodecSource(_VideoSource):
         if self._header is None:  # PyAV reads the header: the same refusals as the default decoder
             with _open_container(self._path) as container:
                 stream = _pick_stream(container)
-                self._header = (_declared_duration(container, stream), stream.average_rate, stream.codec_context.name)
+                self._header = (_Declared.read(container, stream), stream.average_rate, stream.codec_context.name)
                 index = stream.index
+                self._tick = stream.time_base
             self._index = index
         try:
             demuxer = Demuxer(self._path, streams=self._index)
@@ -142,7 +144,17 @@ class TorchcodecSource(_VideoSource):
         self._time_base = Fraction(1, 1)
 
     def _describe(self, frame: _Frame) -> VideoInfo:
-        return _video_info(frame, *self._header)
+        assert self._header is not None
+        declared, rate, codec = self._header
+        return _video_info(frame, declared.length(self._zero_on_clock()), rate, codec)
+
+    def _zero_on_clock(self) -> float | Fraction | None:
+        """As the PyAV source: torchcodec's stamps are seconds in floating point, put back on the
+        stream's ticks so that the declared length is the very number PyAV gives."""
+        if self._origin is None or not self._tick:
+            return super()._zero_on_clock()
+        stamp, at = self._origin
+        return round(Fraction(stamp) / self._tick) * self._tick - Fraction(at)
 
     def _decoded(self) -> Iterator[_Frame]:
         demuxer, decoder = self._container, self._decoder

@@ -55,7 +55,7 @@ filtered ``BILINEAR`` (0.51 vs 0.99 ms a 720p frame to 398x224, one core), which
 resizing the sampled frames is the decode workers' main cost after decoding itself."""
 
 # A video is partial when decoding ends before PARTIAL_FRACTION * stated - PARTIAL_SLACK_SEC
-# seconds, `stated` being the duration the container declares.
+# seconds, `stated` being the length the metadata declares on the timeline (VideoInfo.duration_sec).
 PARTIAL_FRACTION = 0.9
 PARTIAL_SLACK_SEC = 0.5
 
@@ -82,8 +82,9 @@ class VideoInfo:
     the rotation metadata is applied (pixel aspect ratio is not corrected). ``rotation`` is the
     counter-clockwise rotation (0, 90, 180 or 270 degrees) that turns the coded picture upright:
     the display-matrix rotation as ffprobe and PyAV report it, modulo 360.
-    ``duration_sec`` is the duration the container declares (``None`` when it declares none)
-    and ``fps`` its average frame rate (``None`` when unknown).
+    ``duration_sec`` is the length the metadata declares, on the timeline: from the first decoded
+    frame to the declared end (``None`` when it declares none, see :class:`_Declared`), and
+    ``fps`` the average frame rate (``None`` when unknown).
     """
 
     duration_sec: float | None
@@ -232,13 +233,72 @@ def _pick_stream(container: InputContainer) -> VideoStream:
     return stream
 
 
-def _declared_duration(container: InputContainer, stream: VideoStream) -> float | None:
-    """The duration the metadata declares: the stream's, else the container's; None if neither."""
-    if stream.duration and stream.time_base:
-        return float(stream.duration * stream.time_base)
-    if container.duration:
-        return container.duration / av.time_base
-    return None
+# Demuxers whose container duration is the segment's end time, not a length: see _Declared.
+_END_DURATION_DEMUXERS = frozenset({"matroska,webm"})
+
+
+@dataclass(frozen=True)
+class _Declared:
+    """The span a video's metadata declares, in seconds on the file's clock (``None``: not
+    declared): the video stream's start and duration, the container's start and duration.
+
+    :meth:`length` puts it on the timeline, whose time 0 is the first decoded frame, which need
+    not sit at time 0 of the file (an MPEG-TS clock at 1.4 s, a Matroska cut starting at 30 s,
+    a video starting after the audio). FFmpeg reports the stream's duration as a length from the
+    stream's start, so the declared end is start + duration. A container duration is a length
+    from the container's start (the earliest stream's) for most demuxers, but Matroska/WebM
+    hand the segment's Duration element through as it is, and writers disagree on it: FFmpeg's
+    muxer writes the end of the last block on the file's clock (a cut from 30 s to 36 s declares
+    36 s), mkvmerge the last end minus the first timestamp (6 s). For Matroska both readings
+    count, and the earlier end after the first frame is the one declared: a video is reported
+    partial only when it ends short under both. Files starting at 0, most of them, read the
+    same either way.
+    """
+
+    stream_start: Fraction | None
+    stream_duration: Fraction | None
+    container_start: Fraction | None
+    container_duration: Fraction | None
+    end_duration: bool  # the container duration may be an end time (Matroska)
+
+    @classmethod
+    def read(cls, container: InputContainer, stream: VideoStream) -> _Declared:
+        tb = stream.time_base
+
+        def stream_seconds(value: int | None) -> Fraction | None:
+            return None if value is None or not tb else value * tb
+
+        def container_seconds(value: int | None) -> Fraction | None:
+            return None if value is None else Fraction(value, av.time_base)
+
+        return cls(
+            stream_start=stream_seconds(stream.start_time),
+            stream_duration=stream_seconds(stream.duration or None),
+            container_start=container_seconds(container.start_time),
+            container_duration=container_seconds(container.duration or None),
+            end_duration=container.format.name in _END_DURATION_DEMUXERS,
+        )
+
+    def length(self, first: float | Fraction | None) -> float | None:
+        """Seconds from the first frame, at ``first`` on the file's clock, to the declared end;
+        ``None`` when the metadata declares no end after the first frame. Without ``first`` (no
+        frame decoded, or one without a timestamp) the stream's start, else the container's,
+        stands in for it; a duration without a start is a length from the first frame."""
+        if first is None:
+            first = self.stream_start if self.stream_start is not None else self.container_start
+        zero = Fraction(first) if first is not None else Fraction(0)
+        if self.stream_duration:
+            start = self.stream_start
+            ends = [(zero if start is None else start) + self.stream_duration]
+        elif self.container_duration:
+            start = self.container_start
+            ends = [(zero if start is None else start) + self.container_duration]
+            if self.end_duration:
+                ends.append(self.container_duration)
+        else:
+            return None
+        lengths = [end - zero for end in ends if end > zero]
+        return float(min(lengths)) if lengths else None
 
 
 class _VideoSource:
@@ -304,7 +364,16 @@ class _VideoSource:
         stream = self._stream
         container = self._container
         assert container is not None
-        return _video_info(frame, _declared_duration(container, stream), stream.average_rate, stream.codec_context.name)
+        declared = _Declared.read(container, stream).length(self._zero_on_clock())
+        return _video_info(frame, declared, stream.average_rate, stream.codec_context.name)
+
+    def _zero_on_clock(self) -> float | Fraction | None:
+        """Where timeline time 0 lies on the file's clock, in seconds (from the first stamped
+        frame: usually the first frame's own time); None while no frame had a stamp."""
+        if self._origin is None:
+            return None
+        stamp, at = self._origin
+        return stamp * self._time_base - Fraction(at)
 
     def _decoded(self) -> Iterator[VideoFrame]:
         """Frames in presentation order; stops at the first demux/decode error."""
@@ -486,14 +555,18 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo:
 def probe_duration(path: str | os.PathLike[str]) -> float | None:
     """The video's duration in seconds as its metadata declares it, without decoding a frame.
 
-    The video stream's duration, else the container's. ``None`` when the metadata declares none
-    and for any file that cannot be opened as a video (missing, not a video, no video stream):
-    it never raises for a bad file. A cheap estimate (e.g. for progress), not the measured end.
+    The declared length of :class:`VideoInfo` (``duration_sec``), measured from the video
+    stream's start time (the container's where the stream declares none) as the best estimate
+    of the first frame's time, which only decoding tells: the two differ when the stream's
+    first frames cannot be decoded or its start time is not its first frame's. ``None`` when
+    the metadata declares none and for any file that cannot be opened as a video (missing, not
+    a video, no video stream): it never raises for a bad file. A cheap estimate (e.g. for
+    progress), not the measured end.
     """
     try:
         _check_file(os.fspath(path))
         with av.open(os.fspath(path), metadata_errors="replace") as container:
-            return _declared_duration(container, _pick_stream(container))
+            return _Declared.read(container, _pick_stream(container)).length(None)
     except (VideoError, av.FFmpegError, OSError, ValueError):
         return None
 
@@ -512,9 +585,10 @@ class ClipReader:
     frames are then CUDA tensors): every decoder gives the same sampling, times and statuses.
 
     Once iteration ends, ``status`` is ``"ok"`` or ``"partial"`` (decoding stopped on an error,
-    or ended far before the declared duration), ``error`` the one-line reason for ``partial``
-    (else ``""``) and ``duration_sec`` the measured end ``E`` of the video. The container is
-    closed when iteration ends, on ``close()`` and when leaving a ``with`` block.
+    or ended far before the declared length ``info.duration_sec``), ``error`` the one-line
+    reason for ``partial`` (else ``""``) and ``duration_sec`` the measured end ``E`` of the
+    video. The container is closed when iteration ends, on ``close()`` and when leaving a
+    ``with`` block.
 
     ``sampled_frames`` counts the real targets of the clips read so far (padding excluded) and
     ``repeated_frames`` those of them that show the same decoded frame as the previous target
