@@ -26,7 +26,7 @@ from types import SimpleNamespace
 
 import av
 
-from vidfeat.errors import VideoError
+from vidfeat.errors import VideoError, one_line
 from vidfeat.video import VideoInfo, _Declared, _open_container, _pick_stream, _video_info, _VideoSource
 
 __all__ = ["DECODERS", "torchcodec_unavailable", "nvdec_unavailable", "open_source"]
@@ -43,7 +43,7 @@ def torchcodec_unavailable() -> str | None:
     try:
         import torchcodec.decoders  # noqa: F401
     except Exception as exc:  # noqa: BLE001 - ImportError, or OSError from its FFmpeg libraries
-        reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+        reason = one_line(exc)[:160]
         return f"torchcodec is not usable ({reason}); install it with `pip install vidfeat[torchcodec]` next to FFmpeg 4-8"
     return None
 
@@ -67,7 +67,7 @@ def nvdec_unavailable(device_index: int = 0) -> str | None:
             try:
                 _decode_probe(f"cuda:{device_index}")
             except Exception as exc:  # noqa: BLE001 - any failure means "not here"
-                reason = "torchcodec cannot decode on the GPU: " + (" ".join(str(exc).split())[:200] or type(exc).__name__)
+                reason = "torchcodec cannot decode on the GPU: " + one_line(exc)[:200]
     _nvdec_reason[device_index] = reason
     return reason
 
@@ -138,7 +138,7 @@ class TorchcodecSource(_VideoSource):
             demuxer = Demuxer(self._path, streams=self._index)
             self._decoder = demuxer.streams[0].make_decoder(device=self._device, num_ffmpeg_threads=self._threads)
         except (RuntimeError, ValueError) as error:
-            raise VideoError(f"torchcodec cannot open this video: {' '.join(str(error).split())[-200:]}") from None
+            raise VideoError(f"torchcodec cannot open this video: {one_line(error)[-200:]}") from None
         self._container = demuxer
         self._stream = SimpleNamespace(average_rate=self._header[1])
         self._time_base = Fraction(1, 1)
@@ -167,7 +167,7 @@ class TorchcodecSource(_VideoSource):
                     yield _Frame(raw)
             tail = decoder.drain()
         except RuntimeError as error:
-            self.error = " ".join(str(error).split()).rsplit(", ", 1)[-1] or "decoding failed"
+            self.error = one_line(str(error)).rsplit(", ", 1)[-1] or "decoding failed"
             try:  # frames already inside the decoder are good: drain them
                 tail = decoder.drain()
             except RuntimeError:

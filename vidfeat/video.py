@@ -44,7 +44,7 @@ from av.video.reformatter import VideoReformatter
 from av.video.stream import VideoStream
 
 from vidfeat.clips import SHOW_TOLERANCE, ClipSampling
-from vidfeat.errors import VideoError
+from vidfeat.errors import VideoError, one_line
 
 INTERPOLATION = "FAST_BILINEAR"
 """swscale interpolation used when resizing sampled frames.
@@ -161,7 +161,7 @@ def _reason(error: BaseException) -> str:
     where = getattr(error, "filename", None)
     if isinstance(where, str) and where.endswith(")"):  # the failing FFmpeg call
         text = f"{text} ({where})"
-    return " ".join(str(text).split())
+    return one_line(text)
 
 
 def _check_file(path: str) -> None:
