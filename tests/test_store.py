@@ -430,6 +430,39 @@ def test_a_second_writer_is_refused(tmp_path):
         pass
 
 
+def test_a_forked_child_does_not_keep_the_output_locked(tmp_path):
+    """Decode workers are forked while the writer is open and share its lock file description."""
+    out = tmp_path / "feats.h5"
+    writer = open_writer(out)
+    assert not os.get_inheritable(writer._lock_fd)  # not passed on to programs started with exec
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child holds the inherited lock fd until the parent closes the pipe
+        os.close(write_end)
+        os.read(read_end, 1)
+        os._exit(0)
+    os.close(read_end)
+    try:
+        writer.add(make_result("a.mp4"))
+        with pytest.raises(StoreError) as err:  # the first writer is still open: refused
+            open_writer(out)
+        assert str(err.value) == (
+            f"another vidfeat process is writing {out} (it holds {parts_path(out) / 'lock'}): "
+            "wait for it to finish or choose another -o"
+        )
+        writer.close()
+        assert os.waitpid(pid, os.WNOHANG) == (0, 0)  # the child still lives
+        with open_writer(out) as second:  # the same process runs again on the same output
+            assert second.is_done("a.mp4", make_result("a.mp4").size_bytes, make_result("a.mp4").mtime)
+            second.add(make_result("b/1.mp4"))
+            second.finalize()
+    finally:
+        os.close(write_end)
+        os.waitpid(pid, 0)
+    with open_features(out) as f:
+        assert f.videos.path.tolist() == ["a.mp4", "b/1.mp4"]
+
+
 # crash safety
 
 

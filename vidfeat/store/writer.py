@@ -437,6 +437,7 @@ class FeatureWriter:
             self._next_seq = int(_CHUNK_RE.match(self._chunks[-1].name).group(1)) + 1
 
     def _lock(self) -> None:
+        # os.open gives a non-inheritable fd (O_CLOEXEC): a program started with exec does not get it.
         self._lock_fd = os.open(self.parts / _LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         if fcntl is None:  # pragma: no cover
             return
@@ -450,8 +451,15 @@ class FeatureWriter:
 
     def _release(self) -> None:
         if self._lock_fd is not None:
-            os.close(self._lock_fd)  # releases the flock
-            self._lock_fd = None
+            # A flock belongs to the open file description, which processes forked while the
+            # writer was open (decode workers) share: closing our fd alone would leave the lock
+            # held until the last of them exits. LOCK_UN releases it for all of them.
+            try:
+                if fcntl is not None:
+                    fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            finally:
+                os.close(self._lock_fd)
+                self._lock_fd = None
         self._closed = True
 
     def _discard(self) -> None:
