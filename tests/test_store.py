@@ -436,13 +436,17 @@ def test_a_forked_child_does_not_keep_the_output_locked(tmp_path):
     writer = open_writer(out)
     assert not os.get_inheritable(writer._lock_fd)  # not passed on to programs started with exec
     read_end, write_end = os.pipe()
+    ready_read, ready_write = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child holds the inherited lock fd until the parent closes the pipe
+    if pid == 0:  # the child closes its copy of the writer, then lives until the parent closes the pipe
         os.close(write_end)
+        writer._release()
+        os.write(ready_write, b"x")
         os.read(read_end, 1)
         os._exit(0)
     os.close(read_end)
     try:
+        assert os.read(ready_read, 1) == b"x"
         writer.add(make_result("a.mp4"))
         with pytest.raises(StoreError) as err:  # the first writer is still open: refused
             open_writer(out)
@@ -457,7 +461,8 @@ def test_a_forked_child_does_not_keep_the_output_locked(tmp_path):
             second.add(make_result("b/1.mp4"))
             second.finalize()
     finally:
-        os.close(write_end)
+        for fd in (write_end, ready_read, ready_write):
+            os.close(fd)
         os.waitpid(pid, 0)
     with open_features(out) as f:
         assert f.videos.path.tolist() == ["a.mp4", "b/1.mp4"]

@@ -389,6 +389,7 @@ class FeatureWriter:
         self._chunks: list[Path] = []  # committed, oldest first
         self._next_seq = 1
         self._lock_fd: int | None = None
+        self._lock_pid = 0  # the process that took the lock
         self._closed = False
         self._finalized: Path | None = None
         self._last_commit = time.monotonic()
@@ -439,6 +440,7 @@ class FeatureWriter:
     def _lock(self) -> None:
         # os.open gives a non-inheritable fd (O_CLOEXEC): a program started with exec does not get it.
         self._lock_fd = os.open(self.parts / _LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        self._lock_pid = os.getpid()
         if fcntl is None:  # pragma: no cover
             return
         try:
@@ -453,9 +455,10 @@ class FeatureWriter:
         if self._lock_fd is not None:
             # A flock belongs to the open file description, which processes forked while the
             # writer was open (decode workers) share: closing our fd alone would leave the lock
-            # held until the last of them exits. LOCK_UN releases it for all of them.
+            # held until the last of them exits. LOCK_UN releases it for all of them, so only the
+            # process that took the lock does it (a forked child closing its copy leaves it held).
             try:
-                if fcntl is not None:
+                if fcntl is not None and self._lock_pid == os.getpid():
                     fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             finally:
                 os.close(self._lock_fd)
