@@ -666,6 +666,7 @@ class FeatureWriter:
                 os.replace(tmp, self.output)
                 _fsync_dir(self.output.parent)
             except NoSpace as exc:
+                _unlink_quiet(tmp)
                 raise StoreError(
                     f"cannot assemble {self.output}: it needs about {_mb(exc.needed)} in {self.parts}, which has "
                     f"{_mb(exc.free)} free; the {self._committed_count()} committed videos there are kept: free "
