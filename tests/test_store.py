@@ -430,6 +430,44 @@ def test_a_second_writer_is_refused(tmp_path):
         pass
 
 
+def test_a_forked_child_does_not_keep_the_output_locked(tmp_path):
+    """Decode workers are forked while the writer is open and share its lock file description."""
+    out = tmp_path / "feats.h5"
+    writer = open_writer(out)
+    assert not os.get_inheritable(writer._lock_fd)  # not passed on to programs started with exec
+    read_end, write_end = os.pipe()
+    ready_read, ready_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child closes its copy of the writer, then lives until the parent closes the pipe
+        os.close(write_end)
+        writer._release()
+        os.write(ready_write, b"x")
+        os.read(read_end, 1)
+        os._exit(0)
+    os.close(read_end)
+    try:
+        assert os.read(ready_read, 1) == b"x"
+        writer.add(make_result("a.mp4"))
+        with pytest.raises(StoreError) as err:  # the first writer is still open: refused
+            open_writer(out)
+        assert str(err.value) == (
+            f"another vidfeat process is writing {out} (it holds {parts_path(out) / 'lock'}): "
+            "wait for it to finish or choose another -o"
+        )
+        writer.close()
+        assert os.waitpid(pid, os.WNOHANG) == (0, 0)  # the child still lives
+        with open_writer(out) as second:  # the same process runs again on the same output
+            assert second.is_done("a.mp4", make_result("a.mp4").size_bytes, make_result("a.mp4").mtime)
+            second.add(make_result("b/1.mp4"))
+            second.finalize()
+    finally:
+        for fd in (write_end, ready_read, ready_write):
+            os.close(fd)
+        os.waitpid(pid, 0)
+    with open_features(out) as f:
+        assert f.videos.path.tolist() == ["a.mp4", "b/1.mp4"]
+
+
 # crash safety
 
 
@@ -871,6 +909,99 @@ def test_a_really_full_filesystem_while_committing(small_fs, big_reference):
     child = _run_child("_small_disk_main", str(out))
     assert (child.returncode, child.stdout, child.stderr) == (0, "", "")
     assert_same_content(out, big_reference)
+
+
+def _fill(directory: Path, leave: int = 0) -> None:
+    """Fill the filesystem of ``directory`` to the last byte, as another process would, then free
+    ``leave`` bytes."""
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        while True:
+            os.write(fd, b"\1" * 4096)
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+    os.truncate(filler, filler.stat().st_size - leave)
+
+
+def _full_disk_main() -> None:
+    """Run in a subprocess on a small filesystem: commit the big run, then finalize with the disk
+    filled by another "process" right after the free-space check (``check``, leaving ``leave``
+    bytes free) or once assembly has begun (``write``), or not at all (``none``);
+    ``no-fallocate``: a filesystem without fallocate. Prints the error if any."""
+    from vidfeat.store import assemble
+
+    out, when, reserve, leave = Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+    _big_run(out, finalize=False)
+    if reserve == "no-fallocate":
+
+        def unsupported(fd, offset, length):
+            raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+
+        os.posix_fallocate = unsupported
+    if when == "check":
+        real_usage, calls = shutil.disk_usage, []
+
+        def disk_usage(path):
+            usage = real_usage(path)
+            if not calls:
+                _fill(out.parent, leave)
+            calls.append(path)
+            return usage
+
+        shutil.disk_usage = disk_usage
+    elif when == "write":
+        real_write = assemble._write
+
+        def write(*args, **kwargs):
+            _fill(out.parent, leave)
+            real_write(*args, **kwargs)
+
+        assemble._write = write
+    try:
+        _big_run(out)
+    except StoreError as exc:
+        print(str(exc), flush=True)
+
+
+@pytest.mark.parametrize("reserve", ["fallocate", "no-fallocate"])
+@pytest.mark.parametrize("leave", [0, 64 << 10])  # the file cannot be created / its space cannot be reserved
+def test_a_disk_filled_by_another_process_after_the_check(small_fs, big_reference, reserve, leave):
+    """The free-space check passes, then the disk fills up before anything is written."""
+    from vidfeat.store.assemble import _needed_bytes
+    from vidfeat.store.format import _read_table
+    from vidfeat.store.writer import _mb
+
+    with h5py.File(big_reference, "r") as f:
+        needed = _needed_bytes(_read_table(f), CLASSES, D, np.dtype(np.float32))
+    out = small_fs("2m") / "feats.h5"
+    child = _run_child("_full_disk_main", str(out), "check", reserve, str(leave))
+    assert (child.returncode, child.stderr) == (0, "")  # no segfault, nothing printed by h5py
+    assert child.stdout.splitlines() == [
+        f"cannot assemble {out}: it needs about {_mb(needed)} in {parts_path(out)}, which has {_mb(leave)} free; "
+        f"the 10 committed videos there are kept: free at least {_mb(needed - leave)} there and rerun the same "
+        "command to finish"
+    ]
+    _assert_parts_intact(out)  # no output, no assembling.h5.tmp, every chunk there
+    (out.parent / "filler").unlink()  # space freed: rerun the same command
+    child = _run_child("_full_disk_main", str(out), "none", reserve, "0")
+    assert (child.returncode, child.stdout, child.stderr) == (0, "", "")
+    assert_same_content(out, big_reference)
+
+
+@pytest.mark.parametrize("reserve", ["fallocate", "no-fallocate"])
+def test_the_reserved_space_survives_a_disk_filled_during_assembly(small_fs, big_reference, reserve):
+    """Once assembly has reserved the file's space, filling the disk cannot make it fail."""
+    out = small_fs("2m") / "feats.h5"
+    child = _run_child("_full_disk_main", str(out), "write", reserve, "0")
+    assert (child.returncode, child.stdout, child.stderr) == (0, "", "")  # no segfault, no error
+    assert_same_content(out, big_reference)
+    assert not parts_path(out).exists()
+    size = out.stat().st_size
+    assert size == big_reference.stat().st_size  # the reserved tail was cut off
+    assert out.stat().st_blocks * 512 <= size + 4096
 
 
 # file size

@@ -1,17 +1,21 @@
 """Assembly of the final file: merge the previous final file and the committed chunks (oldest
 first) into one new file, streaming one row range at a time, then compute the per-video means.
 
-Write errors (a full disk) must surface as exceptions at the write that failed, with nothing
-left for HDF5 to write later: data that HDF5 still holds in its chunk cache is written when
-the dataset or file is closed, where a failure cannot be reported cleanly (h5py prints it from
-a destructor and the library is left with a half-closed file that crashes the process at exit).
-So the file is opened without a chunk cache (every slice assignment goes to disk at once), the
-datasets live only inside :func:`_write`, and the free space is checked before anything is
-written.
+Write errors (a full disk) must never reach HDF5 while it writes the file: HDF5 writes
+metadata when datasets and the file are closed, and a failure there cannot be reported cleanly
+(h5py prints it from a destructor and the library is left with a half-closed file that crashes
+the process). So the free space is checked before anything is written, and the space of the
+whole file is then reserved (:func:`_reserve`), so that another process filling the disk during
+assembly cannot make a write of the file fail (on a copy-on-write filesystem such as btrfs or
+ZFS a reservation may not cover the writes). The file is also opened without a chunk cache, so
+that a write that fails anyway fails at the slice assignment that made it, and the datasets
+live only inside :func:`_write`.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -41,6 +45,43 @@ _META_BYTES = 64 << 10
 _META_BYTES_PER_DATASET = 4 << 10
 _META_BYTES_PER_CHUNK = 64  # chunk index entries
 _STRING_OVERHEAD = 32  # bytes per variable-length string: heap object header and reference
+_ZERO_BLOCK = 1 << 20  # reserving by writing zeros: bytes per write
+
+
+def _reserve(path: Path, size: int) -> None:
+    """Allocate disk blocks for the first ``size`` bytes of ``path`` (which grows to ``size``).
+
+    HDF5 then writes into blocks that are already the file's, so no write of it fails for want
+    of space. posix_fallocate where the platform and filesystem have it, else zeros are written
+    past the bytes HDF5 has written so far (HDF5 writes everything it later reads). OSError
+    (ENOSPC) if the space is not there.
+    """
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        try:
+            os.posix_fallocate(fd, 0, size)
+            return
+        except AttributeError:  # pragma: no cover - macOS, Windows
+            pass
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+        offset = os.lseek(fd, 0, os.SEEK_END)
+        zeros = bytes(min(_ZERO_BLOCK, max(0, size - offset)))
+        while offset < size:
+            offset += os.write(fd, zeros[: size - offset])
+    finally:
+        os.close(fd)
+
+
+def _trim(path: Path) -> None:
+    """Cut a reserved file back to the end of its HDF5 data.
+
+    HDF5 does not know that the file was made longer, so it leaves the reserved tail when it
+    closes; opening the file for writing and closing it again makes HDF5 truncate it to its end
+    of allocated space (nothing else is written).
+    """
+    h5py.File(path, "r+").close()
 
 
 class NoSpace(Exception):
@@ -172,12 +213,26 @@ def _assemble(
     free = shutil.disk_usage(dest.parent).free
     if needed > free:
         raise NoSpace(needed, free)
-    out = h5py.File(dest, "w", rdcc_nbytes=0)  # no chunk cache: see the module docstring
     try:
-        _write(out, sources, merged, attrs=attrs, classes=classes, embedding_dim=embedding_dim,
-               embedding_dtype=embedding_dtype)
-    finally:
+        out = h5py.File(dest, "w", rdcc_nbytes=0)  # no chunk cache: see the module docstring
+        try:
+            _reserve(dest, needed)
+            _write(out, sources, merged, attrs=attrs, classes=classes, embedding_dim=embedding_dim,
+                   embedding_dtype=embedding_dtype)
+        except BaseException:
+            try:  # closing writes metadata, which fails again on a full disk: the first error is the cause
+                out.close()
+            except (OSError, RuntimeError):
+                pass
+            raise
         out.close()  # nothing is cached, so closing writes only metadata
+    except OSError as exc:  # the disk filled up after the check, before the space was reserved
+        dest.unlink(missing_ok=True)  # what it took counts as free again
+        free = shutil.disk_usage(dest.parent).free
+        if exc.errno == errno.ENOSPC and needed > free:
+            raise NoSpace(needed, free) from exc
+        raise
+    _trim(dest)
     return int(merged.table["clip_count"].sum())
 
 

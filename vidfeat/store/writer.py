@@ -389,6 +389,7 @@ class FeatureWriter:
         self._chunks: list[Path] = []  # committed, oldest first
         self._next_seq = 1
         self._lock_fd: int | None = None
+        self._lock_pid = 0  # the process that took the lock
         self._closed = False
         self._finalized: Path | None = None
         self._last_commit = time.monotonic()
@@ -437,7 +438,9 @@ class FeatureWriter:
             self._next_seq = int(_CHUNK_RE.match(self._chunks[-1].name).group(1)) + 1
 
     def _lock(self) -> None:
+        # os.open gives a non-inheritable fd (O_CLOEXEC): a program started with exec does not get it.
         self._lock_fd = os.open(self.parts / _LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        self._lock_pid = os.getpid()
         if fcntl is None:  # pragma: no cover
             return
         try:
@@ -450,8 +453,16 @@ class FeatureWriter:
 
     def _release(self) -> None:
         if self._lock_fd is not None:
-            os.close(self._lock_fd)  # releases the flock
-            self._lock_fd = None
+            # A flock belongs to the open file description, which processes forked while the
+            # writer was open (decode workers) share: closing our fd alone would leave the lock
+            # held until the last of them exits. LOCK_UN releases it for all of them, so only the
+            # process that took the lock does it (a forked child closing its copy leaves it held).
+            try:
+                if fcntl is not None and self._lock_pid == os.getpid():
+                    fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            finally:
+                os.close(self._lock_fd)
+                self._lock_fd = None
         self._closed = True
 
     def _discard(self) -> None:
@@ -655,6 +666,7 @@ class FeatureWriter:
                 os.replace(tmp, self.output)
                 _fsync_dir(self.output.parent)
             except NoSpace as exc:
+                _unlink_quiet(tmp)
                 raise StoreError(
                     f"cannot assemble {self.output}: it needs about {_mb(exc.needed)} in {self.parts}, which has "
                     f"{_mb(exc.free)} free; the {self._committed_count()} committed videos there are kept: free "
