@@ -24,8 +24,9 @@ Writing (crash safety: docs/format.md). :class:`FeatureWriter` never writes the 
 * :meth:`FeatureWriter.finalize` assembles the previous final file (if any) plus every chunk
   into a new file under a temporary name, rows in a deterministic order, renames it into place
   and removes the work directory. It streams one row range at a time, so memory stays bounded
-  whatever the size of the output. It first checks that the file fits in the free space. Chunks are applied oldest first, so a newer result for a path
-  replaces an older one, and applying a chunk twice (a kill after the rename, before the work
+  whatever the size of the output. It first checks that the file fits in the free space, then
+  reserves that space, so that a disk another process fills meanwhile cannot fail HDF5's
+  writes. Chunks are applied oldest first, so a newer result for a path replaces an older one, and applying a chunk twice (a kill after the rename, before the work
   directory is gone) changes nothing.
 
 Reading: :func:`open_features` (plain h5py underneath), :func:`summarize` and :func:`verify`.
