@@ -787,3 +787,69 @@ def test_padding_is_not_a_repeat_but_a_freeze_is(tmp_path: Path) -> None:
     assert repeated * 2 > sampled
     assert reader.warning.startswith("sampling at 8 fps from a ")
     assert reader.warning.endswith(f": {100 * repeated // sampled}% of sampled frames repeat the previous one")
+
+
+# --- closing frees the decoder at once ------------------------------------------------------------
+
+
+def _native_threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads through /proc")
+@pytest.mark.parametrize("decoder", DECODERS)
+@pytest.mark.parametrize("use", ["iterate", "measure_end", "read_at", "unread"])
+def test_closing_a_reader_frees_its_decoder_threads_so_a_fork_cannot_hang(tmp_path, decoder, use):
+    """FFmpeg's decode threads must be gone when the reader is closed, not when the garbage
+    collector gets to it: a process forked in between (a decode worker) would hang freeing its
+    copy of the decoder, waiting for threads the fork did not copy."""
+    import gc
+
+    if decoder == "torchcodec":
+        from vidfeat.decoders import torchcodec_unavailable
+
+        if reason := torchcodec_unavailable():
+            pytest.skip(reason)
+    path = tmp_path / "v.mp4"
+    make_video(path, seconds=4.0, fps=30, size=(160, 96))
+    sampling = ClipSampling(8, 4.0)
+    with ClipReader(path, sampling, short_side=32, threads=2, decoder=decoder) as warm_up:
+        list(warm_up)  # starts the process-wide pools (torch's threads), which stay
+    gc.collect()
+    gc.disable()  # only reference counting frees what close() lets go
+    try:
+        before = _native_threads()
+        reader = ClipReader(path, sampling, short_side=32, threads=2, decoder=decoder)
+        if use == "iterate":
+            assert len(list(reader)) == 3
+        elif use == "measure_end":
+            assert reader.measure_end() == pytest.approx(4.0, abs=0.05)
+            reader.close()
+        elif use == "read_at":
+            assert reader.read_at(1.0).valid_frames == 8
+        else:
+            reader.close()
+        assert _native_threads() == before
+        pid = os.fork()
+        if pid == 0:  # the child frees whatever the parent left to the collector
+            gc.collect()
+            os._exit(0)
+        assert _exit_code(pid, within_sec=60) == 0, "the forked child hung freeing the decoder"
+    finally:
+        gc.enable()
+
+
+def _exit_code(pid: int, within_sec: float) -> int | None:
+    """The exit code of child ``pid``; None (and the child killed) if it has not ended by then:
+    the limit only keeps a hang from stopping the suite, a pass takes milliseconds."""
+    import time
+
+    deadline = time.monotonic() + within_sec
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    return None

@@ -209,6 +209,7 @@ class TorchcodecSource(_VideoSource):
         return rgb.numpy() if rgb.device.type == "cpu" else rgb
 
     def close(self) -> None:
+        self._end_first_pass()
         self._container = None
         self._decoder = None
 

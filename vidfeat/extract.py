@@ -20,6 +20,7 @@ writer sorts them when it assembles the final file.
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import os
 import signal
@@ -541,8 +542,11 @@ class _DurationProbe:
 
     @contextlib.contextmanager
     def forking(self):
-        """Hold the probe between two files while the caller starts processes."""
+        """Hold the probe between two files while the caller starts processes. Garbage is freed
+        first, here: a decoder left to the collector (a caller's reader never closed) would be
+        freed in each forked worker too, which hangs there (vidfeat.video._VideoSource.close)."""
         with self._busy:
+            gc.collect()
             yield
 
     def __enter__(self) -> _DurationProbe:

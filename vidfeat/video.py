@@ -26,6 +26,7 @@ matrix is not. Pixel aspect ratio is not corrected: sizes are in stored pixels.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import stat
@@ -327,6 +328,8 @@ class _VideoSource:
         # (timestamp, timeline time) of the first stamped frame: places every stamp on the timeline.
         self._origin: tuple[int, float] | None = None
         self._fresh = True  # the pass opened with the first frame is not handed out yet
+        self._timeline: Iterator[tuple[float, VideoFrame]] | None = None  # that pass
+        self._first: tuple[float, VideoFrame] | None = None  # and its first frame
         self._open()
         try:
             stream = self._stream
@@ -537,9 +540,21 @@ class _VideoSource:
         return self._container is None
 
     def close(self) -> None:
+        self._end_first_pass()
         if self._container is not None:
             self._container.close()
             self._container = None
+        self._stream = None
+
+    def _end_first_pass(self) -> None:
+        """Drop the pass opened with the first frame. Its generator and this source refer to each
+        other, so left to the garbage collector the decoder and FFmpeg's threads would outlive
+        ``close()``; a process forked meanwhile (a decode worker) then hangs when its own
+        collector frees that copy (FFmpeg waits there for threads the fork did not copy)."""
+        timeline, self._timeline, self._first = self._timeline, None, None
+        if timeline is not None:
+            with contextlib.suppress(ValueError):  # it is running: it ends with the caller's loop
+                timeline.close()
 
 
 def probe(path: str | os.PathLike[str]) -> VideoInfo:
