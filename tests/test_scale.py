@@ -442,3 +442,26 @@ def test_a_ray_actor_takes_the_runs_decoder_precision_and_compile(videos, monkey
     assert compiled.runner.dtype == torch.bfloat16
     assert compiled.runner._step is not compiled.runner._model_step  # torch.compile's wrapper
     assert actor.runner._step == actor.runner._model_step and actor.runner.dtype == torch.float32
+
+
+@pytest.mark.slow
+def test_ray_actors_that_cannot_start_stop_the_run_with_their_reason(tmp_path, videos, ray_cluster):
+    from vidfeat.progress import Progress
+    from vidfeat.weights import load_model, save_checkpoint
+
+    model = tmp_path / "model"
+    save_checkpoint(load_model("tiny-motion"), model)
+
+    class DamageWeightsBeforeTheActorsStart(Progress):  # the driver has read them by then
+        def start(self, *a, **k):
+            super().start(*a, **k)
+            data = bytearray((model / "model.safetensors").read_bytes())
+            data[-1] ^= 0xFF
+            (model / "model.safetensors").write_bytes(bytes(data))
+
+    out = tmp_path / "ray.h5"
+    with pytest.raises(VidfeatError) as caught:
+        _ray_extract(videos, out, DamageWeightsBeforeTheActorsStart(enabled=False), model=str(model), workers=0)
+    message = str(caught.value)
+    assert message.startswith("the Ray actors cannot start: ") and "sha256 mismatch" in message, message
+    assert "\n" not in message and "Traceback" not in message

@@ -107,6 +107,14 @@ def _failed(job, reason: str):
     return VideoResult(path=name, status="failed", error=reason, size_bytes=size, mtime=mtime)
 
 
+def _init_error(exc: Exception) -> str:
+    """The one line of an actor's failed ``__init__``: the last line of the traceback Ray
+    reports, without the exception's type name."""
+    last = str(exc).rstrip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    name, sep, message = last.partition(": ")
+    return one_line(message if sep and name.isidentifier() else last)[:300]
+
+
 def _connect(address: str | None):
     try:
         import ray
@@ -187,6 +195,8 @@ def extract_ray(videos, output: Path, options, progress=None, *, address: str | 
                     result = _failed(job, f"internal error in the Ray actor: {one_line(exc.cause)[:200]}")
                     decode_sec = 0.0
                 except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as exc:
+                    if getattr(exc, "actor_init_failed", False):  # every actor would fail the same way
+                        raise VidfeatError(f"the Ray actors cannot start: {_init_error(exc)}") from None
                     attempts[job[0]] = attempts.get(job[0], 0) + 1
                     if actor in alive:  # the first of its videos to fail: replace the actor
                         alive.remove(actor)
