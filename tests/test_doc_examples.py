@@ -46,6 +46,9 @@ NEEDS_BASE = "weights that are not bundled (base/large: CC-BY-NC official checkp
 NOT_RUN: dict[str, str] = {
     "make demo": "rebuilds the virtual environment; tests/test_demo.py runs the demo",
     "make test": "the whole suite, which contains this test",
+    ("farm-bench -n 5 --timeout 300 --vs \"sh -c 'cd /tmp/old && PYTHONPATH=/tmp/old exec .venv/bin/python -m vidfeat "
+     "extract /tmp/rr -o /tmp/rr.h5 --model /tmp/basemodel --workers 0 --quiet'\" -- .venv/bin/vidfeat extract /tmp/rr "
+     "-o /tmp/rr.h5 --model /tmp/basemodel --workers 0 --quiet"): "a measurement against an older checkout in /tmp/old",
     "vidfeat synth data/motion --videos 2400 --seed 0": "2400 videos; nothing here trains on them",
     "vidfeat synth data/motion-test --videos 400 --seed 1": "400 videos; the workspace's data/motion-test has 8",
     "vidfeat extract videos/ -o feats.h5 --model base": NEEDS_BASE,
