@@ -66,6 +66,18 @@ def test_one_line():
     assert one_line(KeyError()) == "KeyError"
 
 
+def test_traceback_reason():
+    from vidfeat.errors import traceback_reason
+
+    remote = 'Traceback (most recent call last):\n  File "w.py", line 3, in f\n    raise E(x)\nvidfeat.shm.ShmFull: shared memory (/dev/shm) stayed full: give more\n'
+    assert traceback_reason(remote) == "shared memory (/dev/shm) stayed full: give more"
+    assert traceback_reason("E: torchcodec is not installed") == "torchcodec is not installed"
+    assert traceback_reason("shared memory (/dev/shm) stayed full (12 MB free): rerun") == (
+        "shared memory (/dev/shm) stayed full (12 MB free): rerun"
+    )  # not a traceback: kept whole
+    assert traceback_reason("") == ""
+
+
 def test_extract_unknown_device_is_one_line(tmp_path):
     video = tmp_path / "v.mp4"
     make_video(video, seconds=1.0, fps=8, size=(32, 32))

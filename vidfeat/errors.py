@@ -14,6 +14,16 @@ def one_line(reason: BaseException | str) -> str:
     return text
 
 
+def traceback_reason(text: str) -> str:
+    """The reason at the end of a traceback's text (what a DataLoader or Ray hands back for an
+    exception raised in another process): its last line, without the exception's (dotted) type
+    name. A text that is not a traceback comes back as it is (its last line)."""
+    lines = text.rstrip().splitlines()
+    last = lines[-1] if lines else text
+    name, sep, message = last.partition(": ")
+    return message if sep and all(part.isidentifier() for part in name.split(".")) else last
+
+
 class VidfeatError(Exception):
     """Base class for every error vidfeat raises on purpose."""
 

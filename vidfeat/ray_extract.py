@@ -25,7 +25,7 @@ import os
 from collections import deque
 from pathlib import Path
 
-from .errors import VidfeatError, one_line
+from .errors import VidfeatError, one_line, traceback_reason
 
 __all__ = ["extract_ray"]
 
@@ -105,14 +105,6 @@ def _failed(job, reason: str):
 
     _, name, _, size, mtime = job
     return VideoResult(path=name, status="failed", error=reason, size_bytes=size, mtime=mtime)
-
-
-def _init_error(exc: Exception) -> str:
-    """The one line of an actor's failed ``__init__``: the last line of the traceback Ray
-    reports, without the exception's type name."""
-    last = str(exc).rstrip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-    name, sep, message = last.partition(": ")
-    return one_line(message if sep and name.isidentifier() else last)[:300]
 
 
 def _connect(address: str | None):
@@ -196,7 +188,8 @@ def extract_ray(videos, output: Path, options, progress=None, *, address: str | 
                     decode_sec = 0.0
                 except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as exc:
                     if getattr(exc, "actor_init_failed", False):  # every actor would fail the same way
-                        raise VidfeatError(f"the Ray actors cannot start: {_init_error(exc)}") from None
+                        reason = one_line(traceback_reason(str(exc))) or type(exc).__name__
+                        raise VidfeatError(f"the Ray actors cannot start: {reason[:300]}") from None
                     attempts[job[0]] = attempts.get(job[0], 0) + 1
                     if actor in alive:  # the first of its videos to fail: replace the actor
                         alive.remove(actor)

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-from .errors import VidfeatError
+from .errors import VidfeatError, traceback_reason
 
 __all__ = ["MARGIN", "SHM_DIR", "WAIT_SEC", "LoaderPlan", "ShmFull", "free_bytes", "loader_args", "plan", "share"]
 
@@ -43,8 +43,7 @@ class ShmFull(VidfeatError):
     def __init__(self, message: str) -> None:
         # Re-raised in the main process by the DataLoader, the message is the worker's whole
         # traceback, whose last line ends with this one's own message.
-        last = message.rstrip().splitlines()[-1] if message.strip() else message
-        super().__init__(last.split("ShmFull: ", 1)[-1])
+        super().__init__(traceback_reason(message))
 
 
 class LoaderPlan(NamedTuple):
