@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 # timm needs torchvision; these two releases are the ones pinned for dev and CI.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv test test-fast demo ffmpeg chromium bench gpu-wheels clean
+.PHONY: venv test test-fast demo ffmpeg chromium hdf5-tools bench gpu-wheels clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,13 @@ ffmpeg:
 	  { apt-get update -qq && apt-get install -y -qq ffmpeg >/dev/null; } || \
 	  echo "warning: could not install ffmpeg; tests that need it will be skipped"; }
 
+# h5ls and h5dump: docs/format.md shows them reading a file, and the doc tests run those examples.
+hdf5-tools:
+	@command -v h5ls >/dev/null 2>&1 || { \
+	  echo "installing hdf5-tools (doc examples only)"; \
+	  { apt-get update -qq && apt-get install -y -qq hdf5-tools >/dev/null; } || \
+	  echo "warning: could not install hdf5-tools; the h5ls/h5dump doc examples will fail"; }
+
 # Debian's chromium runs the `vidfeat view` page test (driven by Playwright, no browser download).
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { \
@@ -32,14 +39,14 @@ chromium:
 
 # The full suite (what CI runs). test-fast leaves out the tests marked slow (subprocess kills,
 # torchrun, training runs, the bundled model's accuracy).
-test: venv ffmpeg chromium
+test: venv ffmpeg chromium hdf5-tools
 	$(PY) -m pytest -q
 
-test-fast: venv ffmpeg
+test-fast: venv ffmpeg hdf5-tools
 	$(PY) -m pytest -q -m "not slow"
 
 demo: venv
-	$(PY) -m vidfeat.demo
+	$(PY) -m vidfeat.tools.demo
 
 bench: venv
 	$(PY) bench/model_vs_hf.py

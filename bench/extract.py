@@ -24,8 +24,8 @@ import numpy as np
 
 from footage import film_grain_video as make_video  # bench/footage.py (this folder is on sys.path)
 
-from vidfeat.clips import ClipSampling
-from vidfeat.video import ClipReader
+from vidfeat.video.sampling import ClipSampling
+from vidfeat.video.reader import ClipReader
 
 
 def raw_decode_fps(path: Path) -> tuple[float, float]:
@@ -54,7 +54,7 @@ def peak_rss_mb(path: Path, num_frames: int, fps: float, short_side: int) -> flo
     """Peak RSS of a fresh process that streams every clip of ``path`` (MiB)."""
     code = (
         "import resource, sys\n"
-        "from vidfeat.clips import ClipSampling\nfrom vidfeat.video import ClipReader\n"
+        "from vidfeat.video.sampling import ClipSampling\nfrom vidfeat.video.reader import ClipReader\n"
         f"with ClipReader(sys.argv[1], ClipSampling({num_frames}, {fps}), short_side={short_side}) as r:\n"
         "    for c in r: pass\n"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"

@@ -15,7 +15,7 @@ that a check cut short by its budget still has them):
    (goal 2);
 2. decode only, every core, PyAV (and NVDEC through torchcodec where it works): video hours
    decoded per hour with TimeSformer-L sampling (96 frames at 7.5 fps, short side 224);
-3. end to end: `vidfeat.extract.extract` with a random TimeSformer-L on the test videos: video
+3. end to end: `vidfeat.pipeline.driver.extract` with a random TimeSformer-L on the test videos: video
    hours per GPU hour, the GPU's busy fraction (model-only time the clips need / wall time) and
    the ratio to the decode-only ceiling (goal 0.8), plus host syncs flagged by
    ``torch.cuda.set_sync_debug_mode`` during the run;
@@ -53,9 +53,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from footage import film_grain_video  # noqa: E402  (bench/footage.py)
 from model_vs_hf import flops_per_clip, hf_twin  # noqa: E402
 
-from vidfeat.cards import find_card  # noqa: E402
-from vidfeat.clips import ClipSampling  # noqa: E402
-from vidfeat.model import TimeSformer  # noqa: E402
+from vidfeat.model.cards import find_card  # noqa: E402
+from vidfeat.video.sampling import ClipSampling  # noqa: E402
+from vidfeat.model.timesformer import TimeSformer  # noqa: E402
 
 # Dense bf16 peak TFLOP/s by device name (substring, first match).
 PEAKS = (("H200", 989.0), ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("GH200", 989.0),
@@ -254,7 +254,7 @@ class Preset:
         check = self.check
         batches = list(check.sweeps[self.name])
         if check.device.type == "cuda":
-            from vidfeat.batchsize import find_batch_size
+            from vidfeat.pipeline.batchsize import find_batch_size
 
             fitted = find_batch_size(self.model, check.device, check.dtype, 1)
             say(f"{self.label}: fitted default batch {fitted}")
@@ -326,7 +326,7 @@ class Preset:
 
 def _decode_one(job: tuple[str, str, float, int, int]) -> float:
     """Decode every clip of a video; returns its measured duration (seconds)."""
-    from vidfeat.video import ClipReader
+    from vidfeat.video.reader import ClipReader
 
     path, decoder, fps, frames, short_side = job
     with ClipReader(path, ClipSampling(frames, fps), short_side=short_side, threads=1, decoder=decoder) as reader:
@@ -366,8 +366,8 @@ def decode_rows(name: str, files: list[Path], sampling: tuple[float, int, int], 
 
 def e2e_row(check: Check, res: str, files: list[Path], decoder: str, model_dir: Path, model_rate: float,
             ceiling: float | None) -> Row:  # fmt: skip
-    from vidfeat.extract import ExtractOptions, extract
-    from vidfeat.inputs import discover
+    from vidfeat.pipeline.driver import ExtractOptions, extract
+    from vidfeat.video.inputs import discover
     from vidfeat.store import open_features
 
     folder = check.tmp / f"e2e-{res}-{decoder}"
@@ -477,7 +477,7 @@ class Check:
         return ceilings
 
     def _e2e(self, sets, ceilings: dict[str, float], model_rate: float) -> None:
-        from vidfeat.weights import save_checkpoint
+        from vidfeat.model.weights import save_checkpoint
 
         config = preset_config("large", self.args.small)
         torch.manual_seed(0)
@@ -518,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     peak = args.peak_tflops or (next((p for key, p in PEAKS if key in name), None) if device.type == "cuda" else None)
-    from vidfeat.decoders import nvdec_unavailable, torchcodec_unavailable
+    from vidfeat.video.decoders import nvdec_unavailable, torchcodec_unavailable
 
     tc = torchcodec_unavailable()
     nv = nvdec_unavailable(device.index or 0) if device.type == "cuda" else "not a CUDA run"

@@ -26,6 +26,6 @@ rm -rf "$SITE/vidfeat" && cp -r vidfeat "$SITE/" && cp -r models "$SITE/vidfeat/
 export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 # the machine: GPU, cores, memory, and /dev/shm (decode workers hand clips over through it)
 { nvidia-smi || echo "no nvidia-smi"; nproc; free -g; df -h /dev/shm /tmp; } >"$OUT/machine.txt" 2>&1
-"$PY" -P -c "import av, h5py, tomli_w, torch, vidfeat.cards as c; print('vidfeat', c.__file__, 'torch', torch.__version__, 'PyAV', av.__version__)" \
+"$PY" -P -c "import av, h5py, tomli_w, torch, vidfeat.model.cards as c; print('vidfeat', c.__file__, 'torch', torch.__version__, 'PyAV', av.__version__)" \
   || { echo "gpu_session: a package is missing: run 'make gpu-wheels' here and carry .whl" >&2; exit 1; }
 "$PY" bench/gpu_check.py --json "$OUT/gpu_check.json" --markdown "$OUT/gpu_check.md" "$@" 2>&1 | tee "$OUT/gpu_check.log"

@@ -1,6 +1,6 @@
 """Forward throughput of vidfeat's TimeSformer divided by Hugging Face's, same weights and config.
 
-Both models get identical random weights (HF's layout converted with vidfeat.weights.to_hf); the
+Both models get identical random weights (HF's layout converted with vidfeat.model.weights.to_hf); the
 script checks their outputs agree before timing. On a GPU it also prints model FLOP utilisation
 (MFU) against the card's peak (``--peak-tflops``, default: H100 SXM dense bf16, 989).
 
@@ -15,9 +15,10 @@ import time
 
 import torch
 
-from vidfeat.cards import find_card
-from vidfeat.model import TimeSformer, TimeSformerConfig
-from vidfeat.weights import to_hf
+from vidfeat.model.cards import find_card
+from vidfeat.model.config import TimeSformerConfig
+from vidfeat.model.timesformer import TimeSformer
+from vidfeat.model.weights import to_hf
 
 
 def flops_per_clip(config: TimeSformerConfig, frames: int, size: int) -> float:

@@ -34,10 +34,11 @@ import torch
 import torch.nn.functional as F
 
 from vidfeat import synth
-from vidfeat.cards import OFFICIAL_MEAN, OFFICIAL_STD
-from vidfeat.model import TimeSformer, TimeSformerConfig
-from vidfeat.train import _sincos_embeddings_, _xavier_linears_
-from vidfeat.transforms import LabelSwaps, normalize
+from vidfeat.model.cards import OFFICIAL_MEAN, OFFICIAL_STD
+from vidfeat.model.config import TimeSformerConfig
+from vidfeat.model.timesformer import TimeSformer
+from vidfeat.model.init import sincos_embeddings_, xavier_linears_
+from vidfeat.video.transforms import LabelSwaps, Normalize
 
 # Classes that trade labels when a clip is played backwards / flipped left-right / upside down.
 SWAPS = LabelSwaps(
@@ -175,15 +176,17 @@ def main() -> None:
     torch.manual_seed(0)
     model = TimeSformer(config)
     if args.init == "xavier":
-        _xavier_linears_(model)
-    _sincos_embeddings_(model)
+        xavier_linears_(model)
+    sincos_embeddings_(model)
     decay = [w for n, w in model.named_parameters() if w.ndim > 1 and "embed" not in n]
     rest = [w for n, w in model.named_parameters() if not (w.ndim > 1 and "embed" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": rest, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.98))
     tables = swap_tables(classes)
 
+    normalize = Normalize(OFFICIAL_MEAN, OFFICIAL_STD)  # CPU: the clips are made on the host
+
     def model_input(clips: torch.Tensor) -> torch.Tensor:
-        return normalize(clips, OFFICIAL_MEAN, OFFICIAL_STD)
+        return normalize(clips)
 
     def evaluate() -> np.ndarray:
         model.eval()

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import torch
 
-from vidfeat.model import TimeSformer, TimeSformerConfig
+from vidfeat.model.config import TimeSformerConfig
+from vidfeat.model.timesformer import TimeSformer
 
 
 def randomize_(module: torch.nn.Module, seed: int = 0, std: float = 0.1) -> torch.nn.Module:
@@ -66,8 +67,8 @@ def save_official(path: Path, model: TimeSformer, epoch: int = 15) -> Path:
 
 def save_tiny_model(path: Path, *, num_frames: int = 8, fps: float = 4.0, size: int = 32, seed: int = 0) -> Path:
     """A random vidfeat checkpoint directory (card + safetensors) small enough for pipeline tests."""
-    from vidfeat.cards import ModelCard, Preprocess
-    from vidfeat.weights import save_checkpoint
+    from vidfeat.model.cards import ModelCard, Preprocess
+    from vidfeat.model.weights import save_checkpoint
 
     config = TimeSformerConfig(
         img_size=size, patch_size=8, num_frames=num_frames, num_classes=6, embed_dim=64, depth=2, num_heads=2

@@ -31,7 +31,7 @@ from pathlib import Path
 import click
 
 REPO = Path(__file__).resolve().parents[1]
-# The pages whose examples are checked. docs/cli.md is the --help text (vidfeat.gendocs): its
+# The pages whose examples are checked. docs/cli.md is the --help text (vidfeat.tools.gendocs): its
 # examples are parsed like the others and run in the topic pages.
 GENERATED = ("docs/cli.md", "docs/models.md")
 SHELL_LANGS = {"", "sh", "bash", "shell", "console", "zsh"}

@@ -7,13 +7,13 @@ import sys
 import time
 from pathlib import Path
 
-import vidfeat.extract as extract_module
-from vidfeat import watchdog
-from vidfeat.extract import ExtractOptions, extract
-from vidfeat.inputs import discover
+import vidfeat.pipeline.workers as workers_module
+from vidfeat.pipeline import watchdog
+from vidfeat.pipeline.driver import ExtractOptions, extract
+from vidfeat.video.inputs import discover
 
 watchdog.STALL_SEC, watchdog.CHECK_SEC = float(sys.argv[3]), 0.2
-real_decode = extract_module.decode_video
+real_decode = workers_module.decode_video
 
 
 def decode_video(video, path, *args, **kwargs):
@@ -25,7 +25,7 @@ def decode_video(video, path, *args, **kwargs):
     yield from items
 
 
-extract_module.decode_video = decode_video
+workers_module.decode_video = decode_video
 found = discover([Path(sys.argv[1])])
 report = extract(found.videos, Path(sys.argv[2]), ExtractOptions(workers=int(sys.argv[4]), root=str(found.root)))
 print("counts", report.counts, "exit", report.exit_code)

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from vidfeat.cards import DEFAULT_MODEL, find_card, sha256_file
+from vidfeat.model.cards import DEFAULT_MODEL, find_card, sha256_file
 from vidfeat.cli import main
 from vidfeat.errors import ConfigError
-from vidfeat.recipe import check_resumable, load_config
+from vidfeat.training.recipe import check_resumable, load_config
 from vidfeat.synth import CLASSES, DEFAULT_SIZE, generate_dataset
-from vidfeat.weights import load_model
+from vidfeat.model.weights import load_model
 
 
 @pytest.fixture(scope="module")

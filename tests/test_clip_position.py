@@ -1,4 +1,4 @@
-"""Where ClipDataset takes its clip (vidfeat.data): centred (evaluation) or random (training)
+"""Where ClipDataset takes its clip (vidfeat.training.data): centred (evaluation) or random (training)
 in the video's measured end, as extract's tiling measures it, never its declared duration."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from videos import declare_mkv_duration, frame_index_of, make_video, make_video_without_duration
-from vidfeat.cards import Preprocess
-from vidfeat.clips import SHOW_TOLERANCE, ClipSampling
-from vidfeat.data import ClipDataset, Entry, Item
-from vidfeat.transforms import TrainAugment
-from vidfeat.video import ClipReader
+from vidfeat.model.cards import Preprocess
+from vidfeat.video.sampling import SHOW_TOLERANCE, ClipSampling
+from vidfeat.training.data import ClipDataset, Entry, Item
+from vidfeat.video.transforms import TrainAugment
+from vidfeat.video.reader import ClipReader
 
 SIZE = 96  # square frames, cropped whole: every view still shows its frame index
 PRE = Preprocess(num_frames=4, fps=4.0, short_side=SIZE, crop_size=SIZE)  # 1 s clips

@@ -1,4 +1,4 @@
-"""The tiling contract (vidfeat.clips): examples and properties checked against the definition."""
+"""The tiling contract (vidfeat.video.sampling): examples and properties checked against the definition."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from vidfeat.clips import END_TOLERANCE, REAL_TOLERANCE, ClipSampling
+from vidfeat.video.sampling import END_TOLERANCE, REAL_TOLERANCE, ClipSampling
 
 # --- construction ----------------------------------------------------------------------------
 

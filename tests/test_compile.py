@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from checkpoints import save_tiny_model
-from vidfeat.extract import ModelRunner
-from vidfeat.weights import load_model
+from vidfeat.pipeline.runner import ModelRunner
+from vidfeat.model.weights import load_model
 
 
 @pytest.mark.slow

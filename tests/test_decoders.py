@@ -1,4 +1,4 @@
-"""torchcodec behind ClipReader (vidfeat.decoders) against the PyAV reader: the same clips, the
+"""torchcodec behind ClipReader (vidfeat.video.decoders) against the PyAV reader: the same clips, the
 same clip times and valid frames, the same statuses and failure reasons, frames equal within
 rounding. Runs on torchcodec's CPU decoder; NVDEC (the same code with device "cuda") is run
 by bench/gpu_check.py on a GPU machine."""
@@ -8,10 +8,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vidfeat.clips import ClipSampling
-from vidfeat.decoders import DECODERS, nvdec_unavailable, open_source, torchcodec_unavailable
+from vidfeat.video.sampling import ClipSampling
+from vidfeat.video.decoders import DECODERS, nvdec_unavailable, open_source, torchcodec_unavailable
 from vidfeat.errors import VideoError
-from vidfeat.video import ClipReader
+from vidfeat.video.reader import ClipReader
 from videos import (
     frame_index_of,
     make_audio_only,
@@ -129,8 +129,9 @@ def test_unknown_decoder_and_nvdec_without_a_gpu(tmp_path):
 @pytest.mark.slow
 def test_extract_with_torchcodec_writes_the_pyav_file_and_nvdec_falls_back(tmp_path, capfd):
     from checkpoints import save_tiny_model
-    from vidfeat.extract import ExtractOptions, extract
-    from vidfeat.inputs import discover
+    from vidfeat.pipeline.driver import ExtractOptions, extract
+    from vidfeat.pipeline.progress import Progress
+    from vidfeat.video.inputs import discover
     from vidfeat.store import open_features
 
     folder = tmp_path / "videos"
@@ -142,10 +143,12 @@ def test_extract_with_torchcodec_writes_the_pyav_file_and_nvdec_falls_back(tmp_p
     files = {}
     for decoder in ("pyav", "torchcodec", "nvdec"):
         out = tmp_path / f"{decoder}.h5"
-        report = extract(videos, out, ExtractOptions(model=str(model), device="cpu", workers=1, decoder=decoder))
+        notes = Progress(enabled=False, notes=True)  # the library says the fallback only when asked
+        report = extract(videos, out, ExtractOptions(model=str(model), device="cpu", workers=1, decoder=decoder), notes)
         assert report.counts["ok"] == 2
         with open_features(out) as f:
             files[decoder] = {v: f.clips(v) for v in f.videos.path}
+            assert f.attrs["decoder"] == ("pyav" if decoder == "nvdec" else decoder)  # what decoded
     assert "NVDEC is not available (the model runs on the CPU): decoding on the CPU with PyAV" in capfd.readouterr().err
     for decoder in ("torchcodec", "nvdec"):
         for name, want in files["pyav"].items():

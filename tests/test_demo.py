@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 from checkpoints import save_tiny_model
-from vidfeat.demo import clip_labels, main as demo_main, retrieval_hits
+from vidfeat.tools.demo import clip_labels, main as demo_main, retrieval_hits
 from vidfeat.store import open_features, verify
 
 

@@ -2,8 +2,10 @@
 runs here unless NOT_RUN / PYTHON_NOT_RUN below says why it cannot.
 
 The examples run in a workspace built once per session with the names the docs use: ``videos/``
-(``holiday/beach.mp4``, ``cooking/pasta.mp4``, long synthetic motion videos), ``query.mp4``,
-``feats.h5`` (extracted from ``videos/`` with the default bundled model), ``todo.txt``,
+(``holiday/beach.mp4``, ``cooking/pasta.mp4``, long synthetic motion videos), ``shards/`` (the
+same two as video2dataset shards ``00000.tar``, ``00001.tar``), ``query.mp4``,
+``feats.h5`` (extracted from ``videos/`` with the default bundled model, with the captions of
+``caption.json``), ``todo.txt``,
 ``data/motion-test`` (a small ``vidfeat synth`` set) and ``runs/tiny-motion``, ``runs/motion`` (run directories
 holding the bundled model). Each fenced block runs in a fresh copy of it, its lines in order; the
 Python blocks of one page share one fresh copy and one namespace, in page order.
@@ -11,6 +13,7 @@ Python blocks of one page share one fresh copy and one namespace, in page order.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -22,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from test_shards import write_v2d_shard
 from doc_examples import (
     GENERATED,
     REPO,
@@ -43,7 +47,17 @@ from doc_examples import (
 # stripped, whitespace normalised), with the reason. A new example that cannot run here fails
 # test_shell_examples_run until it is listed. docs/cli.md (the --help text) is only parsed.
 NEEDS_BASE = "weights that are not bundled (base/large: CC-BY-NC official checkpoints)"
+# The workspace's caption.json (HowTo100M's schema; ids are the videos' file names without extension).
+CAPTION_JSON = {
+    "beach": {"start": [0.5, 3.0, 9.5], "end": [2.5, 6.0, 14.0],
+              "text": ["today we tie a knot", "a bowline holds", "Crème brûlée for dessert"]},
+    "pasta": {"start": [1.0, 7.5], "end": [4.0, 12.0], "text": ["boil the water", "tie a knot in the dough"]},
+}
+NO_CLOUD = "a cloud bucket or web server cannot be reached here (tests/test_inplace.py runs the same against moto's S3 and a local HTTP server)"
 NOT_RUN: dict[str, str] = {
+    "vidfeat extract s3://my-bucket/videos/ -o feats.h5": NO_CLOUD,
+    "vidfeat extract gs://my-bucket/videos/ -o feats.h5": NO_CLOUD,
+    "vidfeat extract https://example.com/media/talk.mp4 -o talk.h5": NO_CLOUD,
     "make demo": "rebuilds the virtual environment; tests/test_demo.py runs the demo",
     "make test": "the whole suite, which contains this test",
     ("farm-bench -n 5 --timeout 300 --vs \"sh -c 'cd /tmp/old && PYTHONPATH=/tmp/old exec .venv/bin/python -m vidfeat "
@@ -55,6 +69,7 @@ NOT_RUN: dict[str, str] = {
     "vidfeat eval --weights base k400/val.csv --crops 3 --json": NEEDS_BASE + " and Kinetics-400 videos",
     "vidfeat extract --list todo.txt -o feats.h5 --root /data": "/data stands for the top of the reader's data tree",
     "vidfeat view feats.h5 --videos videos/": "serves until stopped (tests/test_view.py starts it)",
+    "vidfeat view feats.h5": "serves until stopped (tests/test_view.py starts it)",
     "vidfeat index feats.h5 --factory \"IVF4096,PQ64\"": "IVF4096 trains on at least 4096 vectors; the workspace has a few dozen",
     "h5dump -d /clips/embedding -s \"0,0\" -c \"3,768\" feats.h5": "768 is the base model's width; tiny-motion's is 64",
     # training: minutes to hours, Kinetics data (tests/test_train.py trains, resumes and evaluates small runs)
@@ -277,8 +292,12 @@ def workspace(tmp_path_factory) -> Path:
     for run in ("tiny-motion", "motion"):  # what the docs' training commands would have written
         shutil.copytree(REPO / "models" / "tiny-motion", root / "runs" / run)
     (root / "todo.txt").write_text("videos/holiday/beach.mp4\nvideos/cooking/pasta.mp4\n", encoding="utf-8")
+    (root / "shards").mkdir()  # video2dataset shards of the same videos (docs/extract.md)
+    write_v2d_shard(root / "shards", 0, [(root / "videos/holiday/beach.mp4", "a beach"), (None, "a lost download")])
+    write_v2d_shard(root / "shards", 1, [(root / "videos/cooking/pasta.mp4", "cooking pasta")])
+    (root / "caption.json").write_text(json.dumps(CAPTION_JSON), encoding="utf-8")
     (root.parent / "home").mkdir()
-    made = _sh("vidfeat extract videos/ -o feats.h5", root, _env(root.parent / "home"))
+    made = _sh("vidfeat extract videos/ -o feats.h5 --captions caption.json", root, _env(root.parent / "home"))
     assert made.returncode == 0, made.stderr
     shutil.rmtree(scratch)
     shutil.copytree(root, root.parent / "pristine", symlinks=True)

@@ -29,11 +29,12 @@ from videos import (
     make_zero_length_stream,
 )
 from vidfeat.cli import main
-from vidfeat.clips import ClipSampling
+from vidfeat.errors import VidfeatError
+from vidfeat.video.sampling import ClipSampling
 from vidfeat.store import open_features, verify
-from vidfeat.transforms import normalize, spatial_crops
-from vidfeat.video import ClipReader
-from vidfeat.weights import load_model
+from vidfeat.video.transforms import normalize, spatial_crops
+from vidfeat.video.reader import ClipReader
+from vidfeat.model.weights import load_model
 
 torch.set_num_threads(2)
 FPS = 4.0  # the tiny model samples 8 frames at 4 fps: 2 s clips, 1 s stride
@@ -233,7 +234,7 @@ def test_rerun_skips_done_videos_and_adds_new_ones(tmp_path, good_videos, model_
 
 
 def test_a_rerun_with_nothing_left_to_do_never_builds_the_model(tmp_path, model_dir, monkeypatch):
-    from vidfeat.weights import PreparedModel
+    from vidfeat.model.weights import PreparedModel
 
     root = tmp_path / "in"
     root.mkdir()
@@ -272,7 +273,7 @@ def test_without_model_the_bundled_demo_model_is_used_and_said(tmp_path, good_vi
     assert "bundled demo model 'tiny-motion'" in result.output and "--model base" in result.output
     with open_features(out) as f:
         assert f.attrs["model"] == "tiny-motion" and len(f) > 0
-    monkeypatch.setattr("vidfeat.cards.find_card", lambda name: None)  # an install without it
+    monkeypatch.setattr("vidfeat.model.cards.find_card", lambda name: None)  # an install without it
     result = run(["extract", good_videos / "a", "-o", tmp_path / "g.h5"])
     assert result.exit_code == 2 and "not bundled" in result.output and "--model" in result.output
 
@@ -335,39 +336,57 @@ def test_sigkill_at_several_points_then_resume_equals_uninterrupted(tmp_path, ma
     assert not parts.exists()
 
 
+_HELD_RUN = """
+import sys, time
+from pathlib import Path
+import vidfeat.pipeline.workers as workers
+from vidfeat.cli import run
+release, real = Path(sys.argv.pop(1)), workers.decode_video
+def decode_video(video, path, *args, **kwargs):
+    if Path(path).name == "v13.mp4":  # held until the test has sent its Ctrl-C: the run cannot finish first
+        while not release.exists():
+            time.sleep(0.02)
+    yield from real(video, path, *args, **kwargs)
+workers.decode_video = decode_video
+run()
+"""
+
+
 @pytest.mark.parametrize("to_group", [False, True], ids=["main-process", "terminal-group"])
 def test_ctrl_c_leaves_a_valid_file_of_what_finished(tmp_path, many_videos, model_dir, to_group):
     """Ctrl-C in a terminal reaches the decode workers too (the process group); `kill -INT`
-    reaches the main process only. Either way: exit 130 (or 0 if it had just finished), no
-    traceback, and a valid file of the videos that finished."""
-    out = tmp_path / "f.h5"
-    proc = subprocess.Popen(
-        _cli(out, model_dir, many_videos), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
+    reaches the main process only. Either way: exit 130, no traceback, and a valid file of the
+    videos that finished. The last video is held until the signal was sent (the run cannot
+    finish first); the interrupt is then taken at the next clip."""
+    out, release = tmp_path / "f.h5", tmp_path / "release"
+    workers = ["--workers", "2"] if to_group else []  # the group case with decode worker processes
+    command = [sys.executable, "-c", _HELD_RUN, str(release), *_cli(out, model_dir, many_videos)[3:], *workers]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     parts = Path(str(out) + ".parts")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not any(parts.glob("*.h5")) and proc.poll() is None:
         time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()[1]
     if to_group:
         os.killpg(proc.pid, signal.SIGINT)
     else:
         proc.send_signal(signal.SIGINT)
+    release.touch()
     _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode in (130, 0), stderr
-    assert "Traceback" not in stderr
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "interrupted" in stderr
     assert verify(out) == []
     with open_features(out) as f:
         done = len(f.videos)
-    assert 1 <= done <= 14
-    if proc.returncode == 130:
-        assert "interrupted" in stderr
+        assert "v13.mp4" not in set(f.videos.path)
+    assert 1 <= done <= 13
 
 
 def test_the_first_ctrl_c_is_deferred_to_a_safe_point_and_a_second_interrupts_at_once():
-    from vidfeat.extract import _StopOnCtrlC
+    from vidfeat.pipeline.driver import StopOnCtrlC
 
     before = signal.getsignal(signal.SIGINT)
-    with _StopOnCtrlC() as stop:
+    with StopOnCtrlC() as stop:
         stop.check()  # nothing requested yet
         os.kill(os.getpid(), signal.SIGINT)  # the handler runs before the next bytecode: it must not raise
         assert stop.requested
@@ -381,22 +400,22 @@ def test_the_first_ctrl_c_is_deferred_to_a_safe_point_and_a_second_interrupts_at
 def test_a_crashing_decode_worker_fails_its_video_and_the_run_goes_on(tmp_path, monkeypatch, model_dir):
     """A segfault inside FFmpeg kills a worker process; simulated by os._exit in the worker
     (DataLoader workers are forked, so they inherit this monkeypatch)."""
-    import vidfeat.extract as extract_module
-    from vidfeat.extract import ExtractOptions, extract
-    from vidfeat.inputs import discover
+    import vidfeat.pipeline.workers as workers_module
+    from vidfeat.pipeline.driver import ExtractOptions, extract
+    from vidfeat.video.inputs import discover
 
     root = tmp_path / "in"
     root.mkdir()
     for name in ("a.mp4", "b.mp4", "crash.mp4", "d.mp4", "e.mp4"):
         make_video(root / name, seconds=2.0)
-    real = extract_module.decode_video
+    real = workers_module.decode_video
 
     def crashing(video, path, *args):
         if Path(path).name == "crash.mp4":
             os._exit(139)
         yield from real(video, path, *args)
 
-    monkeypatch.setattr(extract_module, "decode_video", crashing)
+    monkeypatch.setattr(workers_module, "decode_video", crashing)
     found = discover([root])
     options = ExtractOptions(model=str(model_dir), workers=2, commit_seconds=0, root=str(found.root))
     report = extract(found.videos, tmp_path / "f.h5", options)
@@ -414,8 +433,8 @@ def test_a_batch_lost_with_its_dying_worker_is_handled_as_the_crash(tmp_path, mo
     with it: receiving it fails with EOFError (seen in CI). Simulated here by failing the first
     descriptor hand-over in the main process; the videos in flight are retried alone and succeed."""
     import torch.multiprocessing.reductions as reductions
-    from vidfeat.extract import ExtractOptions, extract
-    from vidfeat.inputs import discover
+    from vidfeat.pipeline.driver import ExtractOptions, extract
+    from vidfeat.video.inputs import discover
 
     root = tmp_path / "in"
     root.mkdir()
@@ -591,88 +610,7 @@ def test_ctrl_c_inside_a_command_exits_130_with_one_line(tmp_path, monkeypatch):
     assert (result.exit_code, result.output) == (130, "vidfeat: interrupted\n")
 
 
-HEAVY = ("torch", "timm", "torchvision")
-
-
-def _heavy_imports(args) -> list[str]:
-    """The heavy modules a `vidfeat ARGS` process imported (it exits 0)."""
-    code = (
-        "import atexit, sys\n"
-        f"atexit.register(lambda: print('HEAVY', [m for m in {HEAVY!r} if m in sys.modules], file=sys.stderr))\n"
-        "from vidfeat.cli import main\n"
-        f"main({[str(a) for a in args]!r}, prog_name='vidfeat')\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    return eval(proc.stderr.split("HEAVY", 1)[1])  # noqa: S307 - our own list literal
-
-
-@pytest.fixture(scope="module")
-def small_file(tmp_path_factory, model_dir):
-    root = tmp_path_factory.mktemp("small")
-    make_video(root / "a.mp4", seconds=1.2, size=(32, 32))
-    out = root / "f.h5"
-    assert run(extract_args([root / "a.mp4"], out, model_dir)).exit_code == 0
-    return out
-
-
-def test_help_info_and_verify_do_not_import_torch(small_file):
-    assert _heavy_imports(["--help"]) == []
-    assert _heavy_imports(["info", small_file]) == []
-    assert _heavy_imports(["verify", small_file]) == []
-    assert _heavy_imports(["extract", "--help"]) == []
-
-
-# progress -------------------------------------------------------------------------------------
-
-
-class _StampedLines:
-    """A console file that keeps each progress line with the time and the progress state then."""
-
-    def __init__(self) -> None:
-        self.lines: list[tuple[float, float, float, str]] = []  # (time, video-seconds done, ETA, text)
-        self.progress = None
-
-    def write(self, text: str) -> int:
-        p = self.progress
-        for line in text.splitlines():
-            if line.startswith("videos "):
-                self.lines.append((p.clock(), p.done_sec, p.eta(), line))
-        return len(text)
-
-    def flush(self) -> None:
-        pass
-
-
-@pytest.mark.slow
-def test_a_long_video_in_a_pipe_shows_progress_before_it_finishes_with_a_fair_eta(tmp_path, model_dir):
-    from rich.console import Console
-
-    from vidfeat.extract import ExtractOptions, extract
-    from vidfeat.inputs import discover
-    from vidfeat.progress import Progress
-
-    video = tmp_path / "long.mp4"
-    make_video(video, seconds=600, fps=1, size=(32, 32))  # 10 minutes, 600 frames
-    sink = _StampedLines()
-    # The clock is this process's CPU time: with workers=0 all the work (decode and model) is done
-    # here, so the ETA is judged against the work really left, not against other jobs' load.
-    progress = Progress(log_every=0, console=Console(file=sink, force_terminal=False, width=200), clock=time.process_time)
-    sink.progress = progress
-    # 8 s clips every 2 s: 297 clips, enough work that start-up and scheduling noise stay small
-    options = ExtractOptions(model=str(model_dir), fps=1.0, stride_sec=2.0, workers=0, batch_size=1, root=str(tmp_path))
-    report = extract(discover([video]).videos, tmp_path / "f.h5", options, progress)
-    assert report.exit_code == 0 and report.clips == 297
-    end = sink.lines[-1][0]
-    during = [(t, done, eta) for t, done, eta, text in sink.lines if text.startswith("videos 0/1 ")]
-    assert len(during) >= 290, "a line per computed clip while the video is not finished"
-    assert "video 10:00 of 10:00" in sink.lines[-1][3]
-    assert all("of 10:00" in text for *_, text in sink.lines)  # the duration was known from the start
-    # The median ETA over minutes 1 to 5 of the video must be within 2x of the time really left.
-    checked = [(eta, end - t) for t, done, eta in during if 60 <= done <= 300]
-    assert len(checked) >= 100
-    ratios = sorted(eta / real for eta, real in checked)
-    assert 0.5 <= ratios[len(ratios) // 2] <= 2.0, ratios
+# progress: the ETA is checked on an injected clock in tests/test_progress.py
 
 
 def test_sampling_faster_than_the_video_warns_once_per_video(tmp_path, model_dir):
@@ -699,10 +637,10 @@ def test_the_duration_probe_never_runs_while_the_pipeline_forks(tmp_path):
     being probed and holds the probe until the workers are started."""
     import threading
 
-    from vidfeat.extract import _DurationProbe
-    from vidfeat.progress import Progress
+    from vidfeat.pipeline.local import _DurationProbe
+    from vidfeat.pipeline.progress import Progress
 
-    inside, release, forked = threading.Event(), threading.Event(), threading.Event()
+    inside, release, forked, all_probed = threading.Event(), threading.Event(), threading.Event(), threading.Event()
     events = []
 
     def slow_probe(path):  # stands for probe_duration on a slow file system
@@ -710,6 +648,8 @@ def test_the_duration_probe_never_runs_while_the_pipeline_forks(tmp_path):
         inside.set()
         assert release.wait(30)
         events.append(f"probed {path}")
+        if str(path) == "v1":
+            all_probed.set()
         return 1.0
 
     def fork():
@@ -717,15 +657,32 @@ def test_the_duration_probe_never_runs_while_the_pipeline_forks(tmp_path):
             events.append("fork")
             forked.set()
 
-    todo = [(type("V", (), {"path": f"v{i}"})(), None) for i in range(2)]
+    class WatchedLock:  # the probe's lock, saying when the forking thread asks for it
+        def __init__(self) -> None:
+            self.lock, self.asked = threading.Lock(), threading.Event()
+
+        def __enter__(self):
+            if threading.current_thread() is forker:
+                self.asked.set()
+            self.lock.acquire()
+
+        def __exit__(self, *exc) -> None:
+            self.lock.release()
+
+    from vidfeat.video.inputs import VideoFile
+
+    todo = [(VideoFile(path=f"v{i}", name=f"v{i}"), None) for i in range(2)]
     probe = _DurationProbe(todo, Progress(enabled=False), probe=slow_probe)
+    probe._busy = lock = WatchedLock()
+    forker = threading.Thread(target=fork)
     with probe:
         assert inside.wait(30)  # the probe is inside v0 and stays there until released
-        forker = threading.Thread(target=fork)
         forker.start()
-        forked.wait(0.5)  # a broken lock lets the fork in now; a working one makes it wait for v0
+        assert lock.asked.wait(30)  # forking() asks for the probe's lock ...
+        assert not forked.is_set()  # ... and cannot have it while v0 is being probed
         release.set()
         forker.join(30)
+        assert all_probed.wait(30)  # the probe goes on after the fork (waited for: not a race with leaving)
     before = events[: events.index("fork")]
     assert before.count("probe v0") == 1 and len(before) % 2 == 0, events  # never inside a file being probed
     assert sorted(events) == ["fork", "probe v0", "probe v1", "probed v0", "probed v1"], events
@@ -734,3 +691,46 @@ def test_the_duration_probe_never_runs_while_the_pipeline_forks(tmp_path):
 def test_an_empty_list_is_named_as_such(tmp_path, model_dir):
     result = run(["extract", "--list", "-", "-o", tmp_path / "f.h5", "--model", model_dir], input="# nothing\n\n")
     assert result.exit_code == 2 and "--list -: standard input holds no paths" in result.output
+
+
+def test_the_decoder_is_a_stored_setting_a_rerun_must_match(tmp_path, good_videos, model_dir):
+    """torchcodec and PyAV give slightly other pixels: the file records what decoded and a rerun
+    with another decoder is refused in one line, leaving the file as it was."""
+    out = tmp_path / "f.h5"
+    assert run(extract_args([good_videos / "a"], out, model_dir)).exit_code == 0
+    with open_features(out) as f:
+        assert f.attrs["decoder"] == "pyav"
+    before = out.read_bytes()
+    result = CliRunner().invoke(main, [str(a) for a in extract_args([good_videos / "a"], out, model_dir, "--decoder", "torchcodec")])
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "decoder" in lines[0] and "torchcodec" in lines[0] and "pyav" in lines[0], result.output
+    assert out.read_bytes() == before
+
+
+def test_a_file_from_before_the_decoder_setting_reads_verifies_and_resumes_as_pyav(tmp_path, good_videos, model_dir):
+    out = tmp_path / "f.h5"
+    assert run(extract_args([good_videos / "a"], out, model_dir, "--root", good_videos)).exit_code == 0
+    with h5py.File(out, "r+") as h5:  # as written before vidfeat stored the decoder
+        del h5.attrs["decoder"]
+    assert verify(out) == []
+    result = run(extract_args([good_videos], out, model_dir))  # resumes: a's video is kept, the others added
+    assert result.exit_code == 0, result.output
+    assert "1 already done" in result.output
+    with open_features(out) as f:
+        assert f.attrs["decoder"] == "pyav" and len(f.videos) == 4
+    refused = CliRunner().invoke(main, [str(a) for a in extract_args([good_videos], out, model_dir, "--decoder", "torchcodec")])
+    assert refused.exit_code == 1 and "decoder" in refused.output
+
+
+def test_shards_decoded_differently_do_not_merge(tmp_path, good_videos, model_dir):
+    from vidfeat.store.merge import merge_shards
+
+    out = tmp_path / "f.h5"
+    for shard, decoder in (("0/2", "pyav"), ("1/2", "torchcodec")):
+        result = run(extract_args([good_videos], out, model_dir, "--shard", shard, "--decoder", decoder))
+        assert result.exit_code == 0, result.output
+    shards = sorted((tmp_path / "f.h5.shards").glob("*.h5"))
+    with pytest.raises(VidfeatError, match=r'other settings \(decoder="torchcodec" there, "pyav" in 00000-of-00002.h5\)' ):
+        merge_shards(out, shards)
+    assert not out.exists()

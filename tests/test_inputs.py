@@ -8,7 +8,7 @@ import re
 import pytest
 
 from vidfeat.errors import VidfeatError
-from vidfeat.inputs import discover, read_list
+from vidfeat.video.inputs import discover, read_list
 
 
 def touch(path):

@@ -8,8 +8,9 @@ import torch
 
 from checkpoints import hf_model, randomize_, save_hf, small_config
 from official_reference import official_forward
-from vidfeat.model import TimeSformer, TimeSformerConfig
-from vidfeat.weights import load_model
+from vidfeat.model.config import TimeSformerConfig
+from vidfeat.model.timesformer import TimeSformer
+from vidfeat.model.weights import load_model
 
 torch.set_num_threads(2)
 ATOL = 1e-5

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -60,3 +62,24 @@ def test_plot_refuses_a_video_without_clips(feats, tmp_path):
     assert result.exit_code == 1 and "has no clips" in result.output
     result = CliRunner().invoke(main, ["plot", str(feats), "--video", "v0001.mp4", "-o", str(tmp_path / "x.png"), "--query", "nope"])
     assert result.exit_code == 2 and "PATH@SECONDS" in result.output
+
+
+def test_plotting_leaves_the_callers_matplotlib_alone(feats, tmp_path):
+    """The timeline and the training curves draw on plain Figures: no backend is chosen and
+    pyplot is never imported, so a program using vidfeat keeps its own matplotlib setup."""
+    code = (
+        "import sys, matplotlib\n"
+        "matplotlib.use('pdf')\n"
+        "from vidfeat.store import open_features\n"
+        "from vidfeat.retrieval.plot import plot_timeline\n"
+        "from vidfeat.training.loop import _plot_curves\n"
+        f"with open_features({str(feats)!r}) as f:\n"
+        f"    plot_timeline(f, 'v0002.mp4', {str(tmp_path / 't.png')!r}, query=3)\n"
+        f"open({str(tmp_path / 'm.jsonl')!r}, 'w').write('{{\"kind\": \"step\", \"epoch_float\": 0.5, \"loss\": 1.0}}\\n')\n"
+        f"assert _plot_curves(__import__('pathlib').Path({str(tmp_path / 'm.jsonl')!r}), __import__('pathlib').Path({str(tmp_path / 'c.png')!r}))\n"
+        "print(matplotlib.get_backend(), 'matplotlib.pyplot' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["pdf", "False"]
+    assert (tmp_path / "t.png").read_bytes()[:4] == (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"

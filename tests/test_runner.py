@@ -1,6 +1,6 @@
 """The model side of extraction: normalisation held on the device, the batch runner, and the
-fitted default batch size (vidfeat.transforms.Normalize, vidfeat.extract.ModelRunner,
-vidfeat.batchsize). Everything here runs on the CPU; bench/gpu_check.py runs the CUDA paths."""
+fitted default batch size (vidfeat.video.transforms.Normalize, vidfeat.pipeline.runner.ModelRunner,
+vidfeat.pipeline.batchsize). Everything here runs on the CPU; bench/gpu_check.py runs the CUDA paths."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from checkpoints import save_tiny_model
-from vidfeat import batchsize
-from vidfeat.batchsize import cache_key, find_batch_size, fit_batch
-from vidfeat.extract import ModelRunner
-from vidfeat.transforms import Normalize, normalize
-from vidfeat.weights import load_model
+from vidfeat.pipeline import batchsize
+from vidfeat.pipeline.batchsize import cache_key, find_batch_size, fit_batch
+from vidfeat.pipeline.runner import ModelRunner
+from vidfeat.video.transforms import Normalize, normalize
+from vidfeat.model.weights import load_model
 
 MEAN, STD = (0.45, 0.40, 0.35), (0.225, 0.25, 0.20)
 
@@ -88,7 +88,7 @@ def test_cpu_batch_and_cache_key(tmp_path):
 
 
 def test_cache_file_round_trip_and_damaged_file(tmp_path, monkeypatch):
-    monkeypatch.setenv("VIDFEAT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("VIDFEAT_HOME", str(tmp_path / "cache"))
     path = batchsize.cache_file()
     assert path == tmp_path / "cache" / "batch_sizes.json"
     batchsize._write(path, {"k": 24})
@@ -98,7 +98,7 @@ def test_cache_file_round_trip_and_damaged_file(tmp_path, monkeypatch):
 
 
 def test_spatial_crops_of_tensor_frames_equal_the_numpy_crops():
-    from vidfeat.transforms import spatial_crops
+    from vidfeat.video.transforms import spatial_crops
 
     frames = [np.random.default_rng(i).integers(0, 256, (32, 48, 3), dtype=np.uint8) for i in range(3)]
     want = spatial_crops(frames, 32, 3)

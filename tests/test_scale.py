@@ -7,6 +7,7 @@ videos, clips and times, embeddings equal to float16 rounding."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -21,9 +22,9 @@ from click.testing import CliRunner
 from videos import make_text, make_video
 from vidfeat.cli import main
 from vidfeat.errors import VidfeatError
-from vidfeat.inputs import discover
-from vidfeat.shard import Shard, detect_shard, parse_shard, select, shard_of, shard_output
-from vidfeat.store import verify
+from vidfeat.video.inputs import discover
+from vidfeat.pipeline.shard import Shard, detect_shard, parse_shard, select, shard_of, shard_output
+from vidfeat.store import open_features, verify
 from vidfeat.store.merge import merge_shards, shard_files
 
 VOLATILE = {"created", "vidfeat_version", "torch_version"}
@@ -95,7 +96,7 @@ def test_shard_of_is_sha1_of_the_name_and_the_same_in_every_process():
     # pinned values: a change of the formula would move every finished video
     assert [shard_of(n, 8) for n in names] == [5, 2, 5]
     assert [shard_of(n, 1000) for n in names] == [925, 818, 413]
-    code = "from vidfeat.shard import shard_of; print([shard_of(n, 8) for n in %r])" % names
+    code = "from vidfeat.pipeline.shard import shard_of; print([shard_of(n, 8) for n in %r])" % names
     for seed in ("1", "2"):
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                              env={**os.environ, "PYTHONHASHSEED": seed})  # fmt: skip
@@ -104,7 +105,7 @@ def test_shard_of_is_sha1_of_the_name_and_the_same_in_every_process():
 
 def test_the_partition_covers_every_video_once_and_ignores_the_other_inputs(tmp_path):
     names = [f"d{i % 7}/video {i}.mp4" for i in range(300)]
-    from vidfeat.inputs import VideoFile
+    from vidfeat.video.inputs import VideoFile
 
     files = [VideoFile(Path(n), n) for n in names]
     parts = [select(files, Shard(i, 5, "test")) for i in range(5)]
@@ -140,6 +141,50 @@ def test_detect_shard_from_the_launchers():
     assert detect_shard({}) is None
 
 
+def test_torchrun_variables_are_parsed_in_one_place():
+    from vidfeat.pipeline.shard import TorchrunEnv, torchrun_env
+
+    env = torchrun_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"})
+    assert env == TorchrunEnv(rank=3, world_size=4, local_rank=1, local_world_size=2) and env.distributed
+    alone = torchrun_env({})
+    assert (alone.rank, alone.world_size, alone.local_rank, alone.local_world_size, alone.distributed) == (0, 1, 0, 1, False)
+    with pytest.raises(VidfeatError, match=r"LOCAL_WORLD_SIZE='two' is not an integer"):
+        torchrun_env({"LOCAL_WORLD_SIZE": "two"})
+
+
+def test_the_default_decode_workers_are_cores_minus_one_capped_and_shared(monkeypatch):
+    from vidfeat.pipeline import launch, workers
+    from vidfeat.pipeline.driver import ExtractOptions
+
+    monkeypatch.setattr(workers.os, "cpu_count", lambda: 64)
+    assert workers.default_workers() == 16  # cores - 1, at most 16
+    assert workers.default_workers(ranks_here=4) == 4  # shared by the ranks of one machine
+    assert workers.default_workers(ranks_here=32) == 1
+    monkeypatch.setattr(workers.os, "cpu_count", lambda: 8)
+    assert (workers.default_workers(), workers.default_workers(ranks_here=2)) == (7, 3)
+    monkeypatch.setattr(workers.os, "cpu_count", lambda: 1)
+    assert workers.default_workers() == 1
+    monkeypatch.setattr(workers.os, "cpu_count", lambda: 64)
+    monkeypatch.setattr("torch.set_num_threads", lambda n: None)  # shard_options divides the threads too
+    rank = Shard(1, 4, "torchrun RANK/WORLD_SIZE", local_rank=1, local_count=4, distributed=True)
+    assert launch.shard_options(ExtractOptions(device="cpu"), rank).workers == 4  # --gpus 4: the same rule
+    assert launch.shard_options(ExtractOptions(device="cpu", workers=9), rank).workers == 9
+
+
+def test_the_exit_status_rule_for_failed_or_partial_videos():
+    from vidfeat.pipeline.driver import ExtractReport, failures_exit_code
+
+    assert failures_exit_code({"ok": 5}) == 0
+    assert failures_exit_code({"ok": 5, "failed": 0, "partial": 1}) == 3
+    assert failures_exit_code({"failed": 2}) == 3
+    report = ExtractReport(output=Path("f.h5"), in_file={"ok": 1, "failed": 1})
+    assert report.exit_code == 3
+    report.failures_exit = 0  # a torchrun rank: `--gpus` reads the 3 off the final file
+    assert report.exit_code == 0
+    report.interrupted = True
+    assert report.exit_code == 130
+
+
 def test_slurm_array_variables_select_the_shard_and_an_explicit_shard_wins(tmp_path, videos, monkeypatch):
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "1")
     monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "3")
@@ -152,9 +197,15 @@ def test_slurm_array_variables_select_the_shard_and_an_explicit_shard_wins(tmp_p
     with h5py.File(shard_output(out, Shard(1, 3, "t"))) as f:
         assert set(f["videos/path"].asstr()[()]) == mine
     assert not out.exists()
-    result = run(args(videos, out, "--shard", "2/3"))
+    source = tmp_path / "caption.json"
+    source.write_text("{}", encoding="utf-8")
+    result = run(args(videos, out, "--shard", "2/3", "--captions", source))
     assert "shard 2/3 (from --shard)" in result.output
     assert shard_output(out, Shard(2, 3, "t")).exists()
+    # a shard gets no captions (merge refuses captioned shards): one line says how to add them later
+    assert f"add them with: vidfeat captions {out} {source}" in result.output
+    with open_features(shard_output(out, Shard(2, 3, "t"))) as f:
+        assert not f.has_captions
 
 
 # --shard and merge ----------------------------------------------------------------------------
@@ -193,9 +244,10 @@ def test_merge_streams_in_small_blocks_and_copies_columns_it_does_not_know(tmp_p
                                                                          monkeypatch):  # fmt: skip
     """One-row output blocks and read-ahead buffers give the same file (the streaming path), and a
     /videos or /clips column added by a newer format flows through, reordered with its rows."""
+    import vidfeat.store.format as store_format
     import vidfeat.store.merge as merge
 
-    monkeypatch.setattr(merge, "_BLOCK_BYTES", 1)
+    monkeypatch.setattr(store_format, "BLOCK_BYTES", 1)
     monkeypatch.setattr(merge, "_READ_AHEAD_BYTES", 1)
     monkeypatch.setattr(merge, "_MIN_AHEAD_ROWS", 2)  # reads of 2 rows: runs of 1-3 clips straddle them
     out = tmp_path / "small-blocks.h5"
@@ -358,6 +410,17 @@ def test_sigkill_of_one_rank_then_the_same_command_via_gpus_equals_a_clean_run(t
     assert "Traceback" not in again.stderr
     assert verify(out) == []
     assert_same_file(reference, out)
+    # --captions with --gpus: the ranks find nothing left to do, the launcher adds the captions to the final file
+    source = tmp_path / "caption.json"
+    source.write_text(json.dumps({"v3": {"start": [0.0], "end": [0.5], "text": ["said early"]}}), encoding="utf-8")
+    captioned = subprocess.run([sys.executable, "-m", "vidfeat", *map(str, args(videos, out)), "--gpus", "2",
+                                "--captions", str(source)], capture_output=True, text=True, timeout=400,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert captioned.returncode == 3, captioned.stderr
+    assert "1 captions for 1 of" in captioned.stdout, captioned.stdout + captioned.stderr
+    with open_features(out) as f:
+        assert f.has_captions and f.clips("v3.mp4").text[0] == "said early"
+    assert verify(out) == []
 
 
 # Ray ---------------------------------------------------------------------------------------------
@@ -372,8 +435,8 @@ def ray_cluster():
 
 
 def _ray_extract(videos, out, progress=None, **changes):
-    from vidfeat.extract import ExtractOptions
-    from vidfeat.ray_extract import extract_ray
+    from vidfeat.pipeline.driver import ExtractOptions
+    from vidfeat.pipeline.ray import extract_ray
 
     options = ExtractOptions(**changes)
     return extract_ray(discover([videos])[0], out, options, progress, echo=lambda line: None)
@@ -389,13 +452,17 @@ def test_ray_on_a_local_two_cpu_cluster_equals_a_single_run(tmp_path, videos, re
     assert "8 ok, 0 partial, 1 failed this run" in result.output
     assert verify(out) == []
     assert_same_file(reference, out)
-    report = _ray_extract(videos, out)  # a rerun resumes: nothing left to do
+    with open_features(out) as f:
+        assert f.attrs["decoder"] == "pyav"
+    # a rerun resumes: nothing left to do. NVDEC asked for on CPU actors falls back to PyAV before
+    # the writer opens, so the file's decoder matches
+    report = _ray_extract(videos, out, decoder="nvdec")
     assert report.skipped == 9 and report.counts == {"ok": 0, "partial": 0, "failed": 0}
 
 
 @pytest.mark.slow
 def test_ray_actor_killed_mid_run_still_gives_the_full_file(tmp_path, videos, reference, ray_cluster):
-    from vidfeat.progress import Progress
+    from vidfeat.pipeline.progress import Progress
 
     class KillActorZero(Progress):
         killed = False
@@ -414,18 +481,18 @@ def test_ray_actor_killed_mid_run_still_gives_the_full_file(tmp_path, videos, re
     assert_same_file(reference, out)
 
 
-def test_a_ray_actor_takes_the_runs_decoder_precision_and_compile(videos, monkeypatch, capfd):
+def test_a_ray_actor_takes_the_runs_decoder_precision_and_compile(videos, monkeypatch):
     import torch
 
-    import vidfeat.extract as extract
-    from vidfeat.extract import ExtractOptions
-    from vidfeat.ray_extract import _Embedder
+    import vidfeat.pipeline.workers as workers
+    from vidfeat.pipeline.driver import ExtractOptions
+    from vidfeat.pipeline.ray import _Embedder
 
     path = videos / "v4.mp4"  # 7 s: several clips
     job = (0, "v4.mp4", str(path), path.stat().st_size, path.stat().st_mtime)
     used = []
-    real_decode = extract.decode_video
-    monkeypatch.setattr(extract, "decode_video", lambda *a: used.append(a[-1]) or real_decode(*a))
+    real_decode = workers.decode_video
+    monkeypatch.setattr(workers, "decode_video", lambda *a: used.append(a[-1]) or real_decode(*a))
     results = {}
     for decoder in ("pyav", "torchcodec"):
         actor = _Embedder(ExtractOptions(decoder=decoder, workers=0), use_gpu=False, threads=1)
@@ -435,9 +502,10 @@ def test_a_ray_actor_takes_the_runs_decoder_precision_and_compile(videos, monkey
     assert a.status == b.status == "ok" and a.num_clips == b.num_clips > 1
     np.testing.assert_allclose(a.start_sec, b.start_sec, atol=1e-6)
     np.testing.assert_array_equal(a.valid_frames, b.valid_frames)  # (frames: tests/test_decoders.py)
-    nvdec = _Embedder(ExtractOptions(decoder="nvdec", workers=0), use_gpu=False, threads=1)
-    assert nvdec.decoder == "pyav"
-    assert "NVDEC is not available (the model runs on the CPU)" in capfd.readouterr().err
+    # the driver records the decoder before the actors start (tests/test_scale.py::test_ray_on_a_local_two_cpu_...):
+    # an actor that cannot decode with it refuses to start instead of mixing decoders in one file
+    with pytest.raises(VidfeatError, match=r"NVDEC is not available on a Ray actor \(the model runs on the CPU\)"):
+        _Embedder(ExtractOptions(decoder="nvdec", workers=0), use_gpu=False, threads=1)
     compiled = _Embedder(ExtractOptions(compile=True, dtype="bf16", workers=0), use_gpu=False, threads=1)
     assert compiled.runner.dtype == torch.bfloat16
     assert compiled.runner._step is not compiled.runner._model_step  # torch.compile's wrapper
@@ -446,8 +514,8 @@ def test_a_ray_actor_takes_the_runs_decoder_precision_and_compile(videos, monkey
 
 @pytest.mark.slow
 def test_ray_actors_that_cannot_start_stop_the_run_with_their_reason(tmp_path, videos, ray_cluster):
-    from vidfeat.progress import Progress
-    from vidfeat.weights import load_model, save_checkpoint
+    from vidfeat.pipeline.progress import Progress
+    from vidfeat.model.weights import load_model, save_checkpoint
 
     model = tmp_path / "model"
     save_checkpoint(load_model("tiny-motion"), model)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import tracemalloc
 from pathlib import Path
 
@@ -11,13 +12,15 @@ import numpy as np
 import pytest
 
 from vidfeat.errors import VidfeatError
-from vidfeat.search import exact_search, softmax, video_means
+import vidfeat
+from vidfeat.retrieval.search import exact_search
 from vidfeat.store import FeatureWriter, VideoResult, open_features
+from vidfeat.store.means import softmax, video_means
 
 D, C = 16, 5
 CLASSES = [f"class_{i}" for i in range(C)]
 SETTINGS = {"model": "test-model", "weights_sha256": "0" * 64, "num_frames": 8, "fps": 2.0, "stride_sec": 2.0,
-            "input_size": 32, "mean": [0.45] * 3, "std": [0.225] * 3}  # fmt: skip
+            "input_size": 32, "mean": [0.45] * 3, "std": [0.225] * 3, "decoder": "pyav"}  # fmt: skip
 
 
 def make_file(out: Path, videos: int, clips: int = 6, seed: int = 0, dtype: str = "float16", dim: int = D,
@@ -78,7 +81,7 @@ def test_open_features_search_equals_exact_search(feats):
     with open_features(feats) as f:
         video = f.h5["clips/video"][:]
         row = 20
-        hits = f.search(clip=row, k=5, exclude_same_video=True)
+        hits = vidfeat.search(f, clip=row, k=5, exclude_same_video=True)
         s, r = exact_search(f.load_embeddings(), f.embeddings[row], k=5, chunk_rows=3,
                             exclude=lambda a, b: (video[a:b] == video[row])[None])  # fmt: skip
         assert [h.row for h in hits] == r[0].tolist()
@@ -93,7 +96,7 @@ def test_open_features_search_equals_exact_search(feats):
 
 def test_a_clip_query_never_returns_itself_but_may_return_its_video(feats):
     with open_features(feats) as f:
-        hits = f.search(clip=7, k=len(f))
+        hits = vidfeat.search(f, clip=7, k=len(f))
         rows = [h.row for h in hits]
         assert 7 not in rows and len(rows) == len(f) - 1
         assert f.video_of(7) in {h.video for h in hits}
@@ -103,20 +106,24 @@ def test_video_and_time_pick_the_clip_there(feats):
     with open_features(feats) as f:
         clips = f.clips("v0005.mp4")
         # clips start every 2 s and last 4 s: t=5.1 lies in clips 1 (2-6) and 2 (4-8); 2's middle (6) is nearer
-        a = f.search(video="v0005.mp4", at=5.1, k=3)
-        b = f.search(clip=clips.first_row + 2, k=3)
+        a = vidfeat.search(f, video="v0005.mp4", at=5.1, k=3)
+        b = vidfeat.search(f, clip=clips.first_row + 2, k=3)
         assert a == b
         with pytest.raises(VidfeatError, match="no video"):
-            f.search(video="nope.mp4", at=1.0)
+            vidfeat.search(f, video="nope.mp4", at=1.0)
         with pytest.raises(VidfeatError, match="no clips"):
-            f.search(video="v0003.mp4", at=1.0)
+            vidfeat.search(f, video="v0003.mp4", at=1.0)
         with pytest.raises(VidfeatError, match="out of range"):
-            f.search(clip=len(f))
+            vidfeat.search(f, clip=len(f))
 
 
-def test_video_means_equal_the_means_of_each_videos_rows(feats):
-    with open_features(feats) as f:
-        emb, scores = video_means(f, chunk_rows=5)
+def test_video_means_equal_the_means_of_each_videos_rows(feats, tmp_path):
+    v1 = tmp_path / "no-means.h5"  # without the stored means: computed from /clips, 5 rows a step
+    shutil.copy(feats, v1)
+    with h5py.File(v1, "r+") as h5:
+        del h5["videos/embedding_mean"], h5["videos/scores_mean"]
+    with open_features(v1) as f:
+        emb, scores = video_means(f.h5, block_rows=5)
         for v, clips in enumerate(f):
             if len(clips) == 0:
                 assert np.isnan(emb[v]).all() and np.isnan(scores[v]).all()
@@ -129,12 +136,12 @@ def test_video_means_equal_the_means_of_each_videos_rows(feats):
 def test_stored_video_means_are_used_when_present(tmp_path):
     out = make_file(tmp_path / "v2.h5", videos=5)
     with open_features(out) as f:
-        emb, scores = video_means(f)
+        emb, scores = video_means(f.h5)
     with h5py.File(out, "r+") as h5:  # the version-2 writer stored them: replace them by a marker
         assert "videos/embedding_mean" in h5
         h5["videos/embedding_mean"][...] = emb * 0 + 1.0
     with open_features(out) as f:
-        got, _ = video_means(f)
+        got, _ = video_means(f.h5)
         assert np.nanmax(np.abs(got - 1.0)) == 0
 
 
@@ -142,7 +149,7 @@ def test_video_level_search_ranks_the_mean_vectors(feats):
     with open_features(feats) as f:
         means = f.video_embeddings()
         q = f.videos.index("v0002.mp4")
-        hits = f.search(video="v0002.mp4", level="video", k=20)
+        hits = vidfeat.search(f, video="v0002.mp4", level="video", k=20)
         allowed = ~np.isnan(means).any(axis=1)
         allowed[q] = False
         want_s, want_r = brute_force(np.nan_to_num(means), means[q], allowed.sum(), allowed)
@@ -184,38 +191,51 @@ def _recall_at_10(f, index, queries) -> float:
 
 def test_flat_faiss_index_agrees_with_exact_search(feats, tmp_path):
     pytest.importorskip("faiss")
-    from vidfeat.index import FaissIndex, build_index, open_index_for
+    from vidfeat.retrieval.index import FaissIndex, build_index, open_index_for
 
     with open_features(feats) as f:
         out = build_index(f, tmp_path / "feats.faiss")
         assert json.loads((tmp_path / "feats.faiss.json").read_text())["factory"] == "Flat"
         index = FaissIndex(out)
         for row in range(0, len(f), 7):
-            exact = f.search(clip=row, k=5, exclude_same_video=True)
-            approx = f.search(clip=row, k=5, exclude_same_video=True, index=index)
+            exact = vidfeat.search(f, clip=row, k=5, exclude_same_video=True)
+            approx = vidfeat.search(f, clip=row, k=5, exclude_same_video=True, index=index)
             assert approx[0].row == exact[0].row
             assert approx[0].similarity == pytest.approx(exact[0].similarity, abs=1e-5)
             assert len(approx) == 5 and all(h.video != f.video_of(row) for h in approx)
         assert _recall_at_10(f, index, range(0, len(f), 5)) == 1.0
-        assert open_index_for(f, out) is not None
+        found, note = open_index_for(f, out)
+        assert isinstance(found, FaissIndex) and found.path == out and note == ""
 
 
-def test_ivf_index_recall_and_stale_index_is_ignored(tmp_path, capsys):
+def test_ivf_index_recall_and_stale_index_is_ignored(tmp_path):
     pytest.importorskip("faiss")
-    from vidfeat.index import FaissIndex, build_index, open_index_for
+    from vidfeat.retrieval.index import FaissIndex, build_index, open_index_for
 
     feats = make_file(tmp_path / "big.h5", videos=40, clips=100, dim=32)  # 3,900 clips
     with open_features(feats) as f:
         # random Gaussian vectors (no clusters) are the hardest case for IVF: 0.96 with nprobe 32
         index = FaissIndex(build_index(f, factory="IVF64,Flat"))
         assert _recall_at_10(f, index, range(0, len(f), 97)) >= 0.9
-        assert open_index_for(f) is not None  # beside the file: feats.faiss
+        found, note = open_index_for(f)  # beside the file: feats.faiss
+        assert isinstance(found, FaissIndex) and found.path == tmp_path / "big.faiss" and note == ""
     other = make_file(tmp_path / "other.h5", videos=40, clips=99, dim=32)
     (tmp_path / "big.faiss").rename(tmp_path / "other.faiss")
     (tmp_path / "big.faiss.json").rename(tmp_path / "other.faiss.json")
+    stale = tmp_path / "other.faiss"
     with open_features(other) as f:
-        assert open_index_for(f) is None
-    assert "built from another model or file" in capsys.readouterr().err
+        assert open_index_for(f) == (None, f"not using {stale}: built from another model or file (3900 rows of "
+                                           f"'test-model'); rebuild it with `vidfeat index {other}`")
+    # the library returns the note; the CLI prints it on stderr and searches exactly
+    from click.testing import CliRunner
+
+    from vidfeat.cli import main
+
+    result = CliRunner().invoke(main, ["search", str(other), "--clip", "0", "-k", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.startswith(f"vidfeat: not using {stale}: built from another model or file")
+    with open_features(other) as f:
+        assert [h["row"] for h in json.loads(result.stdout)] == [h.row for h in vidfeat.search(f, clip=0, k=3)]
 
 
 # the bundled model on the synthetic demo videos
@@ -226,11 +246,12 @@ def test_nearest_clips_share_the_ground_truth_motion_class(tmp_path):
     """Precision@5 of exact search on long synthetic videos (labelled segments) with the bundled
     tiny-motion model: the 5 nearest clips from other videos, among clips lying inside one
     segment, mostly have the query's class (the card states the figure; chance is about 1/8)."""
-    from vidfeat.cards import find_card
-    from vidfeat.demo import clip_labels
-    from vidfeat.extract import DEFAULT_MODEL, ExtractOptions, extract
-    from vidfeat.inputs import discover
-    from vidfeat.search import precision_at_k
+    from vidfeat.model.cards import find_card
+    from vidfeat.tools.demo import clip_labels
+    from vidfeat.model.cards import DEFAULT_MODEL
+    from vidfeat.pipeline.driver import ExtractOptions, extract
+    from vidfeat.video.inputs import discover
+    from vidfeat.retrieval.search import precision_at_k
     from vidfeat.synth import generate_long_videos
 
     videos = tmp_path / "videos"
@@ -263,9 +284,10 @@ def test_query_video_is_refused_naming_the_model_when_it_is_not_here(feats, tmp_
 @pytest.mark.slow
 def test_query_video_embeds_with_the_files_model(tmp_path):
     """A video already in the file, given as --query-video, gives its own mean clip embedding."""
-    from vidfeat.extract import DEFAULT_MODEL, ExtractOptions, extract
-    from vidfeat.inputs import discover
-    from vidfeat.search import embed_query_video
+    from vidfeat.model.cards import DEFAULT_MODEL
+    from vidfeat.pipeline.driver import ExtractOptions, extract
+    from vidfeat.video.inputs import discover
+    from vidfeat.pipeline.query import embed_query_video
     from vidfeat.synth import generate_long_videos
 
     videos = tmp_path / "videos"
@@ -276,15 +298,7 @@ def test_query_video_embeds_with_the_files_model(tmp_path):
         query = embed_query_video(f, videos / "long_001.mp4")
         want = f.video_embeddings()[f.videos.index("long_001.mp4")]
         np.testing.assert_allclose(query, want, atol=2e-3)  # the file stores float16
-        hits = f.search(query=query, level="video", k=1)
+        hits = vidfeat.search(f, query=query, level="video", k=1)
         assert hits[0].video == "long_001.mp4" and hits[0].similarity > 0.999
 
 
-def test_search_export_plot_view_and_index_need_no_torch():
-    import subprocess
-    import sys
-
-    code = ("import sys, vidfeat.search, vidfeat.export, vidfeat.plot, vidfeat.view, vidfeat.index;"
-            "print(sorted(m for m in ('torch', 'av', 'timm') if m in sys.modules))")  # fmt: skip
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from tests.videos import make_video
-from vidfeat import shm
-from vidfeat.shm import MARGIN, LoaderPlan, ShmFull
+from vidfeat.pipeline import shm
+from vidfeat.pipeline.shm import MARGIN, LoaderPlan, ShmFull
 
 L_CLIP = 96 * 224 * 224 * 3  # TimeSformer-L, one crop, uint8
 
@@ -45,17 +45,28 @@ def test_plan_decodes_in_the_main_process_when_not_two_clips_fit():
     assert p.workers == 0 and "decoding in the main process" in p.note
 
 
-def test_loader_args_for_batches_say_what_they_lowered(monkeypatch, capsys):
+def test_loader_args_for_batches_say_what_they_lowered_to_echo_only(monkeypatch, capsys):
     batch = 8 * L_CLIP
+    said = []
     monkeypatch.setattr(shm, "free_bytes", lambda path=shm.SHM_DIR: 64 * 10**9)
-    assert shm.loader_args(4, batch) == {"num_workers": 4, "prefetch_factor": 2}
-    assert capsys.readouterr().err == ""
+    assert shm.loader_args(4, batch, echo=said.append) == {"num_workers": 4, "prefetch_factor": 2}
+    assert said == []
     monkeypatch.setattr(shm, "free_bytes", lambda path=shm.SHM_DIR: int(3 * batch / MARGIN) + 1)
-    assert shm.loader_args(4, batch) == {"num_workers": 2, "prefetch_factor": 1}
-    assert capsys.readouterr().err.startswith("shared memory (/dev/shm) has 495 MB free: running 2 decode workers, prefetch 1 (asked 4, 2)")
+    assert shm.loader_args(4, batch, echo=said.append) == {"num_workers": 2, "prefetch_factor": 1}
+    assert said.pop().startswith("shared memory (/dev/shm) has 495 MB free: running 2 decode workers, prefetch 1 (asked 4, 2)")
     monkeypatch.setattr(shm, "free_bytes", lambda path=shm.SHM_DIR: batch)
-    assert shm.loader_args(4, batch) == {"num_workers": 0, "prefetch_factor": None}
-    assert "decoding in the main process" in capsys.readouterr().err
+    assert shm.loader_args(4, batch, echo=said.append) == {"num_workers": 0, "prefetch_factor": None}
+    assert "decoding in the main process" in said.pop()
+    assert shm.loader_args(4, batch) == {"num_workers": 0, "prefetch_factor": None}  # no echo: the library prints nothing
+    assert capsys.readouterr().err == ""
+
+
+def test_clip_bytes_are_the_uint8_crops_of_one_clip():
+    from types import SimpleNamespace
+
+    large = SimpleNamespace(num_frames=96, crop_size=224)  # a card's Preprocess
+    assert shm.clip_bytes(large) == L_CLIP == 14_450_688
+    assert shm.clip_bytes(large, crops=3) == 3 * L_CLIP
 
 
 def test_ranks_of_one_machine_plan_for_their_share(monkeypatch):

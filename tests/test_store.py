@@ -34,6 +34,7 @@ SETTINGS = {
     "input_size": 224,
     "mean": [0.45, 0.45, 0.45],
     "std": [0.225, 0.225, 0.225],
+    "decoder": "pyav",
     "crops": 1,
 }
 # Names chosen to exercise the sort order ('-' < '.' < '/' in code points) and UTF-8.
@@ -350,8 +351,8 @@ def test_leaving_the_block_on_an_error_commits_the_buffer(tmp_path):
 
 
 def test_assembly_in_small_blocks_gives_the_same_file(tmp_path, reference, monkeypatch):
-    monkeypatch.setattr(store.format, "_BLOCK_BYTES", 200)  # a few rows per copy step
-    monkeypatch.setattr(store.assemble, "_DATASET_CHUNK_BYTES", 64)
+    monkeypatch.setattr(store.format, "BLOCK_BYTES", 200)  # a few rows per copy step
+    monkeypatch.setattr(store.final, "_DATASET_CHUNK_BYTES", 64)
     out = tmp_path / "feats.h5"
     write_all(out, paths=PATHS[::2])
     write_all(out, paths=PATHS[1::2])  # merge: the previous final file plus new chunks
@@ -434,7 +435,7 @@ def test_a_forked_child_does_not_keep_the_output_locked(tmp_path):
     """Decode workers are forked while the writer is open and share its lock file description."""
     out = tmp_path / "feats.h5"
     writer = open_writer(out)
-    assert not os.get_inheritable(writer._lock_fd)  # not passed on to programs started with exec
+    assert not os.get_inheritable(writer._output_lock._fd)  # not passed on to programs started with exec
     read_end, write_end = os.pipe()
     ready_read, ready_write = os.pipe()
     pid = os.fork()
@@ -492,7 +493,8 @@ _FILE_OPS = ("fsync", "replace", "unlink", "rmdir")
 def _count_file_ops(patch, kill_at: int | None, when: str) -> list[int]:
     """Count the operations that commit work; SIGKILL this process at op number ``kill_at``.
 
-    The ops: ``os.fsync/replace/unlink/rmdir`` (killed before or after the op) and, with
+    The ops: ``os.fsync/replace/unlink/rmdir`` (killed before or after the op, also one that
+    raised) and, with
     ``when="before"``, closing an HDF5 file, so that kills also leave a chunk or the final file
     written but never closed. ``patch(obj, name, value)`` installs the wrappers.
     """
@@ -503,10 +505,11 @@ def _count_file_ops(patch, kill_at: int | None, when: str) -> list[int]:
             count[0] += 1
             if count[0] == kill_at and when == "before":
                 os.kill(os.getpid(), signal.SIGKILL)
-            result = real(*args, **kwargs)
-            if count[0] == kill_at and when == "after":
-                os.kill(os.getpid(), signal.SIGKILL)
-            return result
+            try:
+                return real(*args, **kwargs)
+            finally:  # after the op, whether it returned or raised (an unlink of a missing file)
+                if count[0] == kill_at and when == "after":
+                    os.kill(os.getpid(), signal.SIGKILL)
 
         return wrapped
 
@@ -795,7 +798,8 @@ def test_too_little_free_space_is_one_line_before_assembly(tmp_path, monkeypatch
     message = str(err.value)
     assert "\n" not in message
     assert message.startswith(f"cannot assemble {out}: it needs about 0.5 MB in {parts_path(out)}, which has 0.2 MB free")
-    assert "the 10 committed videos there are kept: free at least 0.3 MB there and rerun the same command" in message
+    assert (f"the 10 committed videos in {parts_path(out)} are kept: free at least 0.3 MB there and rerun the same "
+            "command to finish") in message
     _assert_parts_intact(out)
     monkeypatch.setattr(shutil, "disk_usage", real)
     _big_run(out)
@@ -841,7 +845,7 @@ def test_a_write_error_during_assembly_is_one_line_and_no_crash(tmp_path, big_re
     child = _run_child("_assemble_with_file_limit_main", str(out), str(150_000))
     assert (child.returncode, child.stderr) == (0, "")  # no segfault, no traceback printed by h5py
     assert child.stdout.splitlines() == [
-        f"cannot assemble {out}: File too large; the committed videos in {parts_path(out)} are kept: "
+        f"cannot assemble {out}: File too large; the 10 committed videos in {parts_path(out)} are kept: "
         "free space (or fix the cause) and rerun the same command to finish"
     ]
     assert not (parts_path(out) / "assembling.h5.tmp").exists()
@@ -972,7 +976,7 @@ def test_a_disk_filled_by_another_process_after_the_check(small_fs, big_referenc
     """The free-space check passes, then the disk fills up before anything is written."""
     from vidfeat.store.assemble import _needed_bytes
     from vidfeat.store.format import _read_table
-    from vidfeat.store.writer import _mb
+    from vidfeat.store.final import mb as _mb
 
     with h5py.File(big_reference, "r") as f:
         needed = _needed_bytes(_read_table(f), CLASSES, D, np.dtype(np.float32))
@@ -981,8 +985,8 @@ def test_a_disk_filled_by_another_process_after_the_check(small_fs, big_referenc
     assert (child.returncode, child.stderr) == (0, "")  # no segfault, nothing printed by h5py
     assert child.stdout.splitlines() == [
         f"cannot assemble {out}: it needs about {_mb(needed)} in {parts_path(out)}, which has {_mb(leave)} free; "
-        f"the 10 committed videos there are kept: free at least {_mb(needed - leave)} there and rerun the same "
-        "command to finish"
+        f"the 10 committed videos in {parts_path(out)} are kept: free at least {_mb(needed - leave)} there and "
+        "rerun the same command to finish"
     ]
     _assert_parts_intact(out)  # no output, no assembling.h5.tmp, every chunk there
     (out.parent / "filler").unlink()  # space freed: rerun the same command
@@ -1026,7 +1030,7 @@ def test_a_small_run_gives_a_small_file(tmp_path):
 
 
 def test_large_files_keep_1_mib_chunks():
-    from vidfeat.store.assemble import _dataset_chunks
+    from vidfeat.store.final import dataset_chunks as _dataset_chunks
 
     assert _dataset_chunks((10**6, 768), np.float16) == (682, 768)
     assert _dataset_chunks((10**6,), np.float64) == (65536,)
@@ -1045,7 +1049,7 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 def test_per_video_means(reference):
     with open_features(reference) as f:
-        assert f.format_version == 2
+        assert f.format_version == store.FORMAT_VERSION
         emb_mean, scores_mean = f.embedding_mean[()], f.scores_mean[()]
         assert emb_mean.dtype == scores_mean.dtype == np.float32
         assert emb_mean.shape == (len(PATHS), D) and scores_mean.shape == (len(PATHS), C)
@@ -1061,7 +1065,7 @@ def test_per_video_means(reference):
 
 
 def test_means_stream_in_blocks_and_match(tmp_path, reference, monkeypatch):
-    monkeypatch.setattr(store.format, "_BLOCK_BYTES", 150)  # 1 row per step: videos span several blocks
+    monkeypatch.setattr(store.format, "BLOCK_BYTES", 150)  # 1 row per step: videos span several blocks
     out = write_all(tmp_path / "feats.h5")
     assert_same_content(out, reference)
     assert verify(out) == []
@@ -1091,14 +1095,14 @@ def test_warnings_are_stored_and_summarized(tmp_path):
     with open_features(out) as f:
         assert f.videos.warning.tolist() == ["", "", "sampling at 30 fps from a 10 fps video: 66% repeated frames", ""]
     info = summarize(out)
-    assert info["format_version"] == 2 and info["warnings"] == 1
+    assert info["format_version"] == store.FORMAT_VERSION and info["warnings"] == 1
     assert info["warned"] == [{"path": "a/b.mp4", "warning": "sampling at 30 fps from a 10 fps video: 66% repeated frames"}]
     from click.testing import CliRunner
 
     from vidfeat.cli import main
 
     shown = CliRunner().invoke(main, ["info", str(out)]).output.splitlines()
-    assert "format_version: 2" in shown and "warnings: 1" in shown
+    assert f"format_version: {store.FORMAT_VERSION}" in shown and "warnings: 1" in shown
     assert shown[shown.index("warned (1):") + 1] == "  a/b.mp4: sampling at 30 fps from a 10 fps video: 66% repeated frames"
     broken = _with(out, tmp_path, _set("videos/warning", 0, "two\nlines"))
     assert verify(broken) == ["videos/warning with more than one line: a-b.mp4"]

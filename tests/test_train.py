@@ -19,17 +19,17 @@ from safetensors.torch import load_file
 
 from checkpoints import randomize_, save_hf, save_official, small_config
 from vidfeat.cli import main
-from vidfeat.clips import ClipSampling
-from vidfeat.data import ClipDataset, Entry, RepeatSampler, collate, load_data, read_entries
+from vidfeat.video.sampling import ClipSampling
+from vidfeat.training.data import ClipDataset, Entry, RepeatSampler, collate, load_data, read_entries
 from vidfeat.errors import ConfigError
-from vidfeat.evaluate import evaluate, model_input
-from vidfeat.model import TimeSformer
+from vidfeat.training.evaluate import evaluate, model_input
+from vidfeat.model.timesformer import TimeSformer
 from vidfeat.synth import CLASSES, generate_dataset
-from vidfeat.recipe import load_config
-from vidfeat.train import _optimizer, get_lr, train
-from vidfeat.transforms import TrainAugment
-from vidfeat.video import ClipReader, probe
-from vidfeat.weights import load_model
+from vidfeat.training.recipe import load_config
+from vidfeat.training.loop import _optimizer, get_lr, train
+from vidfeat.video.transforms import Normalize, TrainAugment
+from vidfeat.video.reader import ClipReader, probe
+from vidfeat.model.weights import load_model
 
 torch.set_num_threads(1)
 
@@ -98,7 +98,7 @@ def clip_batch(model, data: Path, n: int = 4) -> torch.Tensor:
     card = model.card
     dataset = ClipDataset(read_entries(data)[:n], card.classes, card.preprocess)
     batch = collate([dataset[i] for i in range(n)])
-    return model_input(batch.clips, card.preprocess.mean, card.preprocess.std, torch.device("cpu"))
+    return model_input(batch.clips, Normalize(card.preprocess.mean, card.preprocess.std))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,7 +173,7 @@ def test_bundled_recipes():
 
 
 def test_resume_check_reads_settings_added_later_as_their_defaults():
-    from vidfeat.recipe import check_resumable
+    from vidfeat.training.recipe import check_resumable
 
     plain = ["data.reverse_pairs=false", "data.reverse_swaps=[]"]  # the defaults of the keys added later
     config = load_config("synthetic_motion", plain)
@@ -190,7 +190,7 @@ def test_resume_check_reads_settings_added_later_as_their_defaults():
 
 
 def test_resume_may_change_epochs_not_below_those_done():
-    from vidfeat.recipe import check_resumable
+    from vidfeat.training.recipe import check_resumable
 
     stored = load_config("synthetic_motion", ["optim.epochs=3"]).to_dict()
     longer, shorter = load_config("synthetic_motion", ["optim.epochs=5"]), load_config("synthetic_motion", ["optim.epochs=2"])
@@ -254,7 +254,7 @@ def test_lists_with_header_times_and_relative_paths(tmp_path, motion):
 
 def test_training_clips_depend_only_on_seed_epoch_and_index(motion):
     entries = read_entries(motion)
-    from vidfeat.cards import Preprocess
+    from vidfeat.model.cards import Preprocess
 
     pre = Preprocess(num_frames=8, fps=8.0, short_side=16, crop_size=16)
     make = lambda seed: ClipDataset(entries, CLASSES, pre, augment=TrainAugment(16, (1.0, 1.5), flip=True), seed=seed)  # noqa: E731
@@ -286,7 +286,7 @@ def test_repeat_sampler_repeats_classes_by_weight_in_a_seeded_order():
 
 
 def test_a_repeated_video_is_the_same_video_with_its_own_clip(motion):
-    from vidfeat.cards import Preprocess
+    from vidfeat.model.cards import Preprocess
 
     entries = read_entries(motion)
     pre = Preprocess(num_frames=8, fps=8.0, short_side=16, crop_size=16)
@@ -299,8 +299,8 @@ def test_a_repeated_video_is_the_same_video_with_its_own_clip(motion):
 def test_flips_and_time_reversal_swap_the_paired_labels(motion):
     """Each operation TrainAugment reports is really applied to the crop, and the label follows
     the recipe's swap pairs; classes in no pair keep their label."""
-    from vidfeat.cards import Preprocess
-    from vidfeat.transforms import LabelSwaps
+    from vidfeat.model.cards import Preprocess
+    from vidfeat.video.transforms import LabelSwaps
 
     entries = read_entries(motion)
     pre = Preprocess(num_frames=8, fps=8.0, short_side=16, crop_size=16)
@@ -494,7 +494,7 @@ def test_resume_with_more_epochs_extends_a_finished_run(tmp_path, recipe, motion
 def test_reverse_pairs_put_each_clip_and_its_reversal_in_one_batch(recipe, motion, tmp_path, monkeypatch):
     import types
 
-    import vidfeat.train as training
+    import vidfeat.training.loop as training
 
     seen = []
     real_input, real_loss = training.model_input, training.F.cross_entropy
@@ -520,10 +520,43 @@ def test_reverse_pairs_put_each_clip_and_its_reversal_in_one_batch(recipe, motio
     assert np.isfinite(result.history[-1]["train_loss"])
 
 
+def test_a_run_and_an_evaluation_build_the_normalisation_once(recipe, motion, tmp_path, monkeypatch):
+    """Mean and std go to the device once per run, as in extraction: a per-batch
+    ``torch.tensor(mean, device=cuda)`` is a blocking host-to-device copy on CUDA."""
+    import vidfeat.training.loop as training
+
+    built, used = [], []
+    real_init, real_input, real_eval = Normalize.__init__, training.model_input, training.run_eval
+
+    def counting_init(self, *args, **kwargs):
+        built.append(args)
+        real_init(self, *args, **kwargs)
+
+    def counting_input(clips, normalize):
+        used.append(normalize)
+        return real_input(clips, normalize)
+
+    def counting_eval(*args, normalize, **kwargs):
+        used.append(normalize)
+        return real_eval(*args, normalize=normalize, **kwargs)
+
+    monkeypatch.setattr(Normalize, "__init__", counting_init)
+    monkeypatch.setattr(training, "model_input", counting_input)
+    monkeypatch.setattr(training, "run_eval", counting_eval)
+    result = train(tiny(recipe, motion, "optim.epochs=2"), tmp_path / "run")
+    assert len(result.history) == 2 and len(used) > 4  # training micro-batches and two validations
+    assert len(built) == 1 and all(n is used[0] for n in used)
+    pre = result.model.card.preprocess
+    assert built[0][:2] == (pre.mean, pre.std)
+    built.clear()
+    evaluate(result.model, motion, workers=0, device="cpu", batch_size=2)
+    assert len(built) == 1
+
+
 def test_a_kill_at_the_commit_point_keeps_the_epochs_metrics(tmp_path, recipe, motion, monkeypatch):
     """Killed right after a checkpoint's commit point (before it is moved into place): the resumed
     run rolls the commit forward, and the epoch's metrics record came with it."""
-    import vidfeat.train as training
+    import vidfeat.training.loop as training
 
     class Killed(Exception):
         pass
@@ -590,7 +623,7 @@ def test_options_sgd_step_clip_checkpointing_bf16_and_frozen_embeddings(tmp_path
 # __getitem__ runs in the rank's own process).
 LOGGED_TRAIN = """
 import os
-from vidfeat import data
+from vidfeat.training import data
 from vidfeat.cli import main
 
 read = data.ClipDataset.__getitem__
@@ -659,7 +692,7 @@ def test_torchrun_two_cpu_ranks_sample_apart_write_once_and_resume(tmp_path, rec
 
 
 def test_scratch_models_start_from_sine_cosine_embeddings(recipe, motion):
-    from vidfeat.train import _build_model
+    from vidfeat.training.loop import _build_model
 
     config = tiny(recipe, motion, "model.arch.embed_dim=8", "model.arch.img_size=24", "data.crop_size=24")
     model, _ = _build_model(config, list(CLASSES), None)
@@ -672,7 +705,7 @@ def test_scratch_models_start_from_sine_cosine_embeddings(recipe, motion):
 
 
 def test_scratch_linear_layers_official_or_xavier(recipe, motion):
-    from vidfeat.train import _build_model
+    from vidfeat.training.loop import _build_model
 
     official, _ = _build_model(tiny(recipe, motion, "model.linear_init=official"), list(CLASSES), None)
     xavier, _ = _build_model(tiny(recipe, motion, "model.linear_init=xavier"), list(CLASSES), None)
@@ -691,7 +724,7 @@ def test_scratch_linear_layers_official_or_xavier(recipe, motion):
 
 
 def test_eval_without_weights_needs_the_default_model(monkeypatch, motion):
-    monkeypatch.setattr("vidfeat.evaluate.find_card", lambda name: None)
+    monkeypatch.setattr("vidfeat.training.evaluate.find_card", lambda name: None)
     result = CliRunner().invoke(main, ["eval", str(motion)])
     assert result.exit_code == 1 and "default model 'tiny-motion'" in result.output and "--weights" in result.output
 

@@ -1,10 +1,12 @@
-"""Streaming decode into clips (vidfeat.video) on real encoded videos.
+"""Streaming decode into clips (vidfeat.video.reader) on real encoded videos.
 
 Every fixture frame shows its own index (tests/videos.py), so each test checks that the frame
 sampled for a target time is the frame shown at that time, with the exact frame times.
 """
 
 from __future__ import annotations
+
+import shutil
 
 import bisect
 import os
@@ -38,9 +40,10 @@ from videos import (
     require_ffmpeg,
     tag_rotate_with_ffmpeg,
 )
-from vidfeat.clips import SHOW_TOLERANCE, ClipSampling
+from vidfeat.video.sampling import SHOW_TOLERANCE, ClipSampling
 from vidfeat.errors import VideoError
-from vidfeat.video import Clip, ClipReader, VideoInfo, probe, probe_duration
+from vidfeat.video.reader import Clip, ClipReader, probe, probe_duration
+from vidfeat.video.source import VideoInfo
 
 CODEC_NAMES = {"libx264": "h264", "libx265": "hevc", "libvpx-vp9": "vp9", "mpeg4": "mpeg4"}
 
@@ -117,6 +120,7 @@ def test_clips_sample_the_frame_shown_at_each_target(
         rotation=0,
         codec=CODEC_NAMES[codec],
         pix_fmt="yuv420p",
+        first_frame_sec=pytest.approx(0.0, abs=0.1),  # the video starts its file
     )
     assert (reader.status, reader.error) == ("ok", "")
     assert reader.duration_sec == pytest.approx(len(times) / fps, abs=1e-6)
@@ -314,8 +318,8 @@ def test_only_sampled_frames_are_converted(
 
 _PEAK_RSS = """
 import resource, sys
-from vidfeat.clips import ClipSampling
-from vidfeat.video import ClipReader
+from vidfeat.video.sampling import ClipSampling
+from vidfeat.video.reader import ClipReader
 most = 0
 with ClipReader(sys.argv[1], ClipSampling(8, 8), short_side=None) as reader:
     for clip in reader:
@@ -388,6 +392,7 @@ def test_probe(tmp_path: Path) -> None:
         rotation=90,
         codec="h264",
         pix_fmt="yuv420p",
+        first_frame_sec=0.0,
     )
     assert open_fds() == before
 
@@ -625,7 +630,7 @@ DECODERS = ["pyav", "torchcodec"]
 
 def read_with(path: Path, sampling: ClipSampling, decoder: str) -> tuple[ClipReader, list[Clip]]:
     if decoder == "torchcodec":
-        from vidfeat.decoders import torchcodec_unavailable
+        from vidfeat.video.decoders import torchcodec_unavailable
 
         reason = torchcodec_unavailable()
         if reason:
@@ -711,8 +716,8 @@ def test_a_matroska_duration_counts_as_an_end_or_a_length(tmp_path: Path, decode
 def test_a_cut_matroska_file_with_an_offset_is_partial(
     tmp_path: Path, decoder: str, offset_sec: float, duration_as_length: bool
 ) -> None:
-    """Half the bytes of a 20 s video: partial with or without a start offset, and whichever
-    way the Segment Duration is written, the same reason as the file starting at 0."""
+    """Half the bytes of a 20 s video (cut at a packet): partial with or without a start offset,
+    and whichever way the Segment Duration is written, the same reason as the file starting at 0."""
     base = tmp_path / "base.mp4"
     times = make_video(base, seconds=20, fps=25, gop=25)
     path = tmp_path / "cut.mkv"
@@ -720,7 +725,11 @@ def test_a_cut_matroska_file_with_an_offset_is_partial(
     if duration_as_length:
         declare_mkv_duration(path, 20.0)
     data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
+    # cut where a packet starts: a frame whose bytes are cut in two would decode as a concealed
+    # copy of the one before it, whose content then depends on where the encoder's bytes fell
+    with av.open(str(path)) as container:
+        starts = [p.pos for p in container.demux(video=0) if p.pos is not None and p.pos >= len(data) // 2]
+    path.write_bytes(data[: min(starts)])
     assert probe_duration(path) == pytest.approx(20.0)
     sampling = ClipSampling(8, 8.0)
     reader, clips = read_with(path, sampling, decoder)
@@ -806,7 +815,7 @@ def test_closing_a_reader_frees_its_decoder_threads_so_a_fork_cannot_hang(tmp_pa
     import gc
 
     if decoder == "torchcodec":
-        from vidfeat.decoders import torchcodec_unavailable
+        from vidfeat.video.decoders import torchcodec_unavailable
 
         if reason := torchcodec_unavailable():
             pytest.skip(reason)
@@ -853,3 +862,18 @@ def _exit_code(pid: int, within_sec: float) -> int | None:
     os.kill(pid, 9)
     os.waitpid(pid, 0)
     return None
+
+
+def test_first_frame_sec_is_where_the_video_starts_on_the_players_clock(tmp_path: Path) -> None:
+    """A file whose audio starts 2 s before its video: clip time 0 (the first frame) is 2 s into
+    the player's clock, which captions are timed on; a video starting its file is at 0."""
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg CLI not installed (test fixture)")
+    late = tmp_path / "late.mkv"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=duration=5", "-f", "lavfi", "-i",
+                    "testsrc=size=64x48:rate=10:duration=3", "-filter_complex", "[1:v]setpts=PTS+2/TB[v]",
+                    "-map", "0:a", "-map", "[v]", "-c:v", "libx264", "-c:a", "flac", str(late)], check=True)  # fmt: skip
+    assert probe(late).first_frame_sec == pytest.approx(2.0, abs=0.05)
+    plain = tmp_path / "plain.mp4"
+    make_video(plain, seconds=1, fps=10)
+    assert probe(plain).first_frame_sec == 0.0

@@ -11,7 +11,7 @@ import h5py
 import pytest
 
 from tests.videos import make_video
-from vidfeat import watchdog
+from vidfeat.pipeline import watchdog
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -16,11 +16,20 @@ from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
 from checkpoints import randomize_, save_hf, save_official, small_config
-from vidfeat.cards import DEFAULT_MODEL, ModelCard, Preprocess, bundled_cards, find_card, sha256_file
+from vidfeat.model.cards import (
+    DEFAULT_MODEL,
+    ModelCard,
+    Preprocess,
+    bundled_cards,
+    find_card,
+    placeholder_classes,
+    read_class_file,
+    sha256_file,
+)
 from vidfeat.cli import main
-from vidfeat.errors import WeightsError
-from vidfeat.model import TimeSformer
-from vidfeat.weights import SamplingWarning, load_checkpoint, load_model, prepare_model, save_checkpoint, to_hf
+from vidfeat.errors import ConfigError, WeightsError
+from vidfeat.model.timesformer import TimeSformer
+from vidfeat.model.weights import SamplingWarning, load_checkpoint, load_model, prepare_model, save_checkpoint, to_hf
 
 torch.set_num_threads(2)
 
@@ -276,6 +285,31 @@ def test_cli_convert_attaches_class_names(tmp_path, small_model):
     assert not (tmp_path / "o2").exists()
 
 
+def test_one_class_list_reader_for_cards_convert_and_training(tmp_path, small_model):
+    """Cards, ``vidfeat convert --classes`` and the training data read class lists alike:
+    blank lines and surrounding spaces skipped, a repeated name or an empty file refused in one line."""
+    names = tmp_path / "names.txt"
+    names.write_text("a\n\n  b \nc\n\n")
+    assert read_class_file(names) == ["a", "b", "c"]
+    names.write_text("a\nb\na\nc\nb\n")
+    repeats = f"the class list {names} repeats a, b: each class name must appear once"
+    with pytest.raises(ConfigError, match=f"^{repeats}$"):
+        read_class_file(names)
+    (tmp_path / "empty.txt").write_text("\n \n")
+    with pytest.raises(ConfigError, match="is empty: write one class name a line$"):
+        read_class_file(tmp_path / "empty.txt")
+    src = save_official(tmp_path / "m.pyth", small_model)
+    result = CliRunner().invoke(main, ["convert", str(src), str(tmp_path / "out"), "--classes", str(names)])
+    assert (result.exit_code, result.output) == (1, f"Error: {repeats}\n")
+    card_path = tmp_path / "card" / "card.toml"
+    card = ModelCard(name="c", config=small_model.config, preprocess=Preprocess(8, 8.0, 32, 32), classes=placeholder_classes(5))
+    card.to_toml(card_path)
+    assert ModelCard.from_toml(card_path).classes == ["class_0", "class_1", "class_2", "class_3", "class_4"]
+    (card_path.parent / "classes.txt").write_text("a\nb\na\nc\nb\n")
+    with pytest.raises(ConfigError, match=f"^the class list {card_path.parent / 'classes.txt'} repeats a, b"):
+        ModelCard.from_toml(card_path)
+
+
 @pytest.mark.parametrize("attention_type", ["space_only", "joint_space_time", "divided_space_time"])
 def test_every_attention_type_round_trips_through_our_format(tmp_path, attention_type):
     """A space_only checkpoint has no time embedding and no temporal layers, like an image ViT:
@@ -381,15 +415,15 @@ def test_cli_convert_writes_checked_model_with_its_own_sha256(tmp_path):
 
 
 def test_cli_convert_refuses_a_model_whose_outputs_differ(tmp_path, small_model, monkeypatch):
-    import vidfeat.weights
+    import vidfeat.model.weights
 
-    real = vidfeat.weights.safetensors_bytes
+    real = vidfeat.model.weights.safetensors_bytes
 
     def corrupt(state, metadata=None):  # what a broken conversion would write
         state = dict(state, **{"norm.bias": state["norm.bias"] + 1e-3})
         return real(state, metadata=metadata)
 
-    monkeypatch.setattr(vidfeat.weights, "safetensors_bytes", corrupt)
+    monkeypatch.setattr(vidfeat.model.weights, "safetensors_bytes", corrupt)
     src = save_official(tmp_path / "m.pth", small_model)
     result = CliRunner().invoke(main, ["convert", str(src), str(tmp_path / "out"), "--num-heads", "2"])
     assert result.exit_code == 1 and "outputs differ from the source's" in result.output, result.output
@@ -411,27 +445,24 @@ def test_cli_models_in_a_pipe_keeps_full_names_and_weight_paths(monkeypatch, tmp
     assert {r["name"]: r["weights_path"] for r in data} == {name: cells[6] for name, cells in rows.items()}
 
 
-def test_models_command_needs_no_torch():
-    """The card reader and `vidfeat models` import no torch (the other command modules are
-    stubbed: their start-up is theirs)."""
+def test_cli_prints_vidfeat_warnings_as_one_line_and_only_while_a_command_runs():
+    """Importing vidfeat.cli leaves the process's warning formatter alone; a command prints
+    vidfeat's warnings as one line (others as before) and puts the formatter back when it ends."""
     code = (
-        "import sys, types\n"
-        "for name in ('vidfeat.cli.extract', 'vidfeat.cli.train'):\n"
-        "    sys.modules[name] = types.ModuleType(name)\n"
+        "import warnings\n"
+        "before = warnings.formatwarning\n"
         "from vidfeat.cli import main\n"
-        "from vidfeat.model_config import TimeSformerConfig\n"
-        "main(['models', '--json'], standalone_mode=False)\n"
-        "heavy = sorted(m for m in ('torch', 'timm', 'av', 'einops', 'safetensors') if m in sys.modules)\n"
-        "assert not heavy, heavy\n"
+        "from vidfeat.model.weights import SamplingWarning\n"
+        "assert warnings.formatwarning is before, 'import'\n"
+        "@main.command(name='warn-twice')\n"
+        "def warn_twice():\n"
+        "    warnings.warn('heads assumed:\\n  3 = width / 64', SamplingWarning)\n"
+        "    warnings.warn('other', UserWarning)\n"
+        "main(['warn-twice'], standalone_mode=False)\n"
+        "assert warnings.formatwarning is before, 'after the command'\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert "tiny-motion" in result.stdout
-
-
-def test_cli_prints_vidfeat_warnings_as_one_line():
-    import vidfeat.cli  # noqa: F401 - installs the formatter
-
-    text = warnings.formatwarning("heads assumed:\n  3 = width / 64", SamplingWarning, "weights.py", 1)
-    assert text == "vidfeat: warning: heads assumed: 3 = width / 64\n"
-    assert "UserWarning" in warnings.formatwarning("other", UserWarning, "x.py", 7)  # not ours: as Python prints it
+    done = subprocess.run([sys.executable, "-W", "always", "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert lines[0] == "vidfeat: warning: heads assumed: 3 = width / 64"
+    assert lines[1].endswith(": UserWarning: other") and len(lines) == 2, done.stderr  # not ours: as Python prints it

@@ -374,3 +374,28 @@ def make_unreadable(path: str | os.PathLike[str]) -> None:
     """
     make_video(path, num_frames=5)
     os.chmod(path, 0)
+
+
+def make_noise_video(
+    path: str | os.PathLike[str],
+    seconds: float,
+    *,
+    size: str = "64x48",
+    fps: int = 5,
+    gop: int = 25,
+    faststart: bool = False,
+) -> int:
+    """An H.264 mp4 of random gray noise made by the ffmpeg CLI: incompressible, so the file is
+    large for its resolution (about 2.4 KB a 64x48 frame), as a byte-counting test needs.
+    Keyframes every ``gop`` frames; the index at the end unless ``faststart``. Returns the size
+    in bytes. Skips the test without the CLI."""
+    ffmpeg = require_ffmpeg()
+    flags = ["-movflags", "+faststart"] if faststart else []
+    subprocess.run(
+        [ffmpeg, "-v", "error", "-y", "-f", "lavfi", "-i",
+         f"nullsrc=s={size}:r={fps},geq=lum='random(1)*255':cb=128:cr=128", "-t", str(seconds),
+         "-c:v", "libx264", "-preset", "ultrafast", "-g", str(gop), "-pix_fmt", "yuv420p",
+         *flags, os.fspath(path)],
+        check=True,
+    )
+    return os.path.getsize(path)

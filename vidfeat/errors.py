@@ -40,6 +40,11 @@ class VideoError(VidfeatError):
     """A video cannot be opened or decoded. The message is a one-line reason."""
 
 
+class NetworkVideoError(VideoError):
+    """A video read in place could not be fetched: the network failed after its retries. Not
+    the video's fault: extraction records it so that a rerun tries it again."""
+
+
 class StoreError(VidfeatError):
     """The output file or its work directory cannot be read, written or resumed."""
 

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import click
 
-from ..inputs import discover, read_list
+from ..video.inputs import discover, read_list
+from ..video.remote import RETRY_NOTE
 from ..store import summarize, verify
-from . import main
+from .group import main
 from .scale import scale_options
 
 # torch, timm and PyAV are imported inside extract_cmd only, so that `--help`, `info` and
@@ -18,15 +19,15 @@ from .scale import scale_options
 
 
 @main.command(name="extract")
-@click.argument("inputs", nargs=-1, type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The HDF5 file to write.")
 @click.option("--list", "list_file", metavar="FILE",
-              help="A file with one video path per line ('-' reads stdin); relative paths are relative to the list "
-                   "file's folder (to the working directory for stdin). A listed path that does not exist is a failed "
-                   "video ('not found').")  # fmt: skip
-@click.option("--root", type=click.Path(file_okay=False, path_type=Path),
-              help="The folder video names are relative to (default: the common folder of the first run's inputs). "
-                   "Stored in the file; reruns keep it.")  # fmt: skip
+              help="A file with one video path, URL or .tar shard per line ('-' reads stdin); relative paths are "
+                   "relative to the list file's folder (to the working directory for stdin). A listed path that does not "
+                   "exist is a failed video ('not found').")  # fmt: skip
+@click.option("--root",
+              help="The folder (or URL prefix) video names are relative to (default: the common folder of the first "
+                   "run's inputs). Stored in the file; reruns keep it.")  # fmt: skip
 @click.option("--model", "--weights", "model",
               help="A model name (vidfeat models), a checkpoint file, a Hugging Face or vidfeat directory, or a hub id "
                    "(default: the bundled demo model).")  # fmt: skip
@@ -36,7 +37,7 @@ from .scale import scale_options
 @click.option("--batch-size", type=click.IntRange(min=1), help="Clips per model step (default: as many as fit).")
 @click.option("--device", help="cpu, cuda or cuda:N (default: cuda if available).")
 @click.option("--dtype", type=click.Choice(["bf16", "fp32"]), help="Model precision (default: bf16 on GPU, fp32 on CPU).")
-@click.option("--workers", type=click.IntRange(min=0), help="Decode processes (default: cores - 1; 0 = in-process).")
+@click.option("--workers", type=click.IntRange(min=0), help="Decode processes (default: cores - 1, at most 16, shared by the ranks of one machine; 0 = in-process).")
 @click.option("--crops", type=click.Choice(["1", "3"]), default="1", show_default=True,
               help="Spatial views per clip, averaged (3 = the official test protocol).")  # fmt: skip
 @click.option("--embedding-dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
@@ -46,11 +47,17 @@ from .scale import scale_options
 @click.option("--retry-failed", is_flag=True, help="Try again the videos that failed in an earlier run.")
 @click.option("--quiet", is_flag=True, help="No progress display (failures are still printed).")
 @click.option("--decoder", type=click.Choice(["pyav", "torchcodec", "nvdec"]), default="pyav", show_default=True,
-              help="Video decoder: PyAV, torchcodec on the CPU, or NVDEC on the GPU beside PyAV workers (extra vidfeat[torchcodec]).")
+              help="Video decoder: PyAV, torchcodec on the CPU, or NVDEC on the GPU beside PyAV workers (extra vidfeat[torchcodec]). "
+                   "Stored in the file: a rerun must use the same.")
 @click.option("--compile", "compile_model", is_flag=True, help="torch.compile the model (a slower start for faster steps).")
+@click.option("--captions", "captions_source", type=click.Path(exists=True, path_type=Path),
+              help="Speech captions to add when the run ends (as `vidfeat captions` does): caption.json, a folder of "
+                   "<id>.csv or .vtt/.srt files. Without it, subtitle sidecars beside the videos (name.vtt, "
+                   "name.en.vtt, name.srt) are added when there are any and the run added videos.")  # fmt: skip
 @scale_options
 def extract_cmd(inputs, output, list_file, root, model, fps, num_frames, stride, batch_size, device, dtype, workers, crops,
-                embedding_dtype, commit_every, overwrite, retry_failed, quiet, shard, gpus, ray_address, decoder="pyav", compile_model=False) -> None:  # fmt: skip
+                embedding_dtype, commit_every, overwrite, retry_failed, quiet, shard, gpus, ray_address, decoder="pyav",
+                compile_model=False, captions_source=None) -> None:  # fmt: skip
     """Extract per-clip embeddings and class scores of every video in INPUTS into one HDF5 file.
 
     INPUTS are folders (searched recursively for video files), video files, or --list. Videos
@@ -58,6 +65,14 @@ def extract_cmd(inputs, output, list_file, root, model, fps, num_frames, stride,
     of the first run's inputs), which the file records: reruns name videos against it and refuse
     inputs outside it. Rerunning resumes: finished videos are kept and skipped, even after a
     crash or a kill.
+
+    Videos are also read in place, never copied to disk: webdataset tar shards as
+    video2dataset writes them (a .tar, a brace pattern 'shards/{00000..00999}.tar' or a folder
+    of .tar files; each sample's video is named <shard file>/<key>.<ext>, its .json kept in the
+    file, its .txt added as a caption spanning the video), and s3://, gs:// or http(s):// URLs
+    (a prefix is listed, an object read with range requests; credentials come from the
+    environment as the cloud SDKs read them; extra vidfeat[cloud]). Network failures are
+    {retry}; a video that still fails is recorded as failed and tried again by a rerun.
 
     Exit status: 0 every video in the file is ok; 3 the file holds failed or partial videos,
     from this run or an earlier one (listed on stderr and in the file, see `vidfeat info`); 1 a
@@ -76,18 +91,27 @@ def extract_cmd(inputs, output, list_file, root, model, fps, num_frames, stride,
       vidfeat merge feats.h5 --from feats.h5.shards
       vidfeat extract videos/ -o feats.h5 --ray
       vidfeat extract videos/ -o feats.h5 --model large --decoder nvdec --compile
+      vidfeat extract videos/ -o feats.h5 --captions caption.json
+      vidfeat extract 'shards/{00000..00999}.tar' -o feats.h5
+      vidfeat extract s3://bucket/videos/ -o feats.h5
     """
     if gpus is not None and (shard is not None or ray_address is not None):
         raise click.UsageError("--gpus starts its own ranks: drop --shard / --ray")
     if gpus is not None:
-        from ..launch import launch_gpus, strip_gpus
+        from ..pipeline.launch import launch_gpus, strip_gpus
 
-        sys.exit(launch_gpus(gpus, strip_gpus(sys.argv[1:]), output))
-    from ..cards import DEFAULT_MODEL, find_card
-    from ..extract import ExtractOptions, stored_root
-    from ..launch import dispatch
-    from ..progress import Progress
+        code = launch_gpus(gpus, strip_gpus(sys.argv[1:]), output, echo=lambda line: click.echo(line, err=True))
+        if captions_source is not None and code in (0, 3) and output.exists():  # the ranks leave captions to us
+            _add_captions(output, captions_source, [], added=False)
+        sys.exit(code)
+    import torch  # noqa: F401 - its slow import comes before any output: a Ctrl-C during it prints one line
 
+    from ..model.cards import DEFAULT_MODEL, find_card
+    from ..pipeline.driver import ExtractOptions, stored_root
+    from ..pipeline.launch import dispatch
+    from ..pipeline.progress import Progress
+
+    inputs = [item if _is_url(item) else Path(item) for item in inputs]
     listed = read_list(list_file) if list_file else []
     if not inputs and not listed:
         if list_file:
@@ -101,6 +125,10 @@ def extract_cmd(inputs, output, list_file, root, model, fps, num_frames, stride,
             f"the default demo model {DEFAULT_MODEL!r} is not bundled in this version; choose one with --model "
             "(a name from `vidfeat models`, a checkpoint file or directory, or a Hugging Face hub id)"
         )
+    if root is not None and not _is_url(root):
+        if Path(root).exists() and not Path(root).is_dir():
+            raise click.UsageError(f"--root {root} is a file; give the folder video names are relative to")
+        root = Path(root)
     if output.exists() and output.is_dir():
         raise click.UsageError(f"-o {output} is a directory; give the .h5 file to write")
     if demo and not quiet:
@@ -131,7 +159,7 @@ def extract_cmd(inputs, output, list_file, root, model, fps, num_frames, stride,
         decoder=decoder,
         compile=compile_model,
     )
-    progress = Progress(enabled=not quiet)
+    progress = Progress(enabled=not quiet, notes=True)  # run notes (a decoder fallback) even with --quiet
     if not quiet:
         progress.console.print(f"{len(found.videos)} videos under {found.root} -> {output}")
     report = dispatch(found.videos, output, options, progress, shard=shard, ray=ray_address,
@@ -146,43 +174,104 @@ def extract_cmd(inputs, output, list_file, root, model, fps, num_frames, stride,
     if report.interrupted:
         message += " (interrupted: rerun the same command to finish)"
     click.echo(message, err=True)
+    if not report.interrupted and report.output == output and output.exists():
+        _add_captions(output, captions_source, found.videos, added=sum(c.values()) > 0)
+    elif captions_source is not None and report.output != output:  # a shard: merge refuses captioned shards
+        click.echo(f"vidfeat: --captions: this run wrote the shard {report.output}; once the shards are merged, "
+                   f"add them with: vidfeat captions {output} {captions_source}", err=True)
     sys.exit(report.exit_code)
+
+
+extract_cmd.help = extract_cmd.help.replace("{retry}", RETRY_NOTE)
+
+
+def _is_url(item) -> bool:
+    from ..video.remote import is_url
+
+    return is_url(item)
+
+
+def _add_captions(output: Path, source: Path | None, videos, *, added: bool) -> None:
+    """The end of an extraction that wrote ``output``: add the captions of ``source``; else the
+    .txt members of tar shard samples when the run added videos (one caption spanning each
+    video); else the sidecars beside local ``videos`` when there are any and the run added
+    videos (the captions of the videos it kept are carried through every rerun)."""
+    from ..captions import has_sidecars
+
+    texts = {v.name: v.caption for v in videos if v.caption}
+    if source is None and texts:
+        if added:
+            from ..captions.attach import add_whole_video_captions
+            from .captions import echo_caption_report
+
+            echo_caption_report(add_whole_video_captions(output, texts))
+        return
+    if source is None and not (added and has_sidecars(v.path for v in videos if v.local)):
+        return
+    from ..captions.attach import add_captions
+    from .captions import echo_caption_report
+
+    echo_caption_report(add_captions(output, source))
 
 
 @main.command(name="info")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-def info_cmd(path: Path, as_json: bool) -> None:
-    """Show a features file: model and settings, counts by status, failed videos with reasons.
+@click.option("--json", "as_json", is_flag=True,
+              help="Print JSON for scripts. Its failed, partial and warned lists hold the first 5 videos of "
+                   "each unless --failures is given; the counts by reason are always whole.")  # fmt: skip
+@click.option("--failures", is_flag=True, help="List every failed, partial and warned video (not only the first 5).")
+def info_cmd(path: Path, as_json: bool, failures: bool) -> None:
+    """Show a features file: model and settings, counts by status, failed videos by reason.
+
+    Failed, partial and warned videos are counted by reason (paths and numbers in the
+    messages are left out so that one cause reads the same), and the first 5 of each are
+    listed; --failures lists them all. Memory does not grow with the file but for that list.
 
     \b
     Examples:
       vidfeat info feats.h5
-      vidfeat info feats.h5 --json | jq '.failed'
+      vidfeat info feats.h5 --failures
+      vidfeat info feats.h5 --json | jq '.reasons.failed'
     """
-    summary = summarize(path)
+    summary = summarize(path, failures=failures)
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))
         return
     click.echo(_format_summary(summary))
 
 
+_REASONS_SHOWN = 10  # reasons printed per status by `vidfeat info` (--json has them all)
+
+
 def _format_summary(summary: dict) -> str:
-    """Human-readable ``vidfeat info``: scalars, then settings, counts, and failed/partial videos."""
-    lines = [f"{k}: {v}" for k, v in summary.items() if not isinstance(v, (list, dict))]
+    """Human-readable ``vidfeat info``: scalars, then settings and counts, then per status the
+    listed videos and, when not all are listed or they have several reasons, the counts by reason."""
+    listed = ("failed", "partial", "warned")
+    skip = {*listed, "reasons", "listed"}
+    lines = [f"{k}: {v}" for k, v in summary.items() if k not in skip and not isinstance(v, (list, dict))]
     for key, value in summary.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and key not in skip:
             lines.append(f"{key}:")
             lines.extend(f"  {k}: {v}" for k, v in value.items())
-    for key, rows in summary.items():
-        if isinstance(rows, list) and rows:
-            lines.append(f"{key} ({len(rows)}):")
-            for row in rows:
-                if isinstance(row, dict) and "path" in row:
-                    clips = f" [{row['clips']} clips kept]" if row.get("clips") else ""
-                    lines.append(f"  {row['path']}: {row.get('error', row.get('warning', ''))}{clips}")
-                else:
-                    lines.append(f"  {row}")
+    for key in listed:
+        rows = summary.get(key) or []
+        reasons = summary.get("reasons", {}).get(key, [])
+        total = sum(r["count"] for r in reasons) or len(rows)
+        if not total:
+            continue
+        lines.append(f"{key} ({total}):")
+        for row in rows:
+            clips = f" [{row['clips']} clips kept]" if row.get("clips") else ""
+            lines.append(f"  {row['path']}: {row.get('error', row.get('warning', ''))}{clips}")
+        if total > len(rows):
+            lines.append(f"  ... and {total - len(rows)} more (vidfeat info --failures lists them all)")
+        if total > len(rows) or len(reasons) > 1:
+            lines.append(f"  {key} by reason:")
+            width = len(str(reasons[0]["count"]))
+            lines.extend(f"    {r['count']:>{width}}  {r['reason']}" for r in reasons[:_REASONS_SHOWN])
+            if len(reasons) > _REASONS_SHOWN:
+                rest = sum(r["count"] for r in reasons[_REASONS_SHOWN:])
+                lines.append(f"    {rest:>{width}}  ({len(reasons) - _REASONS_SHOWN} other reasons: see --json)")
     return "\n".join(lines)
 
 

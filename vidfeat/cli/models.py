@@ -13,8 +13,8 @@ from pathlib import Path
 
 import click
 
-from ..cards import bundled_cards, weights_home
-from . import main
+from ..model.cards import bundled_cards, read_class_file, vidfeat_home
+from .group import main
 
 
 def _rows() -> list[dict]:
@@ -31,7 +31,7 @@ def _rows() -> list[dict]:
                 "size": card.preprocess.crop_size,
                 "classes": card.config.num_classes,
                 "present": local is not None,
-                "weights_path": str(local or weights_home() / card.weights.file),
+                "weights_path": str(local or vidfeat_home() / card.weights.file),
                 "url": card.weights.url,
                 "hf_hub_id": card.weights.hf_hub_id,
             }
@@ -112,8 +112,7 @@ def convert(src: str, dst: Path, name: str | None, num_frames: int | None, image
       vidfeat convert hf-timesformer-k400/ k400-base/ --num-frames 16
       vidfeat convert my_finetuned.pth mine/ --num-heads 12 --classes my_classes.txt
     """
-    from ..data import read_class_file
-    from ..weights import ClassCountError, SamplingWarning, convert as convert_checkpoint
+    from ..model.weights import ClassCountError, SamplingWarning, convert as convert_checkpoint
 
     names = read_class_file(classes_file) if classes_file is not None else None
     with warnings.catch_warnings(record=True) as caught:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from pathlib import Path
 
 import click
 
-from . import main
+from .group import main
 
 
 def _open(path: str):
@@ -28,7 +30,9 @@ def _open(path: str):
               help="Rank clips, or videos by their mean embedding.")
 @click.option("--exact", is_flag=True, help="Exact search even when a FAISS index (feats.faiss) is beside the file.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-def search_cmd(feats, video, at, clip, query_video, k, exclude_same_video, level, exact, as_json) -> None:
+@click.option("--text", "text", metavar="WORDS",
+              help="Query: words the clips' captions say (full-text search; needs captions in the file).")
+def search_cmd(feats, video, at, clip, query_video, k, exclude_same_video, level, exact, as_json, text) -> None:
     """Cosine nearest clips (or videos) of a query clip, exact search streaming the file.
 
     Exact search by default; at clip level a FAISS index built by `vidfeat index` beside the
@@ -36,13 +40,28 @@ def search_cmd(feats, video, at, clip, query_video, k, exclude_same_video, level
     matches itself. Results: video, start-end time, cosine similarity and the
     top class with its probability.
 
+    --text finds the clips whose captions hold every one of the words (any order and case,
+    accents ignored, English endings stemmed; never search syntax): those with the words as one
+    phrase first, each group ranked by BM25. Its index is cached beside the file
+    (feats.h5.text.sqlite, rebuilt when the file changes). Results: video, start-end time,
+    score and the clip's caption text with the matched words marked.
+
     \b
     Examples:
       vidfeat search feats.h5 --video a/x.mp4 --at 12.5
       vidfeat search feats.h5 --clip 40 -k 5 --exclude-same-video
       vidfeat search feats.h5 --video a/x.mp4 --level video
       vidfeat search feats.h5 --query-video query.mp4 --json
+      vidfeat search feats.h5 --text "tie a knot" -k 5
     """
+    if text is not None:
+        if video is not None or at is not None or clip is not None or query_video is not None:
+            raise click.UsageError("give one query: --text WORDS searches the captions alone")
+        if exclude_same_video or level != "clip" or exact:
+            raise click.UsageError("--text ranks clips by their captions: drop --exclude-same-video, --level "
+                                   "and --exact")  # fmt: skip
+        _search_text(feats, text, k, as_json)
+        return
     if sum(x is not None for x in (video, clip, query_video)) != 1:
         raise click.UsageError("give one query: --video PATH --at SECONDS, --clip ROW or --query-video FILE")
     if at is not None and video is None:
@@ -52,17 +71,21 @@ def search_cmd(feats, video, at, clip, query_video, k, exclude_same_video, level
     with _open(feats) as f:
         query = None
         if query_video is not None:
-            from ..search import embed_query_video
+            from ..pipeline.query import embed_query_video
 
             query = embed_query_video(f, query_video)
         index = None
         if level == "clip" and not exact:
-            from ..index import index_path, open_index_for
+            from ..retrieval.index import index_path, open_index_for
 
             if index_path(feats).is_file():
-                index = open_index_for(f)
-        hits = f.search(query=query, clip=clip, video=video, at=at, k=k, level=level,
-                        exclude_same_video=exclude_same_video, index=index)  # fmt: skip
+                index, note = open_index_for(f)
+                if note:
+                    click.echo(f"vidfeat: {note}", err=True)
+        from ..retrieval.search import search
+
+        hits = search(f, query=query, clip=clip, video=video, at=at, k=k, level=level,
+                      exclude_same_video=exclude_same_video, index=index)  # fmt: skip
     if as_json:
         click.echo(json.dumps([h.to_dict() for h in hits], indent=2))
         return
@@ -79,23 +102,70 @@ def search_cmd(feats, video, at, clip, query_video, k, exclude_same_video, level
     Console().print(table)
 
 
+def _search_text(feats: str, text: str, k: int, as_json: bool) -> None:
+    from ..retrieval.text import search_text
+
+    with _open(feats) as f:
+        hits = search_text(f, text, k=k, notify=lambda line: click.echo(line, err=True))
+    if as_json:
+        click.echo(json.dumps([h.to_dict() for h in hits], indent=2, ensure_ascii=False))
+        return
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=f"clips whose captions say {text!r} in {feats}")
+    for col in ("rank", "video", "time (s)", "score", "captions"):
+        table.add_column(col, no_wrap=col not in ("video", "captions"),
+                         overflow="fold" if col in ("video", "captions") else "ellipsis")  # fmt: skip
+    console = Console()
+    for rank, h in enumerate(hits, 1):
+        if console.is_terminal:  # matched words highlighted
+            said = Text(h.text)
+            for a, b in h.matches:
+                said.stylize("bold reverse", a, b)
+        else:  # a pipe or file shows no styles: matched words in [brackets]
+            said = Text(h.marked("[", "]"))
+        table.add_row(str(rank), h.video, f"{h.start_sec:.2f}-{h.end_sec:.2f}", f"{h.score:.3f}", said)
+    console.print(table)
+    if not hits:
+        click.echo(f"no clip's captions hold all of {text!r}", err=True)
+
+
 @main.command(name="export")
 @click.argument("feats", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
-@click.option("--format", "fmt", type=click.Choice(["npy-parquet", "npy", "parquet"]), default="npy-parquet",
-              show_default=True, help="npy-parquet: clip-retrieval / embedding-reader shards; npy: one matrix + "
-              "a table; parquet: one table with an embedding list column.")  # fmt: skip
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Output folder, or a URL prefix (s3://bucket/export/, gs://...; vidfeat[cloud]): written to a "
+                   "temporary local folder first, then uploaded file by file.")  # fmt: skip
+@click.option("--format", "fmt",
+              type=click.Choice(["npy-parquet", "npy", "parquet", "per-video", "sharded", "captions"]),
+              default="npy-parquet", show_default=True,
+              help="npy-parquet: clip-retrieval / embedding-reader shards; npy: one matrix + a table; parquet: "
+              "one table with an embedding list column; per-video: one .npy per video + videos.csv "
+              "(HowTo100M, UniVL); sharded: fairseq MMPT ShardedTensor shards (VideoCLIP); captions: the file's "
+              "speech captions as HowTo100M's caption.json and UniVL's caption.pickle.")  # fmt: skip
 @click.option("--shard-rows", type=click.IntRange(min=1), default=100_000, show_default=True,
               help="Rows a shard (npy-parquet).")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default=None,
               help="Embedding dtype of the .npy files [default: the file's].")
 @click.option("--table", type=click.Choice(["parquet", "csv"]), default="parquet", show_default=True,
               help="Metadata table of --format npy.")
-def export_cmd(feats, out_dir, fmt, shard_rows, dtype, table) -> None:
-    """Write the clips in a layout other tools read (needs pyarrow: vidfeat[export]).
+@click.option("--id", "id_rule", type=click.Choice(["stem", "path"]), default="stem", show_default=True,
+              help="Video ids (per-video, sharded, captions): the file name without extension, or the relative path "
+              "without extension (subfolders kept under features/).")  # fmt: skip
+@click.option("--suffix", default=".npy", show_default=True, metavar="TEXT",
+              help="Feature file ending (per-video); .mp4.npy gives HowTo100M's S3D feature names.")
+@click.option("--shard-videos", type=click.IntRange(min=1), default=4096, show_default=True,
+              help="Videos a shard (sharded).")
+@click.option("--prefix", default="train", show_default=True, metavar="TEXT",
+              help="Shard file prefix (sharded): <prefix>_<k>_data.npy; MMPT reads train and val.")
+def export_cmd(feats, out_dir, fmt, shard_rows, dtype, table, id_rule, suffix, shard_videos, prefix) -> None:
+    """Write the clips in a layout other tools read, with manifest.json and README.md.
 
-    Metadata rows (aligned with the embedding rows): row, video, clip_index, start_sec, end_sec,
-    top_class, score.
+    npy-parquet, npy and parquet need pyarrow (vidfeat[export]). Their metadata rows (aligned with
+    the embedding rows): row, video, clip_index, start_sec, end_sec, top_class, score, and text
+    when the file has per-clip captions. per-video and sharded leave out videos without clips;
+    captions writes only the videos with captions (and needs captions in the file).
 
     \b
     Examples:
@@ -103,13 +173,32 @@ def export_cmd(feats, out_dir, fmt, shard_rows, dtype, table) -> None:
       vidfeat export feats.h5 -o out/ --shard-rows 50000 --dtype float32
       vidfeat export feats.h5 -o out/ --format npy --table csv
       vidfeat export feats.h5 -o out/ --format parquet
+      vidfeat export feats.h5 -o howto/ --format per-video --suffix .mp4.npy
+      vidfeat export feats.h5 -o mmpt/ --format sharded --shard-videos 4096 --prefix train
+      vidfeat export feats.h5 -o howto/ --format captions
+      vidfeat export feats.h5 -o s3://bucket/export/
     """
-    from ..export import export
+    import tempfile
 
-    with _open(feats) as f:
-        written = export(f, out_dir, format=fmt, shard_rows=shard_rows, dtype=dtype, table=table)
-        n = len(f)
-    click.echo(f"wrote {n} clips to {out_dir} ({len(written)} files)")
+    from ..retrieval.export import MANIFEST, export
+    from ..video.remote import is_url, safe_url, upload_folder
+
+    remote = is_url(out_dir)
+    with tempfile.TemporaryDirectory(prefix="vidfeat-export-") if remote else contextlib.nullcontext(out_dir) as local:
+        with _open(feats) as f:
+            written = export(f, local, format=fmt, shard_rows=shard_rows, dtype=dtype, table=table, ids=id_rule,
+                             suffix=suffix, shard_videos=shard_videos, prefix=prefix)  # fmt: skip
+            layout = json.loads((Path(local) / MANIFEST).read_text(encoding="utf-8"))["layout"]
+        if remote:
+            written = upload_folder(local, out_dir)
+            out_dir = safe_url(out_dir)
+    unit = "captions" if fmt == "captions" else "clips"
+    left_out = layout["videos_without_captions" if fmt == "captions" else "videos_without_clips"]
+    note = ""
+    if left_out and fmt in ("per-video", "sharded", "captions"):
+        note = f"; {left_out} video{'' if left_out == 1 else 's'} without {unit} left out"
+    click.echo(f"wrote {layout['rows']} {unit} of {layout['videos']} videos to {out_dir} "
+               f"({len(written)} files){note}")  # fmt: skip
 
 
 def _query_row(f, query: str | None) -> int | None:
@@ -125,7 +214,7 @@ def _query_row(f, query: str | None) -> int | None:
         seconds = None
     if not sep or seconds is None:
         raise click.UsageError(f"--query {query!r}: give a clip row or PATH@SECONDS")
-    from ..search import clip_at
+    from ..retrieval.search import clip_at
 
     return clip_at(f, path, seconds)
 
@@ -145,11 +234,24 @@ def plot_cmd(feats, video, output, query, top) -> None:
       vidfeat plot feats.h5 --video a/x.mp4 -o timeline.png --query b/y.mp4@30
       vidfeat plot feats.h5 --video a/x.mp4 -o timeline.svg --query 120 --top 6
     """
-    from ..plot import plot_timeline
+    from ..retrieval.plot import plot_timeline
 
     with _open(feats) as f:
         out = plot_timeline(f, video, output, query=_query_row(f, query), top=top)
     click.echo(f"wrote {out}")
+
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _memory_size(ctx, param, value: str) -> int:
+    """``4G``, ``512M``, ``1.5GiB`` or a byte count -> bytes."""
+    import re
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", str(value), re.IGNORECASE)
+    if not match or float(match.group(1)) <= 0:
+        raise click.BadParameter(f"{value!r} is not a memory size: give e.g. 4G, 512M or 1.5GiB")
+    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
 
 
 @main.command(name="index")
@@ -157,22 +259,29 @@ def plot_cmd(feats, video, output, query, top) -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Index file [default: beside FEATS, feats.faiss, where search finds it].")
 @click.option("--factory", default=None, metavar="STRING",
-              help='FAISS index_factory string, e.g. "IVF4096,PQ64" [default: by collection size].')
-def index_cmd(feats, output, factory) -> None:
+              help='FAISS index_factory string, e.g. "IVF4096,PQ64" [default: the one that fits --max-memory].')
+@click.option("--max-memory", default="4G", show_default=True, metavar="SIZE", callback=_memory_size,
+              help="Memory the index (and its training sample) may take, e.g. 16G: picks the factory and "
+                   "caps the training rows.")  # fmt: skip
+def index_cmd(feats, output, factory, max_memory) -> None:
     """Build a FAISS index of the clip embeddings (needs vidfeat[faiss]).
 
-    Default by size (FAISS's guidelines): Flat up to 50,000 clips, IVF{~8 sqrt(N)},Flat up to 1M,
-    IVF65536_HNSW32,PQ64 up to 10M, IVF262144_HNSW32,PQ64 beyond.
+    The default factory fits --max-memory (FAISS's guidelines): Flat up to 50,000 clips,
+    IVF{~8 sqrt(N)},Flat up to 1M, then IVF{~4 sqrt(N), at most 65536}[_HNSW32],PQ{m} with the
+    largest m (bytes a vector: 64, 48, 32, 16, 8) that fits. Training reads a capped sample
+    (30-256 rows a list, at most 1M rows), vectors are added in blocks, and search memory-maps
+    the index.
 
     \b
     Examples:
       vidfeat index feats.h5
+      vidfeat index feats.h5 --max-memory 16G
       vidfeat index feats.h5 -o feats.faiss --factory "IVF4096,PQ64"
     """
-    from ..index import build_index
+    from ..retrieval.index import build_index
 
     with _open(feats) as f:
-        out = build_index(f, output, factory=factory)
+        out = build_index(f, output, factory=factory, max_memory=max_memory)
         factory = json.loads(out.with_name(out.name + ".json").read_text())["factory"]
     click.echo(f"wrote {out} ({factory})")
 
@@ -191,6 +300,6 @@ def view_cmd(feats, videos, port) -> None:
       vidfeat view feats.h5 --videos videos/
       vidfeat view demo_out/feats.h5 --videos demo_out/videos --port 9000
     """
-    from ..view import serve
+    from ..retrieval.view import serve
 
-    serve(feats, videos, port=port)
+    serve(feats, videos, port=port, echo=lambda line, err: click.echo(line, err=err))

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import click
 
-from . import main
+from .group import main
 
 
 def _parse_shard(ctx, param, value):
     if value is None:
         return None
-    from ..shard import parse_shard
+    from ..pipeline.shard import parse_shard
 
     try:
         return parse_shard(value)

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..synth import DEFAULT_SIZE as SYNTH_SIZE
-from . import main
+from .group import main
 
 
 @main.command(name="train")
@@ -34,8 +34,8 @@ def train_command(recipe: str, overrides: tuple[str, ...], out: Path | None, res
       vidfeat train synthetic_motion --set data.train=data/motion -o runs/tiny-motion --resume --set optim.epochs=12
       torchrun --nproc-per-node 8 -m vidfeat train train/kinetics_finetune.toml --set data.train=k400/train.csv
     """
-    from ..recipe import load_config
-    from ..train import train
+    from ..training.recipe import load_config
+    from ..training.loop import train
 
     config = load_config(recipe, overrides)
     run_dir = out or Path("runs") / (config.name or Path(recipe).stem)
@@ -66,9 +66,10 @@ def eval_command(data: Path, weights: str | None, crops: str, batch_size: int, w
       vidfeat eval --weights runs/tiny-motion data/motion-test --json
       vidfeat eval --weights base k400/val.csv --crops 3
     """
-    from ..evaluate import evaluate
+    from ..training.evaluate import evaluate
 
-    result = evaluate(weights, data, crops=int(crops), batch_size=batch_size, workers=workers, device=device)
+    result = evaluate(weights, data, crops=int(crops), batch_size=batch_size, workers=workers, device=device,
+                      echo=lambda line: click.echo(line, err=True))  # fmt: skip
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return

@@ -22,18 +22,22 @@ Writing (crash safety: docs/format.md). :class:`FeatureWriter` never writes the 
   settings and refuses to mix results (:class:`~vidfeat.errors.SettingsMismatch`) unless told to
   overwrite;
 * :meth:`FeatureWriter.finalize` assembles the previous final file (if any) plus every chunk
-  into a new file under a temporary name, rows in a deterministic order, renames it into place
-  and removes the work directory. It streams one row range at a time, so memory stays bounded
-  whatever the size of the output. It first checks that the file fits in the free space, then
-  reserves that space, so that a disk another process fills meanwhile cannot fail HDF5's
-  writes. Chunks are applied oldest first, so a newer result for a path replaces an older one, and applying a chunk twice (a kill after the rename, before the work
-  directory is gone) changes nothing.
+  into a new file, rows in a deterministic order, and removes the work directory. It streams one
+  row range at a time, so memory stays bounded whatever the size of the output. Chunks are
+  applied oldest first, so a newer result for a path replaces an older one, and applying a chunk
+  twice (a kill after the rename, before the work directory is gone) changes nothing.
+* every final file, assembled or merged from shards (``merge``), is written by one writer
+  (``final.write_final``): it checks that the file fits in the free space, reserves that space
+  (so that a disk another process fills meanwhile cannot fail HDF5's writes), writes under a
+  temporary name with HDF5's chunk cache off, fsyncs, renames into place and fsyncs the folder.
 
 Reading: :func:`open_features` (plain h5py underneath), :func:`summarize` and :func:`verify`.
 
-Modules: ``format`` (constants, dtypes, shared helpers), ``writer`` (:class:`FeatureWriter`,
-:class:`VideoResult`), ``assemble`` (building the final file), ``reader`` (:class:`FeatureFile`
-and co), ``check`` (:func:`summarize`, :func:`verify`).
+Modules: ``format`` (constants, dtypes, the format and settings checks, shared helpers),
+``writer`` (:class:`FeatureWriter`, :class:`VideoResult`), ``final`` (the durable final-file
+writer), ``assemble`` (building the final file of a run), ``merge`` (building it from shards),
+``means`` (softmax and per-video means), ``reader`` (:class:`FeatureFile` and co), ``check``
+(:func:`summarize`, :func:`verify`).
 """
 
 from __future__ import annotations

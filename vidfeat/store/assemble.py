@@ -1,22 +1,12 @@
 """Assembly of the final file: merge the previous final file and the committed chunks (oldest
-first) into one new file, streaming one row range at a time, then compute the per-video means.
-
-Write errors (a full disk) must never reach HDF5 while it writes the file: HDF5 writes
-metadata when datasets and the file are closed, and a failure there cannot be reported cleanly
-(h5py prints it from a destructor and the library is left with a half-closed file that crashes
-the process). So the free space is checked before anything is written, and the space of the
-whole file is then reserved (:func:`_reserve`), so that another process filling the disk during
-assembly cannot make a write of the file fail (on a copy-on-write filesystem such as btrfs or
-ZFS a reservation may not cover the writes). The file is also opened without a chunk cache, so
-that a write that fails anyway fails at the slice assignment that made it, and the datasets
-live only inside :func:`_write`.
+first) into one new file, streaming one row range at a time, then compute the per-video means
+(:func:`vidfeat.store.means.iter_video_means`).
+The file is written by :func:`vidfeat.store.final.write_final` (free-space check, reservation,
+no chunk cache, temporary name, fsync, rename), as merged shards are.
 """
 
 from __future__ import annotations
 
-import errno
-import os
-import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +17,7 @@ import numpy as np
 
 from ..errors import StoreError
 from .format import (
+    CAPTION_ATTRS,
     _CLIP_COPY,
     _CLIP_ROW_COLUMNS,
     _STR,
@@ -36,78 +27,12 @@ from .format import (
     _open_h5,
     _read_table,
 )
+from .captions import CaptionTable, caption_bytes, has_captions, read_captions, write_captions
+from .final import create_dataset, estimate_bytes, write_final
+from .means import iter_video_means
 
-_DATASET_CHUNK_BYTES = 1 << 20  # largest HDF5 chunk of the final file's datasets (about 1 MiB)
-_MAX_CHUNK_ROWS = 1 << 16
-# Free-space estimate: HDF5 metadata (superblock, object headers, chunk indexes, heaps) on top
-# of the data. Generous: a refused run costs more than a few hundred KiB of margin.
-_META_BYTES = 64 << 10
-_META_BYTES_PER_DATASET = 4 << 10
-_META_BYTES_PER_CHUNK = 64  # chunk index entries
-_STRING_OVERHEAD = 32  # bytes per variable-length string: heap object header and reference
-_ZERO_BLOCK = 1 << 20  # reserving by writing zeros: bytes per write
-
-
-def _reserve(path: Path, size: int) -> None:
-    """Allocate disk blocks for the first ``size`` bytes of ``path`` (which grows to ``size``).
-
-    HDF5 then writes into blocks that are already the file's, so no write of it fails for want
-    of space. posix_fallocate where the platform and filesystem have it, else zeros are written
-    past the bytes HDF5 has written so far (HDF5 writes everything it later reads). OSError
-    (ENOSPC) if the space is not there.
-    """
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        try:
-            os.posix_fallocate(fd, 0, size)
-            return
-        except AttributeError:  # pragma: no cover - macOS, Windows
-            pass
-        except OSError as exc:
-            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-                raise
-        offset = os.lseek(fd, 0, os.SEEK_END)
-        zeros = bytes(min(_ZERO_BLOCK, max(0, size - offset)))
-        while offset < size:
-            offset += os.write(fd, zeros[: size - offset])
-    finally:
-        os.close(fd)
-
-
-def _trim(path: Path) -> None:
-    """Cut a reserved file back to the end of its HDF5 data.
-
-    HDF5 does not know that the file was made longer, so it leaves the reserved tail when it
-    closes; opening the file for writing and closing it again makes HDF5 truncate it to its end
-    of allocated space (nothing else is written).
-    """
-    h5py.File(path, "r+").close()
-
-
-class NoSpace(Exception):
-    """Not enough free space for the assembled file (``needed`` and ``free`` in bytes)."""
-
-    def __init__(self, needed: int, free: int) -> None:
-        super().__init__(f"needs about {needed} bytes, {free} free")
-        self.needed, self.free = needed, free
-
-
-def _dataset_chunks(shape: tuple[int, ...], dtype: Any) -> tuple[int, ...]:
-    """HDF5 chunk shape, whole rows: about 1 MiB, but no more rows than the data has.
-
-    A chunk is allocated whole, so chunks larger than the data only cost disk space; large
-    files keep 1 MiB chunks (fast sequential reads of /clips/embedding).
-    """
-    row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dtype).itemsize
-    rows = max(1, min(_MAX_CHUNK_ROWS, _DATASET_CHUNK_BYTES // max(1, row_bytes), shape[0]))
-    return (rows, *shape[1:])
-
-
-def _allocated_bytes(shape: tuple[int, ...], dtype: Any) -> int:
-    """Bytes the chunks of a dataset take on disk (whole chunks)."""
-    chunk = _dataset_chunks(shape, dtype)
-    n_chunks = -(-shape[0] // chunk[0])
-    return n_chunks * (int(np.prod(chunk, dtype=np.int64)) * np.dtype(dtype).itemsize + _META_BYTES_PER_CHUNK)
+KEEP = "keep"
+"""``assemble(captions=KEEP)``: carry the first source's captions (the previous final file's)."""
 
 
 def _needed_bytes(
@@ -119,12 +44,8 @@ def _needed_bytes(
     shapes += [((n_videos, embedding_dim), np.float32), ((n_videos, n_classes), np.float32)]
     shapes += [((n_clips, embedding_dim), embedding_dtype), ((n_clips, n_classes), np.float32), ((n_clips,), np.int64)]
     shapes += [((n_clips,), dtype) for dtype in _CLIP_ROW_COLUMNS.values()]
-    total = _META_BYTES + _META_BYTES_PER_DATASET * (len(shapes) + 1)
-    for shape, dtype in shapes:
-        total += _allocated_bytes(shape, np.dtype("O") if dtype is _STR else dtype)
     strings = [*classes, *(s for name in _STRING_COLUMNS for s in table[name].tolist())]
-    total += sum(len(s.encode("utf-8")) + _STRING_OVERHEAD for s in strings)
-    return int(total)
+    return estimate_bytes(shapes, strings)
 
 
 # merging sources into the final file
@@ -139,36 +60,41 @@ class _Merged:
 
 
 def _merge(tables: Sequence[Mapping[str, np.ndarray]]) -> _Merged:
-    """Latest row per path (later tables win), sorted by path; plan the clip copies."""
-    winner: dict[str, tuple[int, int]] = {}
-    for source, table in enumerate(tables):
-        for row, path in enumerate(table["path"].tolist()):
-            winner[path] = (source, row)
-    paths = sorted(winner)  # code point order = UTF-8 byte order
-    n = len(paths)
-    src = np.fromiter((winner[p][0] for p in paths), dtype=np.int64, count=n)
-    row = np.fromiter((winner[p][1] for p in paths), dtype=np.int64, count=n)
-    merged = {
-        name: np.empty(n, dtype=object if name in _STRING_COLUMNS else dtype) for name, dtype in VIDEO_COLUMNS.items()
-    }
-    for source, table in enumerate(tables):
-        sel = np.flatnonzero(src == source)
-        for name in VIDEO_COLUMNS:
-            merged[name][sel] = table[name][row[sel]]
+    """Latest row per path (later tables win), sorted by path; plan the clip copies.
+
+    Linear in rows and sources besides one sort: the rows of all tables are sorted by path
+    once (stable, so a later table's row of a path comes after an earlier one's) and each
+    source's rows are grouped by one more sort, never by a scan of all rows per source."""
+    if not tables:
+        empty = {name: np.empty(0, dtype=object if name in _STRING_COLUMNS else dtype)
+                 for name, dtype in VIDEO_COLUMNS.items()}  # fmt: skip
+        return _Merged(empty, [])
+    paths = np.concatenate([np.asarray(table["path"], dtype=object) for table in tables])
+    src_all = np.repeat(np.arange(len(tables), dtype=np.int64), [len(table["path"]) for table in tables])
+    order = np.argsort(paths, kind="stable")  # str order = code point order = UTF-8 byte order
+    ordered = paths[order]
+    last = np.ones(len(order), dtype=bool)  # the last row of each path in the stable order wins
+    last[:-1] = ordered[1:] != ordered[:-1]
+    pick = order[last]  # rows of the concatenated tables, in path order
+    src = src_all[pick]
+    merged = {}
+    for name, dtype in VIDEO_COLUMNS.items():
+        column = np.concatenate([np.asarray(table[name]) for table in tables])[pick]
+        merged[name] = column.astype(object) if name in _STRING_COLUMNS else column.astype(dtype, copy=False)
     counts = merged["clip_count"]
     src_offsets = merged["clip_offset"].copy()
     merged["clip_offset"] = np.cumsum(counts) - counts
-    runs: list[list[tuple[int, int, int]]] = []
-    for source in range(len(tables)):
-        sel = np.flatnonzero((src == source) & (counts > 0))
-        order = sel[np.argsort(src_offsets[sel], kind="stable")]
-        coalesced: list[tuple[int, int, int]] = []
-        for s, d, c in zip(src_offsets[order].tolist(), merged["clip_offset"][order].tolist(), counts[order].tolist()):
-            if coalesced and coalesced[-1][0] + coalesced[-1][2] == s and coalesced[-1][1] + coalesced[-1][2] == d:
-                coalesced[-1] = (coalesced[-1][0], coalesced[-1][1], coalesced[-1][2] + c)
-            else:
-                coalesced.append((s, d, c))
-        runs.append(coalesced)
+    runs: list[list[tuple[int, int, int]]] = [[] for _ in tables]
+    with_clips = np.flatnonzero(counts > 0)
+    # by source, then by the source's clip rows: each source's copies in its own row order
+    grouped = with_clips[np.lexsort((src_offsets[with_clips], src[with_clips]))]
+    for source, s, d, c in zip(src[grouped].tolist(), src_offsets[grouped].tolist(),
+                               merged["clip_offset"][grouped].tolist(), counts[grouped].tolist()):  # fmt: skip
+        coalesced = runs[source]
+        if coalesced and coalesced[-1][0] + coalesced[-1][2] == s and coalesced[-1][1] + coalesced[-1][2] == d:
+            coalesced[-1] = (coalesced[-1][0], coalesced[-1][1], coalesced[-1][2] + c)
+        else:
+            coalesced.append((s, d, c))
     return _Merged(merged, runs)
 
 
@@ -183,57 +109,83 @@ def _video_column_blocks(counts: np.ndarray, block_rows: int) -> Iterator[tuple[
         v = w
 
 
-def _create_dataset(h5: h5py.Group, name: str, shape: tuple[int, ...], dtype: Any) -> h5py.Dataset:
-    """A chunked dataset, resizable along rows (so other tools can append)."""
-    return h5.create_dataset(
-        name, shape=shape, dtype=dtype, chunks=_dataset_chunks(shape, dtype), maxshape=(None, *shape[1:])
-    )
-
-
-def _assemble(
-    dest: Path,
+def assemble(
+    output: Path,
+    tmp: Path,
     sources: Sequence[Path],
     *,
     attrs: Mapping[str, Any],
     classes: Sequence[str],
     embedding_dim: int,
     embedding_dtype: np.dtype,
+    kept: str,
+    rerun: str,
+    captions: CaptionTable | str | None = KEEP,
+    first_frame_sec: np.ndarray | None = None,
 ) -> int:
-    """Write the final file from ``sources`` (oldest first) to ``dest``; return its clip count."""
+    """Write ``output`` from ``sources`` (oldest first) through ``tmp``; return its clip count.
+    ``kept`` and ``rerun`` finish the one-line StoreError of a failed write (see
+    :func:`~vidfeat.store.final.write_final`).
+
+    ``captions``: :data:`KEEP` carries the captions of the first source (the previous final
+    file) for the videos the new file keeps; a :class:`~vidfeat.store.captions.CaptionTable`
+    whose video rows are the first source's replaces them; None writes none. ``first_frame_sec``
+    ([rows of the first source]) replaces that column of the first source's videos. /clips/text
+    is recomputed from the captions and the new clip times."""
     tables = []
-    for source in sources:
+    for i, source in enumerate(sources):
         with _open_h5(source, "committed results", "delete it to redo the videos it holds") as h5:
             width = h5["clips/embedding"].shape[1]
             if width != embedding_dim or h5["clips/embedding"].dtype != embedding_dtype:
                 raise StoreError(f"{source} holds {h5['clips/embedding'].dtype} embeddings of size {width}, "
                                  f"not {embedding_dtype} of size {embedding_dim}; delete it or rerun with --overwrite")
             tables.append(_read_table(h5))
+            if i == 0 and captions is KEEP:
+                captions = read_captions(h5) if has_captions(h5) else None
+                if captions is not None:
+                    attrs = {**attrs, **{key: h5.attrs[key] for key in CAPTION_ATTRS if key in h5.attrs}}
+    if captions is KEEP:  # no sources
+        captions = None
+    if first_frame_sec is not None:
+        tables[0]["first_frame_sec"] = np.asarray(first_frame_sec, dtype=np.float64)
     merged = _merge(tables)
+    if captions is not None:
+        captions = _renumbered(captions, tables[0]["path"], merged.table["path"])
     needed = _needed_bytes(merged.table, classes, embedding_dim, embedding_dtype)
-    free = shutil.disk_usage(dest.parent).free
-    if needed > free:
-        raise NoSpace(needed, free)
-    try:
-        out = h5py.File(dest, "w", rdcc_nbytes=0)  # no chunk cache: see the module docstring
-        try:
-            _reserve(dest, needed)
-            _write(out, sources, merged, attrs=attrs, classes=classes, embedding_dim=embedding_dim,
-                   embedding_dtype=embedding_dtype)
-        except BaseException:
-            try:  # closing writes metadata, which fails again on a full disk: the first error is the cause
-                out.close()
-            except (OSError, RuntimeError):
-                pass
-            raise
-        out.close()  # nothing is cached, so closing writes only metadata
-    except OSError as exc:  # the disk filled up after the check, before the space was reserved
-        dest.unlink(missing_ok=True)  # what it took counts as free again
-        free = shutil.disk_usage(dest.parent).free
-        if exc.errno == errno.ENOSPC and needed > free:
-            raise NoSpace(needed, free) from exc
-        raise
-    _trim(dest)
+    if captions is not None:
+        needed += caption_bytes(captions, merged.table["clip_count"], clip_sec=_clip_sec(attrs),
+                                stride_sec=float(attrs.get("stride_sec", 0) or 0))  # fmt: skip
+
+    def fill(out: h5py.File) -> None:
+        _write(out, sources, merged, attrs=attrs, classes=classes, embedding_dim=embedding_dim,
+               embedding_dtype=embedding_dtype)  # fmt: skip
+        if captions is not None:
+            write_captions(out, captions, counts=merged.table["clip_count"],
+                           first_frame_sec=merged.table["first_frame_sec"])  # fmt: skip
+
+    write_final(output, tmp, needed, fill, action="assemble", kept=kept, rerun=rerun)
     return int(merged.table["clip_count"].sum())
+
+
+def _clip_sec(attrs: Mapping[str, Any]) -> float:
+    """A clip's length in seconds from the run's settings (frames / sampling rate)."""
+    try:
+        return float(attrs["num_frames"]) / float(attrs["fps"])
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return 0.0
+
+
+def _renumbered(captions: CaptionTable, old_paths: np.ndarray, new_paths: np.ndarray) -> CaptionTable:
+    """``captions`` (video rows of ``old_paths``) on the rows of ``new_paths`` (sorted), without
+    the videos the new file does not hold."""
+    if not len(captions):
+        return captions
+    names = old_paths[captions.video].astype(str)
+    rows = np.searchsorted(new_paths.astype(str), names)
+    rows = np.minimum(rows, max(0, len(new_paths) - 1))
+    keep = (len(new_paths) > 0) & (new_paths[rows].astype(str) == names) if len(new_paths) else np.zeros(len(names), bool)
+    return CaptionTable(rows[keep].astype(np.int64), captions.start_sec[keep], captions.end_sec[keep],
+                        captions.text[keep])  # fmt: skip
 
 
 def _write(
@@ -253,15 +205,15 @@ def _write(
         out.attrs[key] = value
     out.create_dataset("classes", data=np.array(list(classes), dtype=object), dtype=_STR)
     for name, dtype in VIDEO_COLUMNS.items():
-        ds = _create_dataset(out, f"videos/{name}", (n_videos,), dtype)
+        ds = create_dataset(out, f"videos/{name}", (n_videos,), dtype)
         if n_videos:
             ds[...] = table[name]
     clips = {
-        "embedding": _create_dataset(out, "clips/embedding", (n_clips, embedding_dim), embedding_dtype),
-        "logits": _create_dataset(out, "clips/logits", (n_clips, num_classes), np.float32),
-        **{name: _create_dataset(out, f"clips/{name}", (n_clips,), dt) for name, dt in _CLIP_ROW_COLUMNS.items()},
+        "embedding": create_dataset(out, "clips/embedding", (n_clips, embedding_dim), embedding_dtype),
+        "logits": create_dataset(out, "clips/logits", (n_clips, num_classes), np.float32),
+        **{name: create_dataset(out, f"clips/{name}", (n_clips,), dt) for name, dt in _CLIP_ROW_COLUMNS.items()},
     }
-    video = _create_dataset(out, "clips/video", (n_clips,), np.int64)
+    video = create_dataset(out, "clips/video", (n_clips,), np.int64)
     for source, runs in zip(sources, merged.runs):
         if not runs:
             continue
@@ -275,50 +227,9 @@ def _write(
         if len(values):
             video[start : start + len(values)] = values
     means = {
-        "embedding_mean": _create_dataset(out, "videos/embedding_mean", (n_videos, embedding_dim), np.float32),
-        "scores_mean": _create_dataset(out, "videos/scores_mean", (n_videos, num_classes), np.float32),
+        "embedding_mean": create_dataset(out, "videos/embedding_mean", (n_videos, embedding_dim), np.float32),
+        "scores_mean": create_dataset(out, "videos/scores_mean", (n_videos, num_classes), np.float32),
     }
-    for v, emb_mean, scores_mean in video_means(clips["embedding"], clips["logits"], table["clip_count"], block):
+    for v, emb_mean, scores_mean in iter_video_means(clips["embedding"], clips["logits"], table["clip_count"], block):
         means["embedding_mean"][v : v + len(emb_mean)] = emb_mean
         means["scores_mean"][v : v + len(scores_mean)] = scores_mean
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Class probabilities of each row of ``logits``, computed in float64."""
-    z = logits.astype(np.float64)
-    with np.errstate(invalid="ignore", over="ignore"):  # rows with inf/NaN give NaN (verify names them)
-        z -= z.max(axis=1, keepdims=True)
-        np.exp(z, out=z)
-        z /= z.sum(axis=1, keepdims=True)
-    return z
-
-
-def video_means(
-    embedding: h5py.Dataset, logits: h5py.Dataset, counts: np.ndarray, block_rows: int
-) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """Per-video means of the clip rows, streamed: (first video, embedding means, score means).
-
-    Embedding means average the stored embeddings; score means average ``softmax(logits)``
-    (class probabilities). Both are computed in float64 and given as float32; videos without
-    clips get NaN rows. Reads at most ``block_rows`` clip rows at a time.
-    """
-    ends = np.cumsum(counts)
-    n = len(counts)
-    v = 0
-    while v < n:
-        start = int(ends[v] - counts[v])
-        w = max(v + 1, int(np.searchsorted(ends, start + block_rows, side="right")))
-        w = min(w, v + block_rows)  # many videos without clips: bounded memory too
-        stop = int(ends[w - 1])
-        sums_e = np.zeros((w - v, embedding.shape[1]), np.float64)
-        sums_p = np.zeros((w - v, logits.shape[1]), np.float64)
-        for r in range(start, stop, block_rows):
-            r2 = min(stop, r + block_rows)
-            owner = np.searchsorted(ends, np.arange(r, r2), side="right") - v
-            first, at = np.unique(owner, return_index=True)
-            sums_e[first] += np.add.reduceat(embedding[r:r2].astype(np.float64), at, axis=0)
-            sums_p[first] += np.add.reduceat(softmax(logits[r:r2]), at, axis=0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            c = counts[v:w, None].astype(np.float64)
-            yield v, (sums_e / c).astype(np.float32), (sums_p / c).astype(np.float32)
-        v = w

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from collections.abc import Iterable
 from itertools import islice
 from pathlib import Path
@@ -14,12 +16,13 @@ import numpy as np
 
 from ..errors import StoreError
 from .format import (
+    SETTING_DEFAULTS,
     _CLIP_ROW_COLUMNS,
     _MEAN_COLUMNS,
     _STR,
-    _V1_MISSING_COLUMNS,
+    _ADDED_COLUMNS,
+    _OPTIONAL_COLUMNS,
     EMBEDDING_DTYPES,
-    FORMAT,
     FORMAT_VERSION,
     REQUIRED_SETTINGS,
     STATUSES,
@@ -27,12 +30,15 @@ from .format import (
     VOLATILE_ATTRS,
     WRITER_ATTRS,
     _block_rows,
+    block_rows,
     _canon,
     _missing_message,
     _open_h5,
     _read_table,
+    check_format,
 )
-from .assemble import video_means
+from .captions import CAPTION_COLUMNS, clips_with_text, has_captions, iter_clip_texts, read_captions
+from .means import iter_video_means
 from .reader import open_features
 
 TIME_TOLERANCE_SEC = 0.5
@@ -46,22 +52,100 @@ from /clips by this much (absolute, plus as much relative): float32 rounding."""
 _FAULT_EXAMPLES = 5
 
 
-def summarize(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """What ``vidfeat info`` shows: format version, settings, counts by status, clips,
-    failed/partial reasons, and the videos with a warning (none in version-1 files)."""
+SHOWN_PER_STATUS = 5
+"""summarize(): videos listed per status (failed, partial, warned) unless ``failures``."""
+
+_MAX_REASONS = 1000  # distinct reasons counted per status; the rest count as one "other reasons"
+_OTHER_REASONS = "(other reasons)"
+_DIGITS = re.compile(r"\d+")
+
+
+def failure_reason(message: str, path: str) -> str:
+    """``message`` (a video's error or warning) with its file-specific parts replaced, so that
+    the same failure of many videos reads the same: the video's path (and file name) becomes
+    ``<video>`` and every number ``N``."""
+    if path:
+        message = message.replace(path, "<video>")
+        name = path.rsplit("/", 1)[-1]
+        if name and name != path:
+            message = message.replace(name, "<video>")
+    return _DIGITS.sub("N", message)
+
+
+class _Listing:
+    """The videos of one status: their count, the first ``limit`` (None: all) and the count
+    per reason."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.count, self.limit = 0, limit
+        self.rows: list[dict[str, Any]] = []
+        self.reasons: dict[str, int] = {}
+
+    def add(self, row: dict[str, Any], message: str) -> None:
+        self.count += 1
+        if self.limit is None or len(self.rows) < self.limit:
+            self.rows.append(row)
+        reason = failure_reason(message, row["path"])
+        if reason not in self.reasons and len(self.reasons) >= _MAX_REASONS:
+            reason = _OTHER_REASONS
+        self.reasons[reason] = self.reasons.get(reason, 0) + 1
+
+    def by_reason(self) -> list[dict[str, Any]]:
+        ranked = sorted(self.reasons.items(), key=lambda item: (-item[1], item[0]))
+        return [{"reason": reason, "count": count} for reason, count in ranked]
+
+
+def _distinct_sorted(ds: h5py.Dataset) -> int:
+    """How many distinct values a sorted 1-D dataset holds, read a block at a time."""
+    distinct, last, step = 0, None, block_rows(8)
+    for k in range(0, ds.shape[0], step):
+        block = ds[k : k + step]
+        distinct += int(np.count_nonzero(block[1:] != block[:-1])) + int(last is None or block[0] != last)
+        last = block[-1]
+    return distinct
+
+
+def summarize(path: str | os.PathLike[str], *, failures: bool = False) -> dict[str, Any]:
+    """What ``vidfeat info`` shows: format version, settings, counts by status, clips, and for
+    the failed, partial and warned videos (none warned in version-1 files) their counts by
+    reason (:func:`failure_reason`) and the first :data:`SHOWN_PER_STATUS` of each (every one
+    with ``failures``). Reads /videos a block at a time: memory does not grow with the file
+    (but for ``failures``' lists)."""
+    limit = None if failures else SHOWN_PER_STATUS
+    listings = {key: _Listing(limit) for key in ("failed", "partial", "warned")}
     with open_features(path) as f:
-        attrs = f.attrs
-        videos = f.videos
-        counts = videos.clip_count
-        status = {s: int(np.count_nonzero(videos.status == s)) for s in STATUSES}
-        problems = {
-            s: [
-                {"path": videos.path[i], "error": videos.error[i], "clips": int(counts[i])}
-                for i in np.flatnonzero(videos.status == s)
-            ]
-            for s in ("failed", "partial")
-        }
-        warned = [{"path": videos.path[i], "warning": videos.warning[i]} for i in np.flatnonzero(videos.warning != "")]
+        attrs, h5 = f.attrs, f.h5
+        n_videos = int(h5["videos/path"].shape[0])
+        status = dict.fromkeys(STATUSES, 0)
+        step = block_rows(256)
+        has_warning = "videos/warning" in h5
+        for k in range(0, n_videos, step):
+            states = h5["videos/status"].asstr()[k : k + step]
+            warnings = h5["videos/warning"].asstr()[k : k + step] if has_warning else np.full(len(states), "", object)
+            for s in STATUSES:
+                status[s] += int(np.count_nonzero(states == s))
+            rows = np.flatnonzero((states == "failed") | (states == "partial") | (warnings != ""))
+            if not len(rows):
+                continue
+            names = h5["videos/path"].asstr()[k : k + step]
+            errors = h5["videos/error"].asstr()[k : k + step]
+            counts = h5["videos/clip_count"][k : k + step]
+            for i in rows.tolist():
+                if states[i] in ("failed", "partial"):
+                    row = {"path": names[i], "error": errors[i], "clips": int(counts[i])}
+                    listings[states[i]].add(row, errors[i])
+                if warnings[i]:
+                    listings["warned"].add({"path": names[i], "warning": warnings[i]}, warnings[i])
+        captions = None
+        if f.has_captions:
+            captioned = _distinct_sorted(h5["captions/video"])
+            captions = {
+                "source": attrs.get("captions_source", ""),
+                "warnings": json.loads(attrs.get("captions_warnings") or "{}"),  # bad cases of the source by kind
+                "captions": int(h5["captions/video"].shape[0]),
+                "videos": captioned,
+                "clips": clips_with_text(h5),
+            }
         return {
             "path": str(path),
             "format_version": attrs.get("format_version"),
@@ -72,13 +156,16 @@ def summarize(path: str | os.PathLike[str]) -> dict[str, Any]:
             "classes": len(f.classes),
             "embedding_dim": int(f.embeddings.shape[1]),
             "embedding_dtype": f.embeddings.dtype.name,
-            "videos": len(videos),
+            "videos": n_videos,
             "clips": len(f),
             "status": status,
-            "failed": problems["failed"],
-            "partial": problems["partial"],
-            "warnings": len(warned),
-            "warned": warned,
+            "warnings": listings["warned"].count,
+            "failed": listings["failed"].rows,
+            "partial": listings["partial"].rows,
+            "warned": listings["warned"].rows,
+            "reasons": {key: listing.by_reason() for key, listing in listings.items()},
+            "listed": "all" if failures else f"first {SHOWN_PER_STATUS}",
+            "captions": captions,
         }
 
 
@@ -125,17 +212,18 @@ def verify(path: str | os.PathLike[str]) -> list[str]:
 
 def _verify(h5: h5py.File, faults: _Faults) -> None:
     attrs = {key: _canon(value) for key, value in h5.attrs.items()}
-    if attrs.get("format") != FORMAT:
-        faults.add(f"root attr format is {attrs.get('format')!r}, not {FORMAT!r}")
-    for key in ("format_version", *REQUIRED_SETTINGS, *VOLATILE_ATTRS):
-        if key not in attrs:
+    try:  # the datasets are checked below, in more detail
+        version = check_format(h5, h5.filename, "verify checks files vidfeat wrote", datasets=False)
+    except StoreError as exc:
+        faults.add(str(exc))
+        version = FORMAT_VERSION  # check the layout of the newest version
+    for key in (*REQUIRED_SETTINGS, *VOLATILE_ATTRS):
+        if key not in attrs and key not in SETTING_DEFAULTS:
             faults.add(f"root attr {key} is missing")
-    version = attrs.get("format_version")
-    if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
-        faults.add(f"root attr format_version is {version!r}, not 1 .. {FORMAT_VERSION}")
-        version = FORMAT_VERSION
-    # version 1 lacks the warning column and the means
-    columns = {name: dtype for name, dtype in VIDEO_COLUMNS.items() if version >= 2 or name not in _V1_MISSING_COLUMNS}
+    # older versions lack the columns added since (and version 1 the means)
+    columns = {name: dtype for name, dtype in VIDEO_COLUMNS.items()
+               if (name not in _ADDED_COLUMNS or version >= _ADDED_COLUMNS[name][0])
+               and not (name in _OPTIONAL_COLUMNS and f"videos/{name}" not in h5)}  # fmt: skip
     expected = {
         **{f"videos/{name}": dtype for name, dtype in columns.items()},
         **({f"videos/{name}": np.dtype(np.float32) for name in _MEAN_COLUMNS} if version >= 2 else {}),
@@ -253,12 +341,56 @@ def _verify(h5: h5py.File, faults: _Faults) -> None:
                      zip(rows[bad], video[bad], t1[bad], duration[video][bad])), int(bad.sum()))
     if version >= 2 and mapping_ok:
         _verify_means(h5, counts, paths, block, faults)
+    if mapping_ok:
+        _verify_captions(h5, table, n_clips, faults)
+
+
+def _verify_captions(h5: h5py.File, table: dict[str, np.ndarray], n_clips: int, faults: _Faults) -> None:
+    """/captions/* (sorted, valid times, existing videos) and /clips/text against the rule."""
+    if not has_captions(h5):
+        if "clips/text" in h5:
+            faults.add("clips/text without /captions")
+        return
+    g = h5["captions"]
+    missing = [f"captions/{name}" for name in CAPTION_COLUMNS if not isinstance(g.get(name), h5py.Dataset)]
+    if "clips/text" not in h5:
+        missing.append("clips/text")
+    if missing:
+        faults.add(f"missing datasets: {', '.join(missing)}")
+        return
+    lengths = {g[name].shape for name in CAPTION_COLUMNS}
+    if len(lengths) != 1 or len(next(iter(lengths))) != 1:
+        faults.add(f"captions/* have different shapes: {sorted(lengths)}")
+        return
+    if h5["clips/text"].shape != (n_clips,) or h5py.check_string_dtype(h5["clips/text"].dtype) is None:
+        faults.add(f"clips/text has shape {h5['clips/text'].shape}, expected ({n_clips},) strings")
+        return
+    captions = read_captions(h5)
+    v, t0, t1 = captions.video, captions.start_sec, captions.end_sec
+    bad = (v < 0) | (v >= len(table["path"]))
+    faults.rows("captions/video outside /videos (row)", np.flatnonzero(bad), int(bad.sum()))
+    if bad.any():
+        return
+    bad = ~(np.isfinite(t0) & np.isfinite(t1) & (t0 >= 0) & (t0 <= t1))
+    faults.rows("captions: rows with start_sec < 0, start_sec > end_sec or NaN", np.flatnonzero(bad), int(bad.sum()))
+    if len(v) > 1:
+        key_ok = (v[1:] > v[:-1]) | ((v[1:] == v[:-1]) & ((t0[1:] > t0[:-1]) | ((t0[1:] == t0[:-1]) & (t1[1:] >= t1[:-1]))))
+        faults.rows("captions not sorted by (video, start_sec, end_sec) at rows", np.flatnonzero(~key_ok) + 1,
+                    int((~key_ok).sum()))  # fmt: skip
+    if bad.any():
+        return
+    stored = h5["clips/text"]
+    for row, texts in iter_clip_texts(captions, h5["clips/start_sec"], h5["clips/end_sec"], table["clip_count"],
+                                      table["first_frame_sec"]):  # fmt: skip
+        got = stored.asstr()[row : row + len(texts)]
+        wrong = np.flatnonzero(got.astype(object) != np.array(texts, dtype=object))
+        faults.rows("clips/text differs from its captions (row)", wrong + row, len(wrong))
 
 
 def _verify_means(h5: h5py.File, counts: np.ndarray, paths: np.ndarray, block: int, faults: _Faults) -> None:
     """/videos/embedding_mean and /videos/scores_mean against the means of the /clips rows."""
     stored = {name: h5[f"videos/{name}"] for name in _MEAN_COLUMNS}
-    for v, emb_mean, scores_mean in video_means(h5["clips/embedding"], h5["clips/logits"], counts, block):
+    for v, emb_mean, scores_mean in iter_video_means(h5["clips/embedding"], h5["clips/logits"], counts, block):
         for name, want in (("embedding_mean", emb_mean), ("scores_mean", scores_mean)):
             got = stored[name][v : v + len(want)]
             bad = ~np.isclose(got, want, rtol=MEAN_TOLERANCE, atol=MEAN_TOLERANCE, equal_nan=True).all(axis=1)

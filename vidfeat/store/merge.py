@@ -10,29 +10,47 @@ with another model, weights, clip setting, classes or embedding size; a missing 
 shard (shard files named ``IIIII-of-NNNNN.h5``: which of N); shards of different N; a video
 present in two shards; shards with different columns.
 
-Memory stays bounded: the /videos tables (one row per video) are read whole, clips are copied
-one column at a time through one output block and a small sequential read-ahead buffer per
-shard (each shard's clips are consumed in its own order, since both are sorted by path).
+Memory stays bounded whatever the number of videos, clips or shards: each shard's videos are
+sorted by path, so the merged order is a k-way merge of the shards' paths, read a block at a time
+and consumed as it is made; every column, of /videos and of /clips, is copied through one output
+block of videos (and of their clips) and a small sequential read-ahead buffer per shard (each
+shard's rows are consumed in its own order); shard files are read with no chunk cache and a 2 MiB
+metadata cache each. Checks (a video in two shards, a shard out of order)
+run as a first streaming pass, before anything is written.
+
+The merged file is written by :func:`vidfeat.store.final.write_final`, as assembly writes the
+final file of a single run: free-space check, reservation, no chunk cache, temporary name
+(``feats.h5.merging.tmp``), fsync, rename, fsync of the folder. A kill leaves the shards and the
+previous output as they were; rerunning the merge finishes it.
 """
 
 from __future__ import annotations
 
+import heapq
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import h5py
 import numpy as np
 
 from ..errors import StoreError
-from .assemble import _create_dataset
-from .format import FORMAT, FORMAT_VERSION, WRITER_ATTRS, _canon, _missing_message, _open_h5
+from .captions import has_captions
+from .final import create_dataset, estimate_bytes, is_vlen_string, write_final
+from .format import (
+    SHARD_FILE_RE,
+    _missing_message,
+    _open_h5,
+    block_rows,
+    check_format,
+    check_same_settings,
+    file_identity,
+    shard_file_name,
+)
 
 __all__ = ["merge_shards", "shard_files"]
 
-_BLOCK_BYTES = 16 << 20  # output block per column
 _READ_AHEAD_BYTES = 64 << 20  # read-ahead buffers of all shards together, per column
 _MIN_AHEAD_ROWS = 256  # fewer rows a read would cost more in HDF5 calls than it saves in memory
 _TMP_SUFFIX = ".merging.tmp"
@@ -41,8 +59,6 @@ _TMP_SUFFIX = ".merging.tmp"
 def shard_files(folder: str | os.PathLike[str]) -> list[Path]:
     """The shard files in ``folder`` (``IIIII-of-NNNNN.h5``), checked complete: all N of one N,
     each finished. StoreError naming the missing or unfinished ones."""
-    from ..shard import SHARD_FILE_RE
-
     folder = Path(folder)
     if not folder.is_dir():
         raise StoreError(f"{folder} is not a folder of shard files")
@@ -69,13 +85,11 @@ def shard_files(folder: str | os.PathLike[str]) -> list[Path]:
         shown = ", ".join(map(str, missing[:8])) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
         what = f"{len(pending)} of them unfinished (rerun those shards to finish them)" if pending else "rerun them"
         raise StoreError(f"{folder}: shard {shown} of {n} missing ({what})")
-    return [folder / f"{i:05d}-of-{n:05d}.h5" for i in range(n)]
+    return [folder / shard_file_name(i, n) for i in range(n)]
 
 
 def _check_names(paths: Sequence[Path]) -> None:
     """Shard files named IIIII-of-NNNNN.h5 must be all N of one N."""
-    from ..shard import SHARD_FILE_RE
-
     named = [(p, SHARD_FILE_RE.match(p.name)) for p in paths]
     named = [(p, int(m.group(1)), int(m.group(2))) for p, m in named if m]
     if not named:
@@ -89,44 +103,11 @@ def _check_names(paths: Sequence[Path]) -> None:
     if missing:
         shown = ", ".join(map(str, missing[:8])) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
         raise StoreError(f"shard {shown} of {n} missing (expected {named[0][0].parent}/"
-                         f"{missing[0]:05d}-of-{n:05d}.h5)")
+                         f"{shard_file_name(missing[0], n)})")
 
 
 def _datasets(group: h5py.Group) -> list[str]:
     return sorted(k for k, v in group.items() if isinstance(v, h5py.Dataset))
-
-
-def _identity(h5: h5py.File) -> dict[str, Any]:
-    ident = {k: _canon(v) for k, v in h5.attrs.items() if k not in WRITER_ATTRS}
-    ident["classes"] = list(h5["classes"].asstr()[()]) if "classes" in h5 else None
-    emb = h5["clips/embedding"]
-    ident["embedding"] = f"{emb.dtype} of size {emb.shape[1]}"
-    return ident
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, list) and len(value) > 4:
-        return f"[{len(value)} items]"
-    text = str(value)
-    return text if len(text) <= 24 else text[:20] + "…"
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, float) and isinstance(b, float) and a != a and b != b:
-        return True
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    return a == b
-
-
-def _compare(first: Path, a: dict, other: Path, b: dict) -> None:
-    diffs = [k for k in sorted(set(a) | set(b)) if not _same(a.get(k), b.get(k))]
-    if not diffs:
-        return
-    shown = "; ".join(f"{k}={_fmt(b.get(k))} there, {_fmt(a.get(k))} in {first.name}" for k in diffs[:3])
-    more = f"; and {len(diffs) - 3} more" if len(diffs) > 3 else ""
-    raise StoreError(f"{other} was made with other settings than {first} ({shown}{more}): "
-                     "merge only shards of one run")
 
 
 class _Ahead:
@@ -172,17 +153,17 @@ def merge_shards(output: str | os.PathLike[str], shards: Sequence[str | os.PathL
         for p in paths:
             if not p.exists():
                 raise StoreError(_missing_message(p))
-            h5 = _open_h5(p, "shard", "rerun that shard (delete the file to redo it)")
+            h5 = _open_shard(p)
             files.append(h5)
-            if _canon(h5.attrs.get("format")) != FORMAT or "clips/embedding" not in h5 or "videos/path" not in h5:
-                raise StoreError(f"{p} is not a finished vidfeat file")
-            if int(_canon(h5.attrs.get("format_version", 0))) > FORMAT_VERSION:
-                raise StoreError(f"{p} has format_version {_canon(h5.attrs['format_version'])}, newer than this "
-                                 f"vidfeat reads ({FORMAT_VERSION}): upgrade vidfeat")
-        ident = _identity(files[0])
+            check_format(h5, p, "rerun that shard (delete the file to redo it)")
+            if has_captions(h5):
+                raise StoreError(f"{p} has captions: merge shards without them, then add the captions to the "
+                                 "merged file (vidfeat captions)")
+        ident = file_identity(files[0])
         layout = (_datasets(files[0]["videos"]), _datasets(files[0]["clips"]))
         for p, h5 in zip(paths[1:], files[1:]):
-            _compare(paths[0], ident, p, _identity(h5))
+            check_same_settings(file_identity(h5), ident, where=str(p), this=paths[0].name, now=f"in {paths[0].name}",
+                                fix="merge only shards of one run")  # fmt: skip
             other = (_datasets(h5["videos"]), _datasets(h5["clips"]))
             if other != layout:
                 raise StoreError(f"{p} and {paths[0]} have different columns (made by other vidfeat versions?): "
@@ -196,106 +177,182 @@ def merge_shards(output: str | os.PathLike[str], shards: Sequence[str | os.PathL
     return counts
 
 
+_SHARD_METADATA_CACHE = 2 << 20  # bytes of HDF5 metadata cache per shard file (HDF5's default grows to 32 MiB)
+
+
+def _open_shard(path: Path) -> h5py.File:
+    """A shard file opened for the merge's sequential reads: no chunk cache (every read spans
+    whole chunks) and a small metadata cache, so that memory does not grow with the shards."""
+    h5 = _open_h5(path, "shard", "rerun that shard (delete the file to redo it)", rdcc_nbytes=0)
+    config = h5.id.get_mdc_config()
+    config.set_initial_size = True
+    config.initial_size = config.min_size = _SHARD_METADATA_CACHE // 2
+    config.max_size = _SHARD_METADATA_CACHE
+    h5.id.set_mdc_config(config)
+    return h5
+
+
 def _check_replaceable(output: Path, ident: dict) -> None:
-    fix = "delete it or choose another output"
-    try:
-        with h5py.File(output, "r") as h5:
-            if _canon(h5.attrs.get("format")) != FORMAT or "clips/embedding" not in h5:
-                raise StoreError(f"{output} exists and is not a vidfeat file: {fix}")
-            old = _identity(h5)
-    except OSError as exc:
-        raise StoreError(f"{output} exists and cannot be read ({exc}): {fix}") from exc
-    diffs = [k for k in sorted(set(old) | set(ident)) if not _same(old.get(k), ident.get(k))]
-    if diffs:
-        raise StoreError(f"{output} exists and was made with other settings ({', '.join(diffs[:4])}): {fix}")
+    fix = "merge with --overwrite to replace it, or choose another output"
+    with _open_h5(output, "existing output", fix) as h5:
+        check_format(h5, output, fix)
+        old = file_identity(h5)
+    check_same_settings(old, ident, where=str(output), this="the shards", now="in the shards", fix=fix)
+
+
+def _shard_videos(path: Path, h5: h5py.File, step: int) -> Iterator[tuple[bytes, int]]:
+    """(path as UTF-8 bytes, clip count) of a shard's videos in its order, read ``step`` rows at
+    a time; StoreError if its paths are not sorted or its clips not stored in /videos order."""
+    names, counts, offsets = h5["videos/path"], h5["videos/clip_count"], h5["videos/clip_offset"]
+    n, previous, end = names.shape[0], None, 0
+    for k in range(0, n, step):
+        block = names[k : k + step].tolist()
+        block = [p.encode() if isinstance(p, str) else p for p in block]
+        c = counts[k : k + step].astype(np.int64)
+        off = offsets[k : k + step].astype(np.int64)
+        starts = np.cumsum(c) - c + end
+        if np.any(off != starts):
+            raise StoreError(f"{path}: its clips are not stored in /videos order: run `vidfeat verify` on it")
+        end = int(starts[-1] + c[-1])
+        for name in block:
+            if previous is not None and name <= previous:
+                raise StoreError(f"{path}: its videos are not sorted by path: run `vidfeat verify` on it")
+            previous = name
+        yield from zip(block, c.tolist())
+    if end != h5["clips/embedding"].shape[0]:
+        raise StoreError(f"{path}: its clips are not stored in /videos order: run `vidfeat verify` on it")
+
+
+def _merged_order(paths: Sequence[Path], files: Sequence[h5py.File], step: int) -> Iterator[tuple[bytes, int, int]]:
+    """(path, shard, clip count) of every video in the merged order: a k-way merge of the
+    shards' sorted paths (linear in videos, read a block at a time)."""
+    def stream(s: int) -> Iterator[tuple[bytes, int, int]]:
+        for name, count in _shard_videos(paths[s], files[s], step):
+            yield name, s, count
+
+    return heapq.merge(*(stream(s) for s in range(len(files))))
+
+
+def _check_order(paths: Sequence[Path], files: Sequence[h5py.File]) -> None:
+    """StoreError before anything is written if a video is in two shards or a shard is out of order."""
+    previous = None
+    for name, s, _ in _merged_order(paths, files, block_rows(64)):
+        if previous is not None and name == previous[0]:
+            raise StoreError(f"the video {name.decode(errors='replace')!r} is in two shards ({paths[previous[1]]} "
+                             f"and {paths[s]}): these shards come from different partitions; "
+                             "merge the shards of one N")  # fmt: skip
+        previous = (name, s)
 
 
 def _write(output: Path, paths: Sequence[Path], files: Sequence[h5py.File], layout) -> dict[str, int]:
     video_names, clip_names = layout
-    # the merged /videos order: all paths sorted (code point order, as the writer sorts)
-    names = [h5["videos/path"].asstr()[()] for h5 in files]
-    all_names = np.concatenate(names) if names else np.array([], dtype=object)
-    source = np.concatenate([np.full(len(n), s, dtype=np.int64) for s, n in enumerate(names)])
-    order = np.argsort(all_names.astype(str), kind="stable")
-    sorted_names = all_names[order]
-    if len(sorted_names) > 1:
-        dup = np.flatnonzero(sorted_names[1:] == sorted_names[:-1])
-        if len(dup):
-            name = sorted_names[dup[0]]
-            where = [str(paths[s]) for s, n in zip(source[order], sorted_names) if n == name]
-            raise StoreError(f"the video {name!r} is in two shards ({where[0]} and {where[1]}): "
-                             "these shards come from different partitions; merge the shards of one N")
-    counts_by_shard = [h5["videos/clip_count"][()].astype(np.int64) for h5 in files]
-    for p, h5, c in zip(paths, files, counts_by_shard):
-        off = h5["videos/clip_offset"][()].astype(np.int64)
-        if len(c) and (off[0] != 0 or np.any(off[1:] != (off + c)[:-1]) or off[-1] + c[-1] != h5["clips/embedding"].shape[0]):
-            raise StoreError(f"{p}: its clips are not stored in /videos order: run `vidfeat verify` on it")
-    counts = np.concatenate(counts_by_shard)[order]
-    n_videos, n_clips = len(order), int(counts.sum())
-    shard_seq = source[order]
-    # runs of consecutive videos (in the merged order) from one shard: (shard, clip rows)
-    if n_videos:
-        starts = np.flatnonzero(np.r_[True, shard_seq[1:] != shard_seq[:-1]])
-        run_shard = shard_seq[starts].tolist()
-        run_rows = np.add.reduceat(counts, starts).tolist()
-    else:
-        run_shard, run_rows = [], []
+    _check_order(paths, files)
+    n_videos = sum(h5["videos/path"].shape[0] for h5 in files)
+    n_clips = sum(h5["clips/embedding"].shape[0] for h5 in files)
+    first = files[0]
+    tops = _datasets(first)
+    shapes = [((n_videos, *first[f"videos/{name}"].shape[1:]), first[f"videos/{name}"].dtype) for name in video_names]
+    shapes += [((n_clips, *first[f"clips/{name}"].shape[1:]), first[f"clips/{name}"].dtype) for name in clip_names]
+    shapes += [(first[key].shape or (1,), first[key].dtype) for key in tops]
+    strings = [_strings(first[key]) for key in tops]
+    strings += [_strings(h5[f"{group}/{name}"]) for group, names in (("videos", video_names), ("clips", clip_names))
+                for name in names for h5 in files]  # fmt: skip
+    needed = estimate_bytes(shapes, (text for column in strings for text in column))
 
-    tmp = output.with_name(output.name + _TMP_SUFFIX)
-    try:
-        with h5py.File(tmp, "w") as out:
-            first = files[0]
-            for key, value in first.attrs.items():
-                out.attrs[key] = value
-            out.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            for key in _datasets(first):
-                out.create_dataset(key, data=first[key][()], dtype=first[key].dtype)
-            for name in video_names:
-                ds0 = first[f"videos/{name}"]
-                ds = _create_dataset(out, f"videos/{name}", (n_videos, *ds0.shape[1:]), ds0.dtype)
-                if name == "clip_offset":
-                    values = np.cumsum(counts) - counts
-                else:
-                    values = np.concatenate([h5[f"videos/{name}"][()] for h5 in files])[order]
-                if n_videos:
-                    ds[...] = values
-            for name in clip_names:
-                ds0 = first[f"clips/{name}"]
-                ds = _create_dataset(out, f"clips/{name}", (n_clips, *ds0.shape[1:]), ds0.dtype)
-                if name == "video":
-                    values = np.repeat(np.arange(n_videos, dtype=np.int64), counts)
-                    for k in range(0, n_clips, 1 << 20):
-                        ds[k : k + (1 << 20)] = values[k : k + (1 << 20)]
-                    continue
-                _copy_column(ds, [h5[f"clips/{name}"] for h5 in files], run_shard, run_rows)
-        os.replace(tmp, output)
-    except BaseException as exc:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        if isinstance(exc, OSError):
-            raise StoreError(f"cannot write {output}: {exc.strerror or exc}; free space or choose another output") from exc
-        raise
+    def fill(out: h5py.File) -> None:
+        for key, value in first.attrs.items():
+            out.attrs[key] = value
+        out.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        for key in tops:
+            out.create_dataset(key, data=first[key][()], dtype=first[key].dtype)
+        videos = {name: create_dataset(out, f"videos/{name}", (n_videos, *first[f"videos/{name}"].shape[1:]),
+                                       first[f"videos/{name}"].dtype) for name in video_names}  # fmt: skip
+        clips = {name: create_dataset(out, f"clips/{name}", (n_clips, *first[f"clips/{name}"].shape[1:]),
+                                      first[f"clips/{name}"].dtype) for name in clip_names}  # fmt: skip
+        _fill(paths, files, videos, clips)
+
+    write_final(output, output.with_name(output.name + _TMP_SUFFIX), needed, fill, action="merge",
+                kept=f"the {len(paths)} shards are kept", rerun="rerun the same command")  # fmt: skip
     return {"videos": n_videos, "clips": n_clips}
 
 
-def _copy_column(dest: h5py.Dataset, sources: Sequence[h5py.Dataset], run_shard: list, run_rows: list) -> None:
-    """Fill ``dest`` from the per-shard columns ``sources`` run by run, one output block at a time."""
-    row_bytes = max(1, int(np.prod(dest.shape[1:], dtype=np.int64)) * dest.dtype.itemsize)
-    block_rows = max(1, _BLOCK_BYTES // row_bytes)
-    ahead_rows = max(_MIN_AHEAD_ROWS, _READ_AHEAD_BYTES // (row_bytes * max(1, len(sources))))
-    readers = [_Ahead(ds, ahead_rows) for ds in sources]
-    pending: list[np.ndarray] = []
-    pending_rows, written = 0, 0
-    for s, rows in zip(run_shard, run_rows):
-        if not rows:
-            continue
-        pending.append(readers[s].take(rows))
-        pending_rows += rows
-        if pending_rows >= block_rows:
-            dest[written : written + pending_rows] = np.concatenate(pending)
-            written += pending_rows
-            pending, pending_rows = [], 0
-    if pending_rows:
-        dest[written : written + pending_rows] = np.concatenate(pending)
+_STR_BYTES = 80  # memory of one variable-length string read into Python (object and text), not its pointer
+
+
+def _row_bytes(ds: h5py.Dataset) -> int:
+    """Memory of one row of ``ds`` once read (strings count as Python objects)."""
+    item = _STR_BYTES if is_vlen_string(ds.dtype) else ds.dtype.itemsize
+    return max(1, int(np.prod(ds.shape[1:], dtype=np.int64)) * item)
+
+
+def _fill(paths: Sequence[Path], files: Sequence[h5py.File], videos: dict[str, h5py.Dataset],
+          clips: dict[str, h5py.Dataset]) -> None:  # fmt: skip
+    """Copy every column in the merged order, one block of videos (and of their clips) at a
+    time: the merged order is made as it is consumed, so memory does not grow with the shards."""
+    video_bytes = sum(_row_bytes(ds) for ds in videos.values()) + 64
+    copied = [name for name in clips if name != "video"]
+    clip_bytes = sum(_row_bytes(clips[name]) for name in copied) + 8
+    videos_out, clips_out = block_rows(video_bytes), block_rows(clip_bytes)
+    n_shards = len(files)
+    video_ahead = max(_MIN_AHEAD_ROWS, _READ_AHEAD_BYTES // (video_bytes * n_shards))
+    clip_ahead = max(_MIN_AHEAD_ROWS, _READ_AHEAD_BYTES // (clip_bytes * n_shards))
+    video_readers = {name: [_Ahead(h5[f"videos/{name}"], video_ahead) for h5 in files]
+                     for name in videos if name != "clip_offset"}  # fmt: skip
+    clip_readers = {name: [_Ahead(h5[f"clips/{name}"], clip_ahead) for h5 in files] for name in copied}
+    order = _merged_order(paths, files, min(videos_out, block_rows(64)))
+    v = c = 0  # first video and clip row of the next block
+    while True:
+        shard, count, rows = [], [], 0
+        for _, s, n in order:
+            shard.append(s)
+            count.append(n)
+            rows += n
+            if len(shard) >= videos_out or rows >= clips_out:
+                break
+        if not shard:
+            return
+        _copy_block(np.array(shard, dtype=np.int64), np.array(count, dtype=np.int64), v, c, videos, clips,
+                    video_readers, clip_readers)  # fmt: skip
+        v, c = v + len(shard), c + rows
+
+
+def _copy_block(shard: np.ndarray, count: np.ndarray, v: int, c: int, videos: dict[str, h5py.Dataset],
+                clips: dict[str, h5py.Dataset], video_readers: dict[str, list[_Ahead]],
+                clip_readers: dict[str, list[_Ahead]]) -> None:  # fmt: skip
+    """Write videos ``v``.. and clips ``c``.. of the merged file: ``shard`` and ``count`` are the
+    block's videos' shard and clip count in the merged order. Each shard's rows are taken in its
+    own order (a shard's videos keep their order in the merge) and put in place by one gather."""
+    n_shards = len(next(iter(video_readers.values()))) if video_readers else 1 + int(shard.max())
+    by_shard = np.argsort(shard, kind="stable")
+    videos_of = np.bincount(shard, minlength=n_shards).tolist()
+    clips_of = np.bincount(shard, weights=count, minlength=n_shards).astype(np.int64).tolist()
+    for name, readers in video_readers.items():
+        taken = np.concatenate([readers[s].take(k) for s, k in enumerate(videos_of) if k])
+        values = np.empty_like(taken)
+        values[by_shard] = taken
+        videos[name][v : v + len(shard)] = values
+    starts = np.cumsum(count) - count
+    if "clip_offset" in videos:
+        videos["clip_offset"][v : v + len(shard)] = c + starts
+    total = int(count.sum())
+    if not total:
+        return
+    # row of each output clip in the shard-ordered concatenation of the block's clips
+    grouped = count[by_shard]
+    start_in_taken = np.empty_like(starts)
+    start_in_taken[by_shard] = np.cumsum(grouped) - grouped
+    gather = np.repeat(start_in_taken - starts, count) + np.arange(total, dtype=np.int64)
+    for name, readers in clip_readers.items():
+        taken = np.concatenate([readers[s].take(k) for s, k in enumerate(clips_of) if k])
+        clips[name][c : c + total] = taken[gather]
+    if "video" in clips:
+        clips["video"][c : c + total] = np.repeat(np.arange(v, v + len(shard), dtype=np.int64), count)
+
+
+def _strings(ds: h5py.Dataset):
+    """The strings of a variable-length string dataset (read a block at a time); none for others."""
+    if not is_vlen_string(ds.dtype) or ds.ndim != 1:
+        return
+    step = block_rows(64)
+    for k in range(0, ds.shape[0], step):
+        yield from ds.asstr()[k : k + step].tolist()

@@ -15,14 +15,15 @@ import numpy as np
 from ..errors import StoreError
 from .format import (
     _CLIP_COPY,
-    FORMAT,
-    FORMAT_VERSION,
     VIDEO_COLUMNS,
     _canon,
     _missing_message,
     _open_h5,
     _read_table,
+    check_format,
 )
+from .captions import has_captions
+from .means import softmax, video_means
 
 
 # reading
@@ -36,12 +37,14 @@ class VideoTable:
     status: np.ndarray  # str objects
     error: np.ndarray  # str objects
     warning: np.ndarray  # str objects ("" in version-1 files)
+    meta: np.ndarray  # str objects: a shard sample's .json text ("" for other videos and older files)
     size_bytes: np.ndarray
     mtime: np.ndarray
     duration_sec: np.ndarray
     fps: np.ndarray
     width: np.ndarray
     height: np.ndarray
+    first_frame_sec: np.ndarray  # NaN when unknown (files before version 3)
     clip_offset: np.ndarray
     clip_count: np.ndarray
 
@@ -73,6 +76,7 @@ class VideoClips:
     start_sec: np.ndarray  # [n] float64
     end_sec: np.ndarray  # [n] float64
     valid_frames: np.ndarray  # [n] int32
+    text: np.ndarray | None = None  # [n] str objects: the captions said during each clip; None without captions
 
     def __len__(self) -> int:
         return len(self.start_sec)
@@ -87,19 +91,14 @@ class FeatureFile:
             raise StoreError(_missing_message(self.path))
         self.h5 = _open_h5(self.path, "feature file", "check the path")
         try:
-            fmt = _canon(self.h5.attrs.get("format"))
-            if fmt != FORMAT:
-                raise StoreError(f"{self.path} is not a vidfeat file (format attr {fmt!r})")
-            version = int(_canon(self.h5.attrs.get("format_version", 0)))
-            if version > FORMAT_VERSION:
-                raise StoreError(f"{self.path} has format_version {version}; this vidfeat reads up to "
-                                 f"{FORMAT_VERSION}: upgrade vidfeat")
+            check_format(self.h5, self.path, "check the path")
         except BaseException:
             self.h5.close()
             raise
         self._videos: VideoTable | None = None
         self._classes: list[str] | None = None
         self._means: tuple[np.ndarray, np.ndarray] | None = None
+        self._captions: np.ndarray | None = None  # /captions/video, read on first use
 
     def __enter__(self) -> FeatureFile:
         return self
@@ -171,7 +170,27 @@ class FeatureFile:
         start = int(self.videos.clip_offset[v])
         rows = slice(start, start + int(self.videos.clip_count[v]))
         data = {name: self.h5[f"clips/{name}"][rows] for name in _CLIP_COPY}
-        return VideoClips(path=video_path, first_row=start, **data)
+        text = self.h5["clips/text"].asstr()[rows].astype(object) if self.has_captions else None
+        return VideoClips(path=video_path, first_row=start, text=text, **data)
+
+    @property
+    def has_captions(self) -> bool:
+        """Whether captions were added to the file (``vidfeat captions``, ``extract --captions``)."""
+        return has_captions(self.h5)
+
+    def captions(self, video_path: str) -> list[tuple[float, float, str]]:
+        """The captions of one video: (start_sec, end_sec, text) on the player's clock, in time
+        order; [] for a video without captions or a file without any; KeyError if the video is
+        not in the file."""
+        v = self.videos.index(video_path)
+        if not self.has_captions:
+            return []
+        if self._captions is None:
+            self._captions = self.h5["captions/video"][()]
+        lo = int(np.searchsorted(self._captions, v, side="left"))
+        hi = int(np.searchsorted(self._captions, v, side="right"))
+        g = self.h5["captions"]
+        return list(zip(g["start_sec"][lo:hi].tolist(), g["end_sec"][lo:hi].tolist(), g["text"].asstr()[lo:hi].tolist()))
 
     def video_of(self, row: int) -> str:
         """Path of the video that clip ``row`` belongs to."""
@@ -179,18 +198,13 @@ class FeatureFile:
 
     def topk(self, row: int, k: int = 5) -> list[tuple[str, float]]:
         """The ``k`` most probable classes of clip ``row``: softmax of its logits, best first."""
-        logits = self.h5["clips/logits"][row].astype(np.float64)
-        p = np.exp(logits - logits.max())
-        p /= p.sum()
+        p = softmax(self.h5["clips/logits"][row])
         best = np.argsort(-p, kind="stable")[: max(0, k)]
         return [(self.classes[i], float(p[i])) for i in best]
 
-
     def _video_means(self) -> tuple[np.ndarray, np.ndarray]:
         if self._means is None:
-            from ..search import video_means
-
-            self._means = video_means(self)
+            self._means = video_means(self.h5)
         return self._means
 
     def video_embeddings(self) -> np.ndarray:
@@ -200,13 +214,6 @@ class FeatureFile:
     def video_scores(self) -> np.ndarray:
         """``[V, C]`` float32: the mean softmax score of each video's clips (NaN rows: no clips)."""
         return self._video_means()[1]
-
-    def search(self, **kwargs: Any) -> list[Any]:
-        """Cosine nearest clips or videos: see :func:`vidfeat.search.search` for the arguments
-        (``clip=``, ``video=`` with ``at=``, or ``query=``; ``k``, ``level``, ``exclude_same_video``)."""
-        from ..search import search
-
-        return search(self, **kwargs)
 
 
 def open_features(path: str | os.PathLike[str]) -> FeatureFile:

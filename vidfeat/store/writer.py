@@ -18,9 +18,11 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .. import __version__
-from ..errors import SettingsMismatch, StoreError
-from .assemble import NoSpace, _assemble
+from ..errors import StoreError
+from ..version import __version__
+from .assemble import assemble
+from .final import fsync_dir, unlink_quiet
+from .lock import LOCK_NAME, OutputLock
 from .format import (
     _CHUNK_RE,
     _CLIP_COPY,
@@ -39,56 +41,20 @@ from .format import (
     _open_h5,
     _read_table,
     _reason,
+    check_format,
+    check_same_settings,
+    file_identity,
     parts_path,
+    settings_identity,
 )
-
-try:  # advisory lock against two writers on one output; POSIX only
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: no lock
-    fcntl = None  # type: ignore[assignment]
 
 # Work directory entries.
 _MANIFEST = "settings.json"
-_LOCK = "lock"
 _ASSEMBLING = "assembling.h5.tmp"
 _TMP_SUFFIX = ".tmp"
 
 
 # helpers
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make renames and unlinks in ``path`` durable (no-op where directories cannot be synced)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno not in (22, 9):  # EINVAL, EBADF: the filesystem does not sync directories
-            raise
-    finally:
-        os.close(fd)
-
-
-def _mb(n: int) -> str:
-    return f"{n / 1e6:.1f} MB"
-
-
-def _unlink_quiet(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
 
 
 def _to_attr(name: str, value: Any) -> Any:
@@ -108,55 +74,6 @@ def _to_attr(name: str, value: Any) -> Any:
             raise ValueError(f"setting {name!r}: a list of numbers or of strings is needed, got {value!r}")
         return array
     raise ValueError(f"setting {name!r} has unsupported type {type(value).__name__}")
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Equality of canonical values, with NaN equal to NaN."""
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
-        return True
-    return a == b
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, list) and len(value) > 4:
-        return f"[{len(value)} items]"
-    if isinstance(value, str):
-        return json.dumps(value if len(value) <= 20 else value[:16] + "…", ensure_ascii=False)
-    return str(value)
-
-
-def _describe(identity: Mapping[str, Any]) -> str:
-    sha = str(identity.get("weights_sha256", "?"))
-    return f"model {identity.get('model', '?')} (weights sha256 {sha[:12]}{'…' if len(sha) > 12 else ''})"
-
-
-def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, str]:
-    """Key -> how it differs ("num_frames=8 there, 16 now"), for the keys that differ."""
-    out = {}
-    for key in sorted(set(old) | set(new)):
-        if key not in old:
-            out[key] = f"{key} not set there (now {_fmt(new[key])})"
-        elif key not in new:
-            out[key] = f"{key}={_fmt(old[key])} there (not set now)"
-        elif not _same(old[key], new[key]):
-            a, b = old[key], new[key]
-            if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-                i = next(i for i, (x, y) in enumerate(zip(a, b)) if not _same(x, y))
-                out[key] = f"{key}[{i}]={_fmt(a[i])} there, {_fmt(b[i])} now"
-            else:
-                out[key] = f"{key}={_fmt(a)} there, {_fmt(b)} now"
-    return out
-
-
-def _file_identity(settings: Mapping[str, Any], classes: list[str], embedding: h5py.Dataset | tuple[int, str]) -> dict:
-    """What defines a file's results: its settings plus /classes and the embedding width/dtype.
-
-    The extra keys start with '/' (dataset names), so they cannot collide with a setting.
-    """
-    width, dtype = (embedding.shape[1], embedding.dtype.name) if isinstance(embedding, h5py.Dataset) else embedding
-    return {**settings, "/classes": classes, "/clips/embedding width": int(width), "/clips/embedding dtype": dtype}
 
 
 # results
@@ -180,10 +97,12 @@ class VideoResult:
     mtime: float
     error: str = ""  # "" or a one-line reason (partial/failed)
     warning: str = ""  # "" or a one-line note on a result that is usable but suspect
+    meta: str = ""  # "" or the video's metadata as JSON text (a webdataset sample's .json), stored as given
     duration_sec: float | None = math.nan
     fps: float | None = math.nan
     width: int | None = 0
     height: int | None = 0
+    first_frame_sec: float | None = math.nan  # where clip time 0 lies on the player's clock
     embedding: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     logits: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     start_sec: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
@@ -248,12 +167,14 @@ def _normalized(
         status=result.status,
         error=_one_line(result.error),
         warning=_one_line(result.warning),
+        meta=str(result.meta or ""),
         size_bytes=size,
         mtime=float(result.mtime),
         duration_sec=math.nan if result.duration_sec is None else float(result.duration_sec),
         fps=math.nan if result.fps is None else float(result.fps),
         width=int(result.width or 0),
         height=int(result.height or 0),
+        first_frame_sec=math.nan if result.first_frame_sec is None else float(result.first_frame_sec),
         **cast,
     )
 
@@ -379,17 +300,12 @@ class FeatureWriter:
         self._classes = [str(c) for c in classes]
         self._embedding_dim = int(embedding_dim)
         self._embedding_dtype = np.dtype(embedding_dtype)
-        self._identity = _file_identity(
-            {key: _canon(value) for key, value in self._attrs.items()},
-            list(self._classes),
-            (self._embedding_dim, embedding_dtype),
-        )
+        self._identity = settings_identity(self._attrs, self._classes, self._embedding_dim, embedding_dtype)
         self._buffer: dict[str, VideoResult] = {}
         self._done: dict[str, tuple[int, float, str]] = {}  # path -> (size_bytes, mtime, status)
         self._chunks: list[Path] = []  # committed, oldest first
         self._next_seq = 1
-        self._lock_fd: int | None = None
-        self._lock_pid = 0  # the process that took the lock
+        self._output_lock: OutputLock | None = None
         self._closed = False
         self._finalized: Path | None = None
         self._last_commit = time.monotonic()
@@ -438,77 +354,36 @@ class FeatureWriter:
             self._next_seq = int(_CHUNK_RE.match(self._chunks[-1].name).group(1)) + 1
 
     def _lock(self) -> None:
-        # os.open gives a non-inheritable fd (O_CLOEXEC): a program started with exec does not get it.
-        self._lock_fd = os.open(self.parts / _LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        self._lock_pid = os.getpid()
-        if fcntl is None:  # pragma: no cover
-            return
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise StoreError(
-                f"another vidfeat process is writing {self.output} (it holds {self.parts / _LOCK}): "
-                "wait for it to finish or choose another -o"
-            ) from None
+        self._output_lock = OutputLock(self.output, self.parts)
+        self._output_lock.take()
 
     def _release(self) -> None:
-        if self._lock_fd is not None:
-            # A flock belongs to the open file description, which processes forked while the
-            # writer was open (decode workers) share: closing our fd alone would leave the lock
-            # held until the last of them exits. LOCK_UN releases it for all of them, so only the
-            # process that took the lock does it (a forked child closing its copy leaves it held).
-            try:
-                if fcntl is not None and self._lock_pid == os.getpid():
-                    fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            finally:
-                os.close(self._lock_fd)
-                self._lock_fd = None
+        if self._output_lock is not None:
+            self._output_lock.release()
         self._closed = True
 
     def _discard(self) -> None:
         """overwrite=True: remove the old output and parts (chunks before the manifest)."""
-        _unlink_quiet(self.output)
+        unlink_quiet(self.output)
         for chunk in self._list_chunks():
             chunk.unlink()
-        _unlink_quiet(self.parts / _MANIFEST)
-        _fsync_dir(self.parts)
-        _fsync_dir(self.output.parent)
+        unlink_quiet(self.parts / _MANIFEST)
+        fsync_dir(self.parts)
+        fsync_dir(self.output.parent)
 
     def _list_chunks(self) -> list[Path]:
         found = [(int(m.group(1)), p) for p in self.parts.iterdir() if (m := _CHUNK_RE.match(p.name))]
         return [p for _, p in sorted(found)]
 
     def _mismatch(self, where: str, old: Mapping[str, Any], fix: str) -> None:
-        diffs = _differences(old, self._identity)
-        if not diffs:
-            return
-        then, now = _describe(old), _describe(self._identity)
-        if then != now:  # the model or weights differ: name them, then the other differences
-            made = f"made with {then}, this run uses {now}"
-            diffs.pop("model", None)
-            diffs.pop("weights_sha256", None)
-        else:
-            made = "made with other settings"
-        lines = list(diffs.values())
-        shown = "; ".join(lines[:4]) + (f"; and {len(lines) - 4} more" if len(lines) > 4 else "")
-        raise SettingsMismatch(f"{where} was {made}{f' ({shown})' if shown else ''}: {fix}")
+        check_same_settings(old, self._identity, where=where, fix=fix)
 
     def _check_final_and_remember(self) -> None:
         """Refuse an existing output made otherwise; note the videos it holds as done."""
         fix = "rerun with --overwrite to replace it, or choose another -o"
         with _open_h5(self.output, "output", fix) as h5:
-            attrs = {key: _canon(value) for key, value in h5.attrs.items()}
-            if attrs.get("format") != FORMAT or "clips/embedding" not in h5 or "classes" not in h5:
-                raise StoreError(f"{self.output} exists and is not a vidfeat file: {fix}")
-            if int(attrs.get("format_version", 0)) > FORMAT_VERSION:
-                raise StoreError(f"{self.output} has format_version {attrs['format_version']}, newer than this "
-                                 f"vidfeat reads ({FORMAT_VERSION}): upgrade vidfeat, or {fix}")
-            old = _file_identity(
-                {key: value for key, value in attrs.items() if key not in WRITER_ATTRS},
-                list(h5["classes"].asstr()[()]),
-                h5["clips/embedding"],
-            )
-            self._mismatch(self.output.name, old, fix)
+            check_format(h5, self.output, fix)
+            self._mismatch(self.output.name, file_identity(h5), fix)
             self._remember(_read_table(h5))
 
     def _check_manifest(self, manifest: Path) -> None:
@@ -534,9 +409,9 @@ class FeatureWriter:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, manifest)
-            _fsync_dir(self.parts)
+            fsync_dir(self.parts)
         except OSError as exc:
-            _unlink_quiet(tmp)
+            unlink_quiet(tmp)
             raise StoreError(f"cannot write {manifest}: {_reason(exc)}; free space or choose another -o") from exc
 
     def _remember(self, table: Mapping[str, np.ndarray]) -> None:
@@ -617,7 +492,7 @@ class FeatureWriter:
                 os.fsync(f.fileno())
             os.replace(tmp, chunk)
         except BaseException as exc:  # Ctrl-C too: no temporary file left behind
-            _unlink_quiet(tmp)
+            unlink_quiet(tmp)
             if not isinstance(exc, (OSError, RuntimeError)):
                 raise
             raise StoreError(
@@ -629,7 +504,7 @@ class FeatureWriter:
         self._buffer.clear()
         self._last_commit = time.monotonic()
         try:
-            _fsync_dir(self.parts)
+            fsync_dir(self.parts)
         except OSError as exc:
             raise StoreError(f"cannot sync {self.parts}: {_reason(exc)}; rerun the same command to resume") from exc
 
@@ -644,7 +519,6 @@ class FeatureWriter:
         self.flush()
         if self._chunks or not self.output.exists():
             sources = ([self.output] if self.output.exists() else []) + self._chunks
-            tmp = self.parts / _ASSEMBLING
             attrs = {
                 "format": FORMAT,
                 "format_version": FORMAT_VERSION,
@@ -653,33 +527,17 @@ class FeatureWriter:
                 "torch_version": _torch_version(),
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             }
-            try:
-                _assemble(
-                    tmp,
-                    sources,
-                    attrs=attrs,
-                    classes=self._classes,
-                    embedding_dim=self._embedding_dim,
-                    embedding_dtype=self._embedding_dtype,
-                )
-                _fsync_file(tmp)
-                os.replace(tmp, self.output)
-                _fsync_dir(self.output.parent)
-            except NoSpace as exc:
-                _unlink_quiet(tmp)
-                raise StoreError(
-                    f"cannot assemble {self.output}: it needs about {_mb(exc.needed)} in {self.parts}, which has "
-                    f"{_mb(exc.free)} free; the {self._committed_count()} committed videos there are kept: free "
-                    f"at least {_mb(exc.needed - exc.free)} there and rerun the same command to finish"
-                ) from None
-            except BaseException as exc:
-                _unlink_quiet(tmp)
-                if not isinstance(exc, (OSError, RuntimeError)):
-                    raise
-                raise StoreError(
-                    f"cannot assemble {self.output}: {_reason(exc)}; the committed videos in {self.parts} are kept: "
-                    "free space (or fix the cause) and rerun the same command to finish"
-                ) from exc
+            assemble(
+                self.output,
+                self.parts / _ASSEMBLING,
+                sources,
+                attrs=attrs,
+                classes=self._classes,
+                embedding_dim=self._embedding_dim,
+                embedding_dtype=self._embedding_dtype,
+                kept=f"the {self._committed_count()} committed videos in {self.parts} are kept",
+                rerun="rerun the same command to finish",
+            )
         self._remove_parts()
         self._finalized = self.output
         return self.output
@@ -709,9 +567,9 @@ class FeatureWriter:
         """Best effort: the final file holds everything, so leftovers only cost disk space."""
         try:
             for chunk in self._chunks:
-                _unlink_quiet(chunk)
-            _unlink_quiet(self.parts / _MANIFEST)
-            _unlink_quiet(self.parts / _LOCK)
+                unlink_quiet(chunk)
+            unlink_quiet(self.parts / _MANIFEST)
+            unlink_quiet(self.parts / LOCK_NAME)
             self.parts.rmdir()
         except OSError:
             pass

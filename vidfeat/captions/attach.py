@@ -1,0 +1,161 @@
+"""Adding captions to a finished feature file, without re-extracting it.
+
+:func:`add_captions` reads a source (HowTo100M's ``caption.json``, a folder of ``<id>.csv``, a
+subtitle file or a folder of them: :func:`~vidfeat.captions.sources.read_source`), or, without
+a source, the subtitle sidecars beside each video under the file's ``root``
+(:func:`~vidfeat.captions.sources.read_sidecars`), and writes them into the file
+(:func:`vidfeat.store.amend.set_captions`: crash-safe, it replaces any captions the file had).
+Every clip then holds the text of the captions said during it (the rule is
+:func:`vidfeat.store.captions.align`).
+
+Captions are matched to videos by video id, the file name without its extension
+(``a/nVbIUDjzWY4.mp4`` -> ``nVbIUDjzWY4``), except sidecars, which belong to the video beside
+them. An id that names two videos of the file matches neither (one warning). Caption times are
+the player's clock: a video whose first frame is not at 0 on that clock (``first_frame_sec``,
+recorded by extraction; for older files read from the video under ``root`` when it is there,
+else taken as 0 with a warning) has its clips aligned by it.
+
+Bad caption input is never fatal: each case is one warning line and a count in the report.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import VideoError, VidfeatError
+from ..store import open_features
+from ..store.amend import set_captions
+from ..store.captions import CaptionTable, clips_with_text
+from .sources import Captions, read_sidecars, read_source, video_id
+
+__all__ = ["AttachReport", "add_captions", "add_whole_video_captions"]
+
+
+@dataclass
+class AttachReport:
+    """What :func:`add_captions` did: counts, and one line per bad case (``warnings``)."""
+
+    output: Path
+    source: str
+    videos: int = 0  # videos in the file
+    captioned_videos: int = 0  # videos that got at least one caption
+    captions: int = 0  # captions written
+    clips_with_text: int = 0
+    warnings: list[str] = field(default_factory=list)
+    counts: Counter = field(default_factory=Counter)  # bad cases by kind
+    warnings_left_out: int = 0
+
+
+def add_captions(output: str | os.PathLike[str], source: str | os.PathLike[str] | None = None) -> AttachReport:
+    """Write the captions of ``source`` (None: the sidecars beside the videos) into ``output``;
+    see the module docstring."""
+    output = Path(output)
+    with open_features(output) as f:
+        paths = f.videos.path.astype(str)
+        first_frame = np.array(f.videos.first_frame_sec, dtype=np.float64)
+        root = f.attrs.get("root") or ""
+    report = AttachReport(output=output, source=_describe(source, root), videos=len(paths))
+    rows_by_name, caps = _read(paths, source, root, report)
+    by_row: dict[int, list[tuple[float, float, str]]] = {}
+    for name, row in rows_by_name.items():
+        found = caps.get(name)
+        if found:
+            by_row[row] = [(c.start_sec, c.end_sec, c.text) for c in found]
+    _fill_first_frames(first_frame, sorted(by_row), paths, root, report)
+    table = CaptionTable.build(by_row)
+    report.counts.update(caps.counts)
+    set_captions(output, table, first_frame_sec=first_frame, source=report.source, warnings=report.counts)
+    with open_features(output) as f:
+        report.clips_with_text = clips_with_text(f.h5)
+    report.captioned_videos, report.captions = len(by_row), len(table)
+    report.warnings = caps.warnings + report.warnings
+    report.warnings_left_out += caps.warnings_left_out
+    return report
+
+
+def add_whole_video_captions(output: str | os.PathLike[str], texts: dict[str, str],
+                             source: str = "the .txt members of the tar shards") -> AttachReport:  # fmt: skip
+    """Write ``texts`` (video name -> caption text: a webdataset sample's ``.txt``) into
+    ``output`` as one caption per video spanning the whole video, from its first frame to its
+    measured end; videos without a known duration (failed ones) and empty texts get none. It
+    replaces any captions the file had. ``source`` is recorded as ``captions_source``."""
+    output = Path(output)
+    with open_features(output) as f:
+        paths = f.videos.path.astype(str)
+        first_frame = np.array(f.videos.first_frame_sec, dtype=np.float64)
+        duration = np.array(f.videos.duration_sec, dtype=np.float64)
+    report = AttachReport(output=output, source=source, videos=len(paths))
+    by_row: dict[int, list[tuple[float, float, str]]] = {}
+    for row, name in enumerate(paths):
+        text = " ".join((texts.get(name) or "").split())
+        if text and math.isfinite(duration[row]):
+            start = float(first_frame[row]) if math.isfinite(first_frame[row]) else 0.0
+            by_row[row] = [(start, start + float(duration[row]), text)]
+    table = CaptionTable.build(by_row)
+    set_captions(output, table, first_frame_sec=first_frame, source=source)
+    with open_features(output) as f:
+        report.clips_with_text = clips_with_text(f.h5)
+    report.captioned_videos, report.captions = len(by_row), len(table)
+    return report
+
+
+def _describe(source: str | os.PathLike[str] | None, root: str) -> str:
+    """The ``captions_source`` attribute: the source as given (a local path, made absolute), or
+    where the sidecars were looked for."""
+    if source is None:
+        return f"sidecars under {root}" if root else "sidecars"
+    return os.path.abspath(source)
+
+
+def _read(paths: np.ndarray, source, root: str, report: AttachReport) -> tuple[dict[str, int], Captions]:
+    """(caption key -> row of the file, the captions read by that key)."""
+    if source is None:
+        if not root or not Path(root).is_dir():
+            raise VidfeatError(
+                f"{report.output} records no readable videos folder (root {root!r}), so no sidecars can be "
+                "found: give the captions source (caption.json, a folder of <id>.csv, .vtt or .srt files)"
+            )
+        rows = {str(p): i for i, p in enumerate(paths)}
+        return rows, read_sidecars({str(p): Path(root) / p for p in paths})
+    if not Path(source).exists():
+        raise VidfeatError(f"{source} does not exist: give a caption.json, a folder of <id>.csv, .vtt or .srt files")
+    ids: dict[str, list[int]] = defaultdict(list)
+    for i, p in enumerate(paths):
+        ids[video_id(p)].append(i)
+    rows = {}
+    for vid, found in ids.items():
+        if len(found) > 1:
+            report.counts["ambiguous_id"] += 1
+            report.warnings.append(f"video id {vid} names {len(found)} videos ({paths[found[0]]}, {paths[found[1]]}"
+                                   f"{', ...' if len(found) > 2 else ''}): their captions are left out")  # fmt: skip
+            continue
+        rows[vid] = found[0]
+    return rows, read_source(source, video_ids=list(ids))
+
+
+def _fill_first_frames(first_frame: np.ndarray, rows: list[int], paths: np.ndarray, root: str,
+                       report: AttachReport) -> None:  # fmt: skip
+    """Where a captioned video's first-frame time is unknown (files made before it was
+    recorded), read it from the video under ``root``; else take 0 with a warning."""
+    unknown = [r for r in rows if not math.isfinite(first_frame[r])]
+    if not unknown:
+        return
+    from ..video.reader import probe  # PyAV: only for files made before first_frame_sec was recorded
+
+    for r in unknown:
+        try:
+            found = probe(Path(root) / paths[r]).first_frame_sec if root else None
+        except VideoError:
+            found = None
+        if found is None:
+            report.counts["first_frame_unknown"] += 1
+            report.warnings.append(f"{paths[r]}: the time of its first frame is unknown (the video is not at "
+                                   f"{Path(root) / paths[r] if root else 'its root'}): captions aligned as if it is 0")  # fmt: skip
+            found = 0.0
+        first_frame[r] = found

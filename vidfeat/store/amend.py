@@ -1,0 +1,89 @@
+"""Changing a finished file without re-extracting it: adding, replacing or removing its captions.
+
+The file is rebuilt by assembly (:func:`vidfeat.store.assemble.assemble` with the file as its
+only source), so it is written as durably as every final file (free-space check, reservation,
+temporary name, fsync, rename): a kill at any moment leaves the old file intact. It holds the
+output lock meanwhile, so an extraction cannot write the same output at the same time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import StoreError
+from ..version import __version__
+from .assemble import assemble
+from .captions import CaptionTable
+from .format import CAPTION_ATTRS, FORMAT_VERSION, _missing_message, _open_h5, check_format, parts_path
+from .lock import LOCK_NAME, OutputLock
+
+_TMP_SUFFIX = ".captions.tmp"
+
+
+def set_captions(
+    output: str | os.PathLike[str],
+    captions: CaptionTable | None,
+    *,
+    first_frame_sec: np.ndarray | None = None,
+    source: str = "",
+    warnings: Mapping[str, int] | None = None,
+) -> int:
+    """Rewrite ``output`` with ``captions`` (video rows of the file; None removes the captions)
+    and, if given, its videos' ``first_frame_sec`` ([V]). ``source`` is recorded in the
+    ``captions_source`` attribute (a description, never a credential), ``warnings`` (bad cases
+    of the source by kind) in ``captions_warnings`` as JSON. Returns the clip count."""
+    output = Path(output)
+    if not output.exists():
+        raise StoreError(_missing_message(output))
+    fix = "give a file written by vidfeat extract"
+    with _open_h5(output, "feature file", fix) as h5:
+        check_format(h5, output, fix)
+        attrs = {key: value for key, value in h5.attrs.items()}
+        classes = h5["classes"].asstr()[()].tolist()
+        emb = h5["clips/embedding"]
+        embedding_dim, embedding_dtype = int(emb.shape[1]), emb.dtype
+        n_videos = int(h5["videos/path"].shape[0])
+    if first_frame_sec is not None and np.shape(first_frame_sec) != (n_videos,):
+        raise ValueError(f"first_frame_sec has shape {np.shape(first_frame_sec)}, the file has {n_videos} videos")
+    attrs["format_version"] = FORMAT_VERSION
+    attrs["vidfeat_version"] = __version__
+    attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    for key in CAPTION_ATTRS:
+        attrs.pop(key, None)
+    if captions is not None:
+        attrs["captions_source"] = source
+        attrs["captions_warnings"] = json.dumps({k: int(n) for k, n in sorted((warnings or {}).items()) if n})
+    parts = parts_path(output)
+    parts.mkdir(exist_ok=True)
+    try:
+        with OutputLock(output, parts):
+            return assemble(
+                output,
+                output.with_name(output.name + _TMP_SUFFIX),
+                [output],
+                attrs=attrs,
+                classes=classes,
+                embedding_dim=embedding_dim,
+                embedding_dtype=embedding_dtype,
+                kept=f"{output} is unchanged",
+                rerun="rerun the same command",
+                captions=captions,
+                first_frame_sec=first_frame_sec,
+            )
+    finally:
+        # a work directory holding only the lock (ours, or one a kill left) goes; an unfinished
+        # extraction's (chunks, settings) stays for its rerun
+        try:
+            if [p.name for p in parts.iterdir()] == [LOCK_NAME]:
+                (parts / LOCK_NAME).unlink()
+                parts.rmdir()
+        except OSError:
+            pass
+
+

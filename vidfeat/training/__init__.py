@@ -1,0 +1,3 @@
+"""Training and evaluation of the encoder: the recipe (a TOML file, readable without torch), the
+labelled clip datasets, the training loop and evaluation.
+"""
