@@ -17,6 +17,7 @@ import torch
 from click.testing import CliRunner
 
 from checkpoints import save_tiny_model
+from held import held_command, kill_at_chunks, start_held
 from videos import (
     make_audio_only,
     make_corrupt_middle,
@@ -315,41 +316,22 @@ def many_videos(tmp_path_factory):
 @pytest.mark.slow
 def test_sigkill_at_several_points_then_resume_equals_uninterrupted(tmp_path, many_videos, model_dir):
     """SIGKILL at deterministic points: once 1, 4 and 9 chunks (one finished video each) are
-    committed in the work directory; the final rerun equals an uninterrupted run."""
+    committed in the work directory; the final rerun equals an uninterrupted run. The last
+    video is held in the killed runs (see tests/held.py), so none can finish before its point;
+    batches of one clip let every video before the one in flight be committed meanwhile."""
     reference = tmp_path / "reference.h5"
-    assert subprocess.run(_cli(reference, model_dir, many_videos), capture_output=True, timeout=300).returncode == 0
+    one = ["--batch-size", "1"]
+    assert subprocess.run([*_cli(reference, model_dir, many_videos), *one], capture_output=True, timeout=300).returncode == 0
     out = tmp_path / "killed.h5"
     parts = Path(str(out) + ".parts")
-    kills = 0
     for committed in (1, 4, 9):
-        proc = subprocess.Popen(_cli(out, model_dir, many_videos), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        while proc.poll() is None and len(list(parts.glob("chunk-*.h5"))) < committed:
-            time.sleep(0.02)  # polling for the kill point; the point itself is the chunk count
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait()
-    assert kills == 3, "a run finished before its kill point"
-    final = subprocess.run(_cli(out, model_dir, many_videos), capture_output=True, text=True, timeout=300)
+        proc = start_held(tmp_path / "never", "v13.mp4", [*_cli(out, model_dir, many_videos)[3:], *one],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        kill_at_chunks(proc, parts, committed)
+    final = subprocess.run([*_cli(out, model_dir, many_videos), *one], capture_output=True, text=True, timeout=300)
     assert final.returncode == 0, final.stderr
     assert_same_file(reference, out, atol=1e-3)
     assert not parts.exists()
-
-
-_HELD_RUN = """
-import sys, time
-from pathlib import Path
-import vidfeat.pipeline.workers as workers
-from vidfeat.cli import run
-release, real = Path(sys.argv.pop(1)), workers.decode_video
-def decode_video(video, path, *args, **kwargs):
-    if Path(path).name == "v13.mp4":  # held until the test has sent its Ctrl-C: the run cannot finish first
-        while not release.exists():
-            time.sleep(0.02)
-    yield from real(video, path, *args, **kwargs)
-workers.decode_video = decode_video
-run()
-"""
 
 
 @pytest.mark.parametrize("to_group", [False, True], ids=["main-process", "terminal-group"])
@@ -360,7 +342,7 @@ def test_ctrl_c_leaves_a_valid_file_of_what_finished(tmp_path, many_videos, mode
     finish first); the interrupt is then taken at the next clip."""
     out, release = tmp_path / "f.h5", tmp_path / "release"
     workers = ["--workers", "2"] if to_group else []  # the group case with decode worker processes
-    command = [sys.executable, "-c", _HELD_RUN, str(release), *_cli(out, model_dir, many_videos)[3:], *workers]
+    command = held_command(release, "v13.mp4", [*_cli(out, model_dir, many_videos)[3:], *workers])
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     parts = Path(str(out) + ".parts")
     deadline = time.monotonic() + 120

@@ -6,10 +6,8 @@ recovered by a rerun."""
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
@@ -18,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from checkpoints import save_tiny_model
+from held import kill_at_chunks, start_held
 from servers import RangeServer, moto_s3, range_server
 from test_extract import assert_same_file
 from test_shards import damaged_copy, offsets, write_v2d_shard
@@ -184,7 +183,7 @@ def test_a_truncated_shard_fails_only_its_remaining_samples(collection, model_di
 
 def _cli(inputs, out, model_dir):
     return [sys.executable, "-m", "vidfeat", "extract", *map(str, inputs), "-o", str(out), "--model", str(model_dir),
-            "--workers", "0", "--quiet", "--commit-every", "0"]  # fmt: skip
+            "--workers", "0", "--quiet", "--commit-every", "0", "--batch-size", "1"]  # fmt: skip
 
 
 @pytest.mark.slow
@@ -194,15 +193,10 @@ def test_sigkill_mid_run_then_rerun_equals_an_uninterrupted_run(collection, mode
     done = subprocess.run(_cli(inputs, reference, model_dir), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     out = tmp_path / "killed.h5"
-    parts = Path(str(out) + ".parts")
-    proc = subprocess.Popen(_cli(inputs, out, model_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while proc.poll() is None and len(list(parts.glob("chunk-*.h5"))) < 1:
-        time.sleep(0.02)  # polling for the kill point; the point itself is the chunk count
-    killed = proc.poll() is None
-    if killed:
-        proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert killed, "the run finished before its kill point"
+    # the last video held (tests/held.py): the run is still going when its first chunk is committed
+    proc = start_held(tmp_path / "never", "00001.tar/000010001.mp4", _cli(inputs, out, model_dir)[3:],
+                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    kill_at_chunks(proc, Path(str(out) + ".parts"), 1)
     final = subprocess.run(_cli(inputs, out, model_dir), capture_output=True, text=True, timeout=300)
     assert final.returncode == 0, final.stderr
     assert "already done" in final.stderr and "0 already done" not in final.stderr
