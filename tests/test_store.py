@@ -480,7 +480,7 @@ def test_leftover_temporary_files_are_removed(tmp_path, reference):
     (parts / "chunk-000002.h5.tmp").write_bytes(b"\x89HDF half written")
     (parts / "assembling.h5.tmp").write_bytes(b"half")
     with open_writer(out) as writer:
-        assert sorted(p.name for p in parts.iterdir()) == ["chunk-000001.h5", "lock", "settings.json"]
+        assert sorted(p.name for p in parts.iterdir()) == ["chunk-000001.h5", "lock", "settings.json", "tables.jsonl"]
         for path in PATHS[1:]:
             writer.add(make_result(path))
         writer.finalize()
@@ -592,7 +592,7 @@ def test_disk_full_keeps_committed_chunks(tmp_path, reference, monkeypatch):
     assert "No space left on device" in message and "4 videos committed before are kept" in message
     assert "\n" not in message
     parts = parts_path(out)
-    assert sorted(p.name for p in parts.iterdir()) == ["chunk-000001.h5", "chunk-000002.h5", "lock", "settings.json"]
+    assert sorted(p.name for p in parts.iterdir()) == ["chunk-000001.h5", "chunk-000002.h5", "lock", "settings.json", "tables.jsonl"]
     full[0] = False  # space freed: rerun
     with open_writer(out) as writer:
         done = [p for p in PATHS if writer.is_done(p, make_result(p).size_bytes, make_result(p).mtime)]
@@ -776,7 +776,7 @@ def big_reference(tmp_path_factory) -> Path:
 def _assert_parts_intact(out: Path) -> None:
     parts = parts_path(out)
     names = sorted(p.name for p in parts.iterdir())
-    assert names == [f"chunk-{i:06d}.h5" for i in range(1, 11)] + ["lock", "settings.json"]
+    assert names == [f"chunk-{i:06d}.h5" for i in range(1, 11)] + ["lock", "settings.json", "tables.jsonl"]
     assert not out.exists()
     with open_writer(out, embedding_dtype="float32") as writer:  # every committed video is still done
         assert all(writer.is_done(p, _big_result(p).size_bytes, _big_result(p).mtime) for p in _BIG_PATHS)
@@ -1172,3 +1172,84 @@ def test_stored_settings_read_the_final_file_else_the_unfinished_work(tmp_path):
     assert final["model"] == SETTINGS["model"] and "format_version" not in final
     out.write_bytes(b"not hdf5")
     assert stored_settings(out) == {}
+
+
+def _reopened_done(out: Path, monkeypatch) -> tuple[dict, list[str]]:
+    """The writer's done table after reopening ``out``'s work directory, and the chunk files it
+    opened to build it."""
+    import vidfeat.store.writer as writer_module
+
+    opened, real = [], writer_module._open_h5
+
+    def counting(path, *args, **kwargs):
+        opened.append(Path(path).name)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(writer_module, "_open_h5", counting)
+    with open_writer(out) as writer:
+        done = dict(writer._done)
+    monkeypatch.setattr(writer_module, "_open_h5", real)
+    return done, [name for name in opened if name.startswith("chunk-")]
+
+
+def test_a_resumed_run_reads_the_tables_log_not_every_chunk(tmp_path, monkeypatch):
+    """Reopening a work directory reads one log of the chunks' tables; a chunk the log does not
+    list (a kill before its line), lists with another size, or a torn last line, is read from
+    the chunk itself, and what the writer knows is the same either way."""
+    out = tmp_path / "feats.h5"
+    with open_writer(out, flush_videos=1) as writer:
+        for path in PATHS[:6]:
+            writer.add(make_result(path))
+    parts = parts_path(out)
+    log = parts / "tables.jsonl"
+    chunks = sorted(p.name for p in parts.glob("chunk-*.h5"))
+    assert len(chunks) == 6 and len(log.read_text().splitlines()) == 6
+    expected = {p: (make_result(p).size_bytes, make_result(p).mtime, make_result(p).status) for p in PATHS[:6]}
+
+    done, opened = _reopened_done(out, monkeypatch)
+    assert done == expected and opened == []
+
+    lines = log.read_bytes().splitlines(keepends=True)
+    log.write_bytes(b"".join(lines[:4]) + lines[4][:-7])  # chunk 6 never listed, chunk 5's line torn
+    done, opened = _reopened_done(out, monkeypatch)
+    assert done == expected and opened == chunks[4:]
+    assert log.read_bytes() == b"".join(lines[:4])  # the torn line is cut off
+
+    with open_writer(out, flush_videos=1) as writer:  # the next append starts its own line
+        writer.add(make_result(PATHS[6]))
+    expected[PATHS[6]] = (make_result(PATHS[6]).size_bytes, make_result(PATHS[6]).mtime, "ok")
+    done, opened = _reopened_done(out, monkeypatch)
+    assert done == expected and opened == chunks[4:]
+
+    entry = json.loads(log.read_text().splitlines()[0])  # a chunk that is not the one listed
+    entry["bytes"] += 1
+    log.write_text("\n".join([json.dumps(entry), *log.read_text().splitlines()[1:]]) + "\n")
+    done, opened = _reopened_done(out, monkeypatch)
+    assert done == expected and opened == [chunks[0], *chunks[4:]]
+
+    with open_writer(out) as writer:
+        writer.finalize()
+    assert not parts.exists()
+    with open_features(out) as f:
+        assert sorted(f.videos.path) == sorted(PATHS[:7])
+
+
+def test_a_failed_append_to_the_tables_log_loses_nothing(tmp_path, monkeypatch):
+    out = tmp_path / "feats.h5"
+    real_open = open
+
+    def failing_open(file, mode="r", *args, **kwargs):
+        if str(file).endswith("tables.jsonl") and "a" in mode:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(file, mode, *args, **kwargs)
+
+    import builtins
+
+    with open_writer(out, flush_videos=1) as writer:
+        writer.add(make_result(PATHS[0]))
+        monkeypatch.setattr(builtins, "open", failing_open)
+        writer.add(make_result(PATHS[1]))
+        monkeypatch.setattr(builtins, "open", real_open)
+        writer.add(make_result(PATHS[2]))
+    done, opened = _reopened_done(out, monkeypatch)
+    assert set(done) == set(PATHS[:3]) and opened == ["chunk-000002.h5"]

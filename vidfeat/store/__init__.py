@@ -21,6 +21,8 @@ Writing (crash safety: docs/format.md). :class:`FeatureWriter` never writes the 
   embedding size and dtype). A rerun compares it, and the existing final file, with its own
   settings and refuses to mix results (:class:`~vidfeat.errors.SettingsMismatch`) unless told to
   overwrite;
+* ``tables.jsonl`` in the work directory lists each committed chunk's rows (path, size, mtime,
+  status): a resumed run reads it instead of every chunk, and reads a chunk it does not list;
 * :meth:`FeatureWriter.finalize` assembles the previous final file (if any) plus every chunk
   into a new file, rows in a deterministic order, and removes the work directory. It streams one
   row range at a time, so memory stays bounded whatever the size of the output. Chunks are

@@ -52,6 +52,11 @@ from .format import (
 _MANIFEST = "settings.json"
 _ASSEMBLING = "assembling.h5.tmp"
 _TMP_SUFFIX = ".tmp"
+_TABLES = "tables.jsonl"
+"""One line per committed chunk: its number, its size in bytes and its videos' (path, size,
+mtime, status). A resumed run reads this one file, not every chunk (a HowTo100M-size run commits
+tens of thousands); a chunk it does not list (a kill between the chunk's rename and the line's
+append) or lists with another size is read from the chunk itself."""
 
 
 # helpers
@@ -305,6 +310,7 @@ class FeatureWriter:
         self._done: dict[str, tuple[int, float, str]] = {}  # path -> (size_bytes, mtime, status)
         self._chunks: list[Path] = []  # committed, oldest first
         self._next_seq = 1
+        self._log_torn = False  # the last append to the tables log failed (it may end mid-line)
         self._output_lock: OutputLock | None = None
         self._closed = False
         self._finalized: Path | None = None
@@ -347,7 +353,13 @@ class FeatureWriter:
             )
         else:
             self._write_manifest(manifest)
+        listed = self._read_tables_log()
         for chunk in self._chunks:
+            rows = listed.get(chunk.name)
+            if rows is not None and rows[0] == chunk.stat().st_size:
+                for path, size, mtime, status in rows[1]:
+                    self._done[path] = (size, mtime, status)
+                continue
             with _open_h5(chunk, "committed results", "delete it to redo the videos it holds") as h5:
                 self._remember(_read_table(h5))
         if self._chunks:
@@ -367,6 +379,7 @@ class FeatureWriter:
         unlink_quiet(self.output)
         for chunk in self._list_chunks():
             chunk.unlink()
+        unlink_quiet(self.parts / _TABLES)
         unlink_quiet(self.parts / _MANIFEST)
         fsync_dir(self.parts)
         fsync_dir(self.output.parent)
@@ -413,6 +426,47 @@ class FeatureWriter:
         except OSError as exc:
             unlink_quiet(tmp)
             raise StoreError(f"cannot write {manifest}: {_reason(exc)}; free space or choose another -o") from exc
+
+    def _read_tables_log(self) -> dict[str, tuple[int, list]]:
+        """{chunk name: (its size, its rows)} from the tables log; a torn last line (a kill while
+        appending) is cut off so that the next append starts a line of its own."""
+        log = self.parts / _TABLES
+        try:
+            data = log.read_bytes()
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise StoreError(f"cannot read {log}: {_reason(exc)}; delete it (the chunks are read instead)") from exc
+        complete = data[: data.rfind(b"\n") + 1]
+        if len(complete) < len(data):
+            try:
+                with open(log, "r+b") as f:
+                    f.truncate(len(complete))
+            except OSError as exc:
+                raise StoreError(f"cannot repair {log}: {_reason(exc)}; delete it (the chunks are read instead)") from exc
+        listed = {}
+        for line in complete.splitlines():
+            try:
+                entry = json.loads(line)
+                listed[entry["chunk"]] = (int(entry["bytes"]), [tuple(row) for row in entry["rows"]])
+            except (ValueError, KeyError, TypeError):
+                continue  # not an index line: that chunk is read itself
+        return listed
+
+    def _append_tables_log(self, chunk: Path, records: Sequence[VideoResult]) -> None:
+        """Best effort: a line that could not be written only means that a resumed run reads
+        that chunk itself. A failed append may leave a torn line: the next starts a new one."""
+        line = json.dumps({"chunk": chunk.name, "bytes": chunk.stat().st_size,
+                           "rows": [[r.path, int(r.size_bytes), float(r.mtime), str(r.status)] for r in records]},
+                          ensure_ascii=False)  # fmt: skip
+        try:
+            with open(self.parts / _TABLES, "ab") as f:
+                f.write((("\n" if self._log_torn else "") + line + "\n").encode("utf-8"))
+                f.flush()
+                os.fsync(f.fileno())
+            self._log_torn = False
+        except OSError:
+            self._log_torn = True
 
     def _remember(self, table: Mapping[str, np.ndarray]) -> None:
         for path, size, mtime, status in zip(
@@ -507,6 +561,7 @@ class FeatureWriter:
             fsync_dir(self.parts)
         except OSError as exc:
             raise StoreError(f"cannot sync {self.parts}: {_reason(exc)}; rerun the same command to resume") from exc
+        self._append_tables_log(chunk, records)
 
     def finalize(self) -> Path:
         """Commit what is buffered, assemble the final file, rename it into place, drop the parts.
@@ -568,6 +623,7 @@ class FeatureWriter:
         try:
             for chunk in self._chunks:
                 unlink_quiet(chunk)
+            unlink_quiet(self.parts / _TABLES)
             unlink_quiet(self.parts / _MANIFEST)
             unlink_quiet(self.parts / LOCK_NAME)
             self.parts.rmdir()
