@@ -23,6 +23,7 @@ def decode_video(video, path, *args, **kwargs):
     sample = getattr(path, "__self__", path)
     name = getattr(sample, "video_name", None) or str(path)
     if name.endswith(held):
+        Path(str(release) + ".held").touch()  # the test may now signal the run
         while not release.exists():
             time.sleep(0.02)
     yield from real(video, path, *args, **kwargs)
@@ -55,3 +56,12 @@ def kill_at_chunks(proc: subprocess.Popen, parts: Path, chunks: int) -> None:
     assert len(list(parts.glob("chunk-*.h5"))) >= chunks, f"no {chunks} chunks after {HANG_GUARD_SEC} s"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+def wait_held(proc: subprocess.Popen, release: Path) -> None:
+    """Wait until the run ``proc`` has reached its held video."""
+    deadline = time.monotonic() + HANG_GUARD_SEC
+    marker = Path(str(release) + ".held")
+    while proc.poll() is None and not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None and marker.exists(), f"the held run ended (exit {proc.returncode}) or never got there"

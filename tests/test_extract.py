@@ -17,7 +17,7 @@ import torch
 from click.testing import CliRunner
 
 from checkpoints import save_tiny_model
-from held import held_command, kill_at_chunks, start_held
+from held import HANG_GUARD_SEC, held_command, kill_at_chunks, start_held, wait_held
 from videos import (
     make_audio_only,
     make_corrupt_middle,
@@ -364,11 +364,42 @@ def test_ctrl_c_leaves_a_valid_file_of_what_finished(tmp_path, many_videos, mode
     assert 1 <= done <= 13
 
 
+@pytest.mark.slow
+def test_sigterm_commits_what_finished_within_seconds_without_assembling(tmp_path, many_videos, model_dir):
+    """A scheduler's SIGTERM (SLURM's time limit): the run stops at the next clip, commits every
+    video that finished (here all of them were only buffered: --commit-every 3600), does not
+    assemble the file (that takes as long as the file is big), exits 143; the rerun finishes.
+    Decoding in the main process (--workers 0) with batches of one clip, the run is held in the
+    last video's decode with every video before the one in flight finished: 12 of 14."""
+    out, release = tmp_path / "f.h5", tmp_path / "release"
+    args = [*_cli(out, model_dir, many_videos)[3:], "--workers", "0", "--batch-size", "1", "--commit-every", "3600"]
+    proc = start_held(release, "v13.mp4", args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_held(proc, release)
+    parts = Path(str(out) + ".parts")
+    assert not list(parts.glob("chunk-*.h5"))  # nothing committed yet: 12 finished videos in the buffer
+    proc.send_signal(signal.SIGTERM)
+    release.touch()
+    _, stderr = proc.communicate(timeout=HANG_GUARD_SEC)
+    assert proc.returncode == 143, stderr
+    assert "stopped by SIGTERM" in stderr and "Traceback" not in stderr
+    assert not out.exists() and not list(parts.glob("*.tmp"))
+    committed = []
+    for chunk in parts.glob("chunk-*.h5"):
+        with h5py.File(chunk, "r") as h5:
+            committed += h5["videos/path"].asstr()[()].tolist()
+    assert sorted(committed) == [f"v{i:02d}.mp4" for i in range(12)]
+    final = subprocess.run(_cli(out, model_dir, many_videos), capture_output=True, text=True, timeout=300)
+    assert final.returncode == 0 and "12 already done" in final.stderr, final.stderr
+    assert verify(out) == []
+    with open_features(out) as f:
+        assert sorted(f.videos.path) == [f"v{i:02d}.mp4" for i in range(14)] and set(f.videos.status) == {"ok"}
+
+
 def test_the_first_ctrl_c_is_deferred_to_a_safe_point_and_a_second_interrupts_at_once():
-    from vidfeat.pipeline.driver import StopOnCtrlC
+    from vidfeat.pipeline.driver import StopOnSignal
 
     before = signal.getsignal(signal.SIGINT)
-    with StopOnCtrlC() as stop:
+    with StopOnSignal() as stop:
         stop.check()  # nothing requested yet
         os.kill(os.getpid(), signal.SIGINT)  # the handler runs before the next bytecode: it must not raise
         assert stop.requested

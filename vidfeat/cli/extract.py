@@ -10,7 +10,7 @@ import click
 
 from ..video.inputs import discover, read_list
 from ..video.remote import RETRY_NOTE
-from ..store import summarize, verify
+from ..store import parts_path, summarize, verify
 from .group import main
 from .scale import scale_options
 
@@ -77,7 +77,8 @@ def extract_cmd(inputs, output, list_file, root, model, fps, num_frames, stride,
     Exit status: 0 every video in the file is ok; 3 the file holds failed or partial videos,
     from this run or an earlier one (listed on stderr and in the file, see `vidfeat info`); 1 a
     fatal error (bad argument, weights or output); 2 a usage error; 130 stopped by Ctrl-C (the
-    file then holds every video that finished).
+    file then holds every video that finished); 143 stopped by SIGTERM (a scheduler's time
+    limit: what finished is committed within seconds, and the rerun assembles the file).
 
     \b
     Examples:
@@ -171,7 +172,10 @@ def extract_cmd(inputs, output, list_file, root, model, fps, num_frames, stride,
     )
     if f.get("failed") or f.get("partial"):
         message += f"; the file holds {f.get('failed', 0)} failed, {f.get('partial', 0)} partial (vidfeat info {report.output})"
-    if report.interrupted:
+    if report.terminated:
+        message += (f" (stopped by SIGTERM: what finished is committed in {parts_path(report.output)}, the file is "
+                    "not assembled; rerun the same command to finish)")  # fmt: skip
+    elif report.interrupted:
         message += " (interrupted: rerun the same command to finish)"
     click.echo(message, err=True)
     if not report.interrupted and report.output == output and output.exists():

@@ -8,7 +8,7 @@ the videos to an executor, finalise the file, summarise.
     options, model card, clip sampling           local (vidfeat.pipeline.local): decode workers
     FeatureWriter: resume or refuse the output   in DataLoader processes -> one ModelRunner
     plan: skip videos done, record missing ones  ray (vidfeat.pipeline.ray): one ModelRunner per
-    progress, Ctrl-C                             Ray actor, videos handed out one at a time
+    progress, Ctrl-C and SIGTERM                 Ray actor, videos handed out one at a time
     record each finished video                <- (video, VideoResult) as each video finishes
     finalize the file, count statuses
 
@@ -34,7 +34,7 @@ from ..video.inputs import VideoFile, identity_mtime
 from ..video.sampling import ClipSampling
 from .progress import Progress
 
-__all__ = ["ExtractOptions", "ExtractReport", "Job", "StopOnCtrlC", "extract", "failures_exit_code", "stored_root",
+__all__ = ["ExtractOptions", "ExtractReport", "Job", "StopOnSignal", "extract", "failures_exit_code", "stored_root",
            "with_root"]  # fmt: skip
 
 
@@ -72,6 +72,9 @@ class ExtractReport:
     in_file: dict[str, int] = field(default_factory=dict)  # videos by status in the output after the run
     clips: int = 0
     interrupted: bool = False
+    # Stopped by SIGTERM: what finished is committed in the work directory, the final file is not
+    # assembled (its time grows with the file; a scheduler's grace period does not).
+    terminated: bool = False
     # The status when the output holds failed or partial videos. A torchrun rank says 0: torchrun
     # takes any other status of one rank as that rank's failure and stops the others (rank 0 may
     # be merging); `--gpus` reads the 3 off the final file instead.
@@ -79,8 +82,10 @@ class ExtractReport:
 
     @property
     def exit_code(self) -> int:
-        """130: interrupted; 3: the output holds failed or partial videos (from this run or an
-        earlier one); 0: every video in the output is ok."""
+        """143: stopped by SIGTERM; 130: interrupted; 3: the output holds failed or partial
+        videos (from this run or an earlier one); 0: every video in the output is ok."""
+        if self.terminated:
+            return 128 + signal.SIGTERM
         if self.interrupted:
             return 130
         return self.failures_exit if failures_exit_code(self.in_file) else 0
@@ -98,7 +103,7 @@ class Job:
     report: ExtractReport
     progress: Progress
     prepared: object = None  # the model's prepare_model result, for an executor that builds it here
-    stop: StopOnCtrlC | None = None
+    stop: StopOnSignal | None = None
 
     def record(self, vid: int, result: VideoResult, decode_sec: float, model_sec: float) -> None:
         """Hand a finished video to the writer and count and show it (``vid``: its index in ``todo``)."""
@@ -150,14 +155,16 @@ def extract(videos: list[VideoFile], output: Path, options: ExtractOptions, prog
                        workers=executor.workers(todo))  # fmt: skip
         try:
             if todo:
-                with StopOnCtrlC() as job.stop:
+                with StopOnSignal() as job.stop:
                     executor.run(job)
         except KeyboardInterrupt:
             report.interrupted = True
+            report.terminated = job.stop is not None and job.stop.terminated
         finally:
             progress.close()
-        writer.finalize()
-    report.in_file = summarize(output)["status"]
+        if not report.terminated:  # leaving the block commits what finished; assembly can wait for the rerun
+            writer.finalize()
+    report.in_file = summarize(output)["status"] if output.exists() else {}
     return report
 
 
@@ -277,31 +284,37 @@ def plan(videos: list[VideoFile], writer: FeatureWriter, report: ExtractReport, 
     return todo
 
 
-class StopOnCtrlC:
-    """The first SIGINT only asks the run to stop; the executor then raises KeyboardInterrupt at a
-    safe point (between loader items). Python's default raises it wherever the main process
-    happens to be, for instance inside a garbage-collector callback, which prints a traceback
-    and swallows the interrupt. A second Ctrl-C interrupts at once. Outside the main thread
-    (a library caller's thread) signals cannot be handled and nothing changes."""
+class StopOnSignal:
+    """The first SIGINT (Ctrl-C) or SIGTERM (a scheduler's stop, SLURM's time limit) only asks
+    the run to stop; the executor then raises KeyboardInterrupt at a safe point (between loader
+    items). Python's default raises it wherever the main process happens to be, for instance
+    inside a garbage-collector callback, which prints a traceback and swallows the interrupt,
+    and SIGTERM's default kills the process with its last finished videos uncommitted. A second
+    signal interrupts at once. Outside the main thread (a library caller's thread) signals
+    cannot be handled and nothing changes. ``terminated``: the stop came from SIGTERM."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous = None
+        self.terminated = False
+        self._previous: dict[int, object] = {}
 
     def _handle(self, signum, frame) -> None:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
+        self.terminated = signum == signal.SIGTERM
 
     def check(self) -> None:
         if self.requested:
             raise KeyboardInterrupt
 
-    def __enter__(self) -> StopOnCtrlC:
+    def __enter__(self) -> StopOnSignal:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
