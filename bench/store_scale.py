@@ -3,7 +3,8 @@
 Simulates a collection of V videos shaped like HowTo100M (11-character YouTube ids, a long tail
 of clip counts around 60, about 1% failed and 0.3% partial videos, a few very long videos),
 writes it through the real FeatureWriter as ``--shards`` shard files (as ``extract --shard I/N``
-would), merges them, then runs info, verify, an exact clip search, export --format npy, index
+would), merges them, grows the merged file by 1% new videos (a rerun over a grown collection),
+then runs info, verify, an exact clip search, export --format npy, index
 (with a search through the index and its recall@10 against exact search) and the viewer's
 endpoints. Every step runs in a fresh process, so its peak RSS is its own; bytes written are the
 process's write() bytes (/proc/self/io wchar). Prints one table per size and, with two sizes,
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-STEPS = ("write", "merge", "info", "verify", "search", "export", "index", "view")
+STEPS = ("write", "merge", "grow", "info", "verify", "search", "export", "index", "view")
 _ID_CHARS = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"))
 _ERRORS = ("cannot decode {p}: no video stream", "{p}: moov atom not found", "download of {p} is empty (0 bytes)")
 SETTINGS = {"model": "bench-model", "weights_sha256": "ab12" * 16, "num_frames": 8, "fps": 0.9375,
@@ -72,38 +73,61 @@ def _size(path: Path) -> int:
 # the steps, each run in its own process ---------------------------------------------------------
 
 
+def _result(path: str, n: int, status: int, v: int, rng, args):
+    """The VideoResult of a simulated video of ``n`` clips (status 0 ok / 1 partial / 2 failed)."""
+    from vidfeat.store import VideoResult
+
+    center = rng.standard_normal(args.dim).astype(np.float32)  # a video's clips are alike
+    start = np.arange(n) * SETTINGS["stride_sec"]
+    failed = status == 2
+    return VideoResult(
+        path=path, status=("ok", "partial", "failed")[status],
+        error=_ERRORS[v % 3].format(p=path) if failed else (
+            f"decoding stopped at {n * 4.27:.1f} s" if status == 1 else ""),
+        size_bytes=1000 * (n + 1), mtime=1.7e9, duration_sec=n * 4.27 + 4.0, fps=30.0,
+        width=640, height=360,
+        embedding=center + 0.6 * rng.standard_normal((n, args.dim)).astype(np.float32),
+        logits=rng.standard_normal((n, args.classes)).astype(np.float32),
+        start_sec=start, end_sec=start + 8.53, valid_frames=np.full(n, 8, np.int32),
+    )  # fmt: skip
+
+
+def _writer(out: Path, args):
+    from vidfeat.store import FeatureWriter
+
+    classes = [f"class {i}" for i in range(args.classes)]
+    return FeatureWriter(out, settings=SETTINGS, classes=classes, embedding_dim=args.dim, embedding_dtype="float16")
+
+
 def step_write(work: Path, args) -> tuple[Path, str]:
     from vidfeat.pipeline.shard import shard_of
-    from vidfeat.store import FeatureWriter, VideoResult
     from vidfeat.store.format import shard_file_name
 
     paths, counts, status = collection(args.n, args.seed)
     shards = work / "feats.h5.shards"
     shards.mkdir(exist_ok=True)
     which = np.array([shard_of(p, args.shards) for p in paths])
-    classes = [f"class {i}" for i in range(args.classes)]
     rng = np.random.default_rng(args.seed + 1)
     for s in range(args.shards):
-        out = shards / shard_file_name(s, args.shards)
-        with FeatureWriter(out, settings=SETTINGS, classes=classes, embedding_dim=args.dim,
-                           embedding_dtype="float16") as writer:  # fmt: skip
+        with _writer(shards / shard_file_name(s, args.shards), args) as writer:
             for v in np.flatnonzero(which == s).tolist():
-                n = int(counts[v])
-                center = rng.standard_normal(args.dim).astype(np.float32)  # a video's clips are alike
-                start = np.arange(n) * SETTINGS["stride_sec"]
-                failed = status[v] == 2
-                writer.add(VideoResult(
-                    path=paths[v], status=("ok", "partial", "failed")[status[v]],
-                    error=_ERRORS[v % 3].format(p=paths[v]) if failed else (
-                        f"decoding stopped at {n * 4.27:.1f} s" if status[v] == 1 else ""),
-                    size_bytes=1000 * (n + 1), mtime=1.7e9, duration_sec=n * 4.27 + 4.0, fps=30.0,
-                    width=640, height=360,
-                    embedding=center + 0.6 * rng.standard_normal((n, args.dim)).astype(np.float32),
-                    logits=rng.standard_normal((n, args.classes)).astype(np.float32),
-                    start_sec=start, end_sec=start + 8.53, valid_frames=np.full(n, 8, np.int32),
-                ))  # fmt: skip
+                writer.add(_result(paths[v], int(counts[v]), int(status[v]), v, rng, args))
             writer.finalize()
     return shards, f"{args.shards} shards, {int(counts.sum())} clips"
+
+
+def step_grow(work: Path, args) -> tuple[Path, str]:
+    """Add 1% new videos to the merged file, as a rerun over a grown collection does."""
+    paths, counts, status = collection(max(1, args.n // 100), args.seed + 7)
+    rng = np.random.default_rng(args.seed + 8)
+    new_bytes = 0
+    with _writer(work / "feats.h5", args) as writer:
+        for v, path in enumerate(paths):
+            result = _result("grown/" + path, int(counts[v]), int(status[v]), v, rng, args)
+            new_bytes += result.embedding.size * 2 + result.logits.nbytes + 28 * len(result.start_sec)
+            writer.add(result)
+        writer.finalize()
+    return work / "feats.h5", f"{len(paths)} videos, {int(counts.sum())} clips, new clip data {new_bytes / 1e6:,.1f} MB"
 
 
 def step_merge(work: Path, args) -> tuple[Path, str]:

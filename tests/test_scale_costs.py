@@ -397,14 +397,15 @@ def test_store_scale_bench_runs(tmp_path):
                           capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     figures = json.loads((tmp_path / "out.json").read_text())
-    steps = ["write", "merge", "info", "verify", "search", "export", "index", "view"]
+    steps = ["write", "merge", "grow", "info", "verify", "search", "export", "index", "view"]
     for n in ("150", "300"):
         assert [row["step"] for row in figures[n]] == steps
         assert all(row["seconds"] > 0 and row["peak_rss"] > 0 for row in figures[n])
-        merge = figures[n][1]
+        merge, grow = figures[n][1], figures[n][2]
         assert merge["note"].startswith(f"{n} videos, ") and merge["size"] > 0 and merge["written"] >= merge["size"] // 2
+        assert grow["note"].startswith(f"{int(n) // 100} videos, ")
     assert "ratio 300 / 150 videos (2.0x)" in proc.stdout
-    assert figures["300"][6]["note"].startswith("Flat, recall@10 1.00")
+    assert figures["300"][7]["note"].startswith("Flat, recall@10 1.00")
 
 
 def test_merge_refuses_a_shard_out_of_order_before_writing(tmp_path):
