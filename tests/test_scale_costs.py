@@ -379,6 +379,43 @@ def test_index_cli_max_memory(tmp_path):
     assert bad.exit_code == 2 and "'lots' is not a memory size: give e.g. 4G, 512M or 1.5GiB" in bad.output
 
 
+def test_index_training_k_means_goes_to_the_gpus_faiss_sees(tmp_path, monkeypatch):
+    """No GPU here: FAISS is made to report one, and its cpu-to-GPU copy returns the CPU index it
+    is given (a flat index serves the k-means the same way), so that what is sent where is
+    checked; --gpu without a GPU is one line, --no-gpu leaves the training on the CPU."""
+    faiss = pytest.importorskip("faiss")
+    from click.testing import CliRunner
+    from test_search import make_file
+    from vidfeat.cli import main
+    from vidfeat.retrieval import index as index_module
+    from vidfeat.store import open_features
+
+    feats = make_file(tmp_path / "f.h5", videos=40, clips=50, dim=16)  # 1,950 clips
+    refused = CliRunner().invoke(main, ["index", str(feats), "--factory", "IVF16,Flat", "--gpu"])
+    assert refused.exit_code == 1 and "FAISS sees no GPU" in refused.output and "drop --gpu" in refused.output
+    assert len(refused.output.strip().splitlines()) == 1
+    sent = []
+
+    def to_gpus(index):
+        sent.append((type(index).__name__, index.d))
+        return index
+
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
+    monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", to_gpus, raising=False)
+    with open_features(feats) as f:
+        for factory in ("IVF16,Flat", "IVF16_HNSW8,PQ4"):
+            out = index_module.build_index(f, tmp_path / "i.faiss", factory=factory, max_memory=1 << 30)
+            _, rows = index_module.FaissIndex(out, nprobe=16).search(f.embeddings[100:101].astype(np.float32), k=3,
+                                                                     n=len(f.embeddings))  # fmt: skip
+            assert rows.shape == (1, 3) and (factory.endswith("PQ4") or rows[0, 0] == 100)
+        assert sent == [("IndexFlatIP", 16), ("IndexFlatIP", 16)]
+        index_module.build_index(f, tmp_path / "i.faiss", factory="Flat", max_memory=1 << 30)  # no k-means
+        index_module.build_index(f, tmp_path / "i.faiss", factory="IVF16,Flat", max_memory=1 << 30, gpu=False)
+    assert len(sent) == 2
+    result = CliRunner().invoke(main, ["index", str(feats), "--factory", "IVF16,Flat"])
+    assert result.exit_code == 0 and len(sent) == 3
+
+
 # bench/store_scale.py runs end to end at a small size
 
 

@@ -263,25 +263,28 @@ def _memory_size(ctx, param, value: str) -> int:
 @click.option("--max-memory", default="4G", show_default=True, metavar="SIZE", callback=_memory_size,
               help="Memory the index (and its training sample) may take, e.g. 16G: picks the factory and "
                    "caps the training rows.")  # fmt: skip
-def index_cmd(feats, output, factory, max_memory) -> None:
+@click.option("--gpu/--no-gpu", default=None,
+              help="Train the index's k-means on the GPUs (needs faiss-gpu) [default: when FAISS sees one].")
+def index_cmd(feats, output, factory, max_memory, gpu) -> None:
     """Build a FAISS index of the clip embeddings (needs vidfeat[faiss]).
 
     The default factory fits --max-memory (FAISS's guidelines): Flat up to 50,000 clips,
     IVF{~8 sqrt(N)},Flat up to 1M, then IVF{~4 sqrt(N), at most 65536}[_HNSW32],PQ{m} with the
     largest m (bytes a vector: 64, 48, 32, 16, 8) that fits. Training reads a capped sample
     (30-256 rows a list, at most 1M rows), vectors are added in blocks, and search memory-maps
-    the index.
+    the index. With faiss-gpu and a GPU, the training's k-means runs on the GPUs.
 
     \b
     Examples:
       vidfeat index feats.h5
       vidfeat index feats.h5 --max-memory 16G
       vidfeat index feats.h5 -o feats.faiss --factory "IVF4096,PQ64"
+      vidfeat index feats.h5 --max-memory 16G --gpu
     """
     from ..retrieval.index import build_index
 
     with _open(feats) as f:
-        out = build_index(f, output, factory=factory, max_memory=max_memory)
+        out = build_index(f, output, factory=factory, max_memory=max_memory, gpu=gpu)
         factory = json.loads(out.with_name(out.name + ".json").read_text())["factory"]
     click.echo(f"wrote {out} ({factory})")
 
