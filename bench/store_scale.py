@@ -65,9 +65,11 @@ def _io() -> dict[str, int]:
 
 
 def _size(path: Path) -> int:
+    """Bytes of a file (with a grown file's segments folder) or of a folder's files."""
     if path.is_dir():
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    return path.stat().st_size if path.exists() else 0
+    segments = path.with_name(path.name + ".segments")
+    return (path.stat().st_size if path.exists() else 0) + (_size(segments) if segments.is_dir() else 0)
 
 
 # the steps, each run in its own process ---------------------------------------------------------

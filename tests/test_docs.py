@@ -84,11 +84,18 @@ def _check_type(name: str, declared: str, h5: h5py.File) -> None:
         assert isinstance(value, str), name
         return
     kind, _, shape = declared.partition("[")
-    assert dtype == np.dtype(kind), (name, dtype, declared)
-    if shape:
-        assert np.shape(value) == (int(shape.rstrip("]")),), (name, np.shape(value))
+    if kind == "string":  # an array of UTF-8 strings
+        info = h5py.check_string_dtype(dtype)
+        assert info is not None and info.encoding == "utf-8", (name, dtype)
     else:
+        assert dtype == np.dtype(kind), (name, dtype, declared)
+    length = shape.rstrip("]")
+    if not shape:
         assert np.ndim(value) == 0, (name, value)
+    elif length.isdigit():
+        assert np.shape(value) == (int(length),), (name, np.shape(value))
+    else:  # a length named by a letter (S segments)
+        assert np.ndim(value) == 1, (name, value)
 
 
 @pytest.fixture(scope="module")
@@ -108,17 +115,41 @@ def extracted(tmp_path_factory) -> Path:
     return out
 
 
+def _add_a_video(path: Path) -> None:
+    """Add one video to a finished file, as a rerun over one more video does (a segment)."""
+    from vidfeat.store import FeatureWriter, VideoResult
+    from vidfeat.store.format import WRITER_ATTRS
+
+    with h5py.File(path, "r") as h5:
+        settings = {k: v for k, v in h5.attrs.items() if k not in WRITER_ATTRS}
+        classes, dim = h5["classes"].asstr()[()].tolist(), h5["clips/embedding"].shape[1]
+    with FeatureWriter(path, settings=settings, classes=classes, embedding_dim=dim) as writer:
+        writer.add(VideoResult(path="b.mp4", status="ok", error="", size_bytes=1, mtime=1.0, duration_sec=8.0,
+                               fps=10.0, width=64, height=64, embedding=np.ones((1, dim), np.float32),
+                               logits=np.zeros((1, len(classes)), np.float32), start_sec=np.zeros(1),
+                               end_sec=np.full(1, 2.0), valid_frames=np.full(1, 8, np.int32)))  # fmt: skip
+        writer.finalize()
+    with h5py.File(path, "r") as h5:
+        assert h5.attrs["format_version"] == 4
+
+
 def test_every_root_attribute_of_a_real_file_is_documented_and_the_other_way_round(extracted, tmp_path):
     table = _root_attribute_table()
     assert len(table) > 10  # the table was found and read
     only_captioned = {name for name, (_, meaning) in table.items() if "files with captions only" in meaning}
     assert only_captioned == {"captions_source", "captions_warnings"}
+    only_grown = {name for name, (_, meaning) in table.items() if "version 4 only" in meaning}
+    assert only_grown == {"segments", "segment_videos"}
+    grown = tmp_path / "grown.h5"
+    shutil.copy(extracted, grown)
+    _add_a_video(grown)
     captioned = tmp_path / "captioned.h5"
     shutil.copy(extracted, captioned)
     (extracted.parent / "videos" / "a.srt").write_text("1\n00:00:00,000 --> 00:00:01,000\nhello\n", encoding="utf-8")
     result = CliRunner().invoke(main, ["captions", str(captioned)])
     assert result.exit_code == 0, result.output
-    for path, documented in ((extracted, set(table) - only_captioned), (captioned, set(table))):
+    for path, documented in ((extracted, set(table) - only_captioned - only_grown),
+                             (captioned, set(table) - only_grown), (grown, set(table) - only_captioned)):
         with h5py.File(path, "r") as h5:
             assert sorted(h5.attrs) == sorted(documented), "docs/format.md's root attribute table and a real file differ"
             for name in documented:

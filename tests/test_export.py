@@ -26,7 +26,7 @@ from vidfeat.errors import VidfeatError
 from vidfeat.retrieval import export as export_module
 from vidfeat.retrieval.export import export, video_id
 from vidfeat.retrieval.search import softmax
-from vidfeat.store import FORMAT_VERSION, FeatureWriter, VideoResult, open_features
+from vidfeat.store import FeatureWriter, VideoResult, open_features
 
 from test_search import CLASSES, SETTINGS, make_file
 
@@ -404,7 +404,7 @@ def test_every_export_writes_a_manifest_naming_its_source_by_sha256(feats, tmp_p
     manifest = json.loads((tmp_path / "manifest.json").read_text(encoding="utf-8"))
     data = feats.read_bytes()
     assert manifest["source"] == {"path": str(feats.resolve()), "size_bytes": len(data),
-                                  "sha256": hashlib.sha256(data).hexdigest(), "format_version": FORMAT_VERSION}  # fmt: skip
+                                  "sha256": hashlib.sha256(data).hexdigest(), "format_version": 3}  # fmt: skip
     assert manifest["model"] == {"card": "test-model", "weights_sha256": "0" * 64}
     assert manifest["settings"]["stride_sec"] == 2.0 and manifest["settings"]["mean"] == [0.45] * 3
     assert manifest["settings"] == {k: v for k, v in attrs.items() if k not in ("format", "format_version")}

@@ -524,7 +524,7 @@ def test_root_option_lets_a_growing_list_reach_outside_the_first_inputs(tmp_path
     out = tmp_path / "f.h5"
     assert _list_run(out, model_dir, [tree / "sub/a.mp4"], "--root", tree).exit_code == 0
     assert _list_run(out, model_dir, [tree / "sub/a.mp4", tree / "city.mp4"]).exit_code == 0
-    assert _paths(out) == (["city.mp4", "sub/a.mp4"], str(tree))
+    assert _paths(out) == (["sub/a.mp4", "city.mp4"], str(tree))  # city.mp4 added as a segment
 
 
 def test_a_rerun_with_an_input_outside_the_stored_root_is_refused(tmp_path, tree, model_dir):

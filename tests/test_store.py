@@ -22,6 +22,8 @@ from hypothesis import strategies as st
 from vidfeat import store
 from vidfeat.errors import SettingsMismatch, StoreError
 from vidfeat.store import FeatureWriter, VideoResult, open_features, parts_path, summarize, verify
+from vidfeat.store.amend import compact
+from vidfeat.store.segments import segments_path
 
 D, C = 16, 5
 CLASSES = [f"class {i}" for i in range(C - 1)] + ["ünïcode class"]
@@ -119,6 +121,33 @@ def assert_same_content(a: Path, b: Path) -> None:
             assert np.array_equal(da, db, equal_nan=da.dtype.kind == "f"), name
 
 
+def by_video(path: Path) -> dict:
+    """What a file holds per video, whatever its row order (a grown file's /videos is sorted
+    within each segment): path -> its /videos values but the offset, and its clips' columns."""
+    out = {}
+    with h5py.File(path, "r") as f:
+        videos = {name: (f[f"videos/{name}"].asstr()[()] if h5py.check_string_dtype(f[f"videos/{name}"].dtype)
+                         else f[f"videos/{name}"][()]) for name in f["videos"]}  # fmt: skip
+        clips = {name: f[f"clips/{name}"][()] for name in f["clips"] if name != "video"}
+        video_of = f["clips/video"][()]
+        for v, name in enumerate(videos["path"].tolist()):
+            lo, n = int(videos["clip_offset"][v]), int(videos["clip_count"][v])
+            assert (video_of[lo : lo + n] == v).all(), name
+            row = {key: column[v] for key, column in videos.items() if key != "clip_offset"}
+            row.update({f"clips/{key}": column[lo : lo + n] for key, column in clips.items()})
+            out[name] = row
+    return out
+
+
+def assert_same_videos(a: Path, b: Path) -> None:
+    va, vb = by_video(a), by_video(b)
+    assert sorted(va) == sorted(vb)
+    for name in va:
+        for key, value in va[name].items():
+            assert np.array_equal(np.asarray(value), np.asarray(vb[name][key]),
+                                  equal_nan=np.asarray(value).dtype.kind == "f"), (name, key)  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Path:
     """The file of one uninterrupted run, videos added in PATHS order."""
@@ -133,7 +162,7 @@ def test_round_trip_keeps_every_value(reference):
         attrs = f.attrs
         for key, value in SETTINGS.items():
             assert attrs[key] == value
-        assert attrs["format"] == "vidfeat" and attrs["format_version"] == store.FORMAT_VERSION
+        assert attrs["format"] == "vidfeat" and attrs["format_version"] == 3  # a plain file: version 4 is a grown one
         assert attrs["vidfeat_version"] and "created" in attrs and "torch_version" in attrs
         assert f.classes == CLASSES
         assert list(f.videos.path) == sorted(PATHS)
@@ -285,6 +314,11 @@ def test_resume_skips_done_videos_and_merges_with_the_final_file(tmp_path, refer
         for path in PATHS[9:]:
             writer.add(make_result(path))
         writer.finalize()
+    # the 9 new videos were added as a segment (vidfeat.store.segments): the same videos, and
+    # after compaction the same file
+    assert_same_videos(out, reference)
+    assert verify(out) == []
+    assert compact(out) is not None
     assert_same_content(out, reference)
 
 
@@ -355,7 +389,7 @@ def test_assembly_in_small_blocks_gives_the_same_file(tmp_path, reference, monke
     monkeypatch.setattr(store.final, "_DATASET_CHUNK_BYTES", 64)
     out = tmp_path / "feats.h5"
     write_all(out, paths=PATHS[::2])
-    write_all(out, paths=PATHS[1::2])  # merge: the previous final file plus new chunks
+    write_all(out, paths=PATHS[1::2], grow=False)  # merge: the previous final file plus new chunks
     assert_same_content(out, reference)
     assert verify(out) == []
 
@@ -487,7 +521,7 @@ def test_leftover_temporary_files_are_removed(tmp_path, reference):
     assert_same_content(out, reference)
 
 
-_FILE_OPS = ("fsync", "replace", "unlink", "rmdir")
+_FILE_OPS = ("fsync", "replace", "unlink", "rmdir", "link")
 
 
 def _count_file_ops(patch, kill_at: int | None, when: str) -> list[int]:
@@ -522,16 +556,17 @@ def _count_file_ops(patch, kill_at: int | None, when: str) -> list[int]:
 
 _CRASH_START = PATHS[:4]  # in the final file before the job
 _CRASH_ADDS = PATHS[7:11] + ["a/b.mp4"]  # four new videos and a newer result for a/b.mp4
+_CRASH_GROWS = PATHS[7:11]  # new videos only: added as a segment (vidfeat.store.segments)
 
 
 def _crash_result(path: str) -> VideoResult:
     return make_result(path, version=1 if path == "a/b.mp4" else 0)
 
 
-def _crash_job(out: Path, resume: bool = False) -> None:
-    """Add _CRASH_ADDS (skipping those done if ``resume``) to the file and finalize."""
+def _crash_job(out: Path, resume: bool = False, adds=_CRASH_ADDS) -> None:
+    """Add ``adds`` (skipping those done if ``resume``) to the file and finalize."""
     with open_writer(out, flush_videos=2) as writer:
-        for path in _CRASH_ADDS:
+        for path in adds:
             result = _crash_result(path)
             if not (resume and writer.is_done(path, result.size_bytes, result.mtime)):
                 writer.add(result)
@@ -539,8 +574,15 @@ def _crash_job(out: Path, resume: bool = False) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("job", ["replace", "grow"])
 @pytest.mark.parametrize("when", ["before", "after"])
-def test_sigkill_at_every_file_operation_then_resume_gives_the_same_file(tmp_path, monkeypatch, when):
+def test_sigkill_at_every_file_operation_then_resume_gives_the_same_file(tmp_path, monkeypatch, when, job):
+    """``replace``: the job replaces a video, so the file is assembled again; ``grow``: it only
+    adds videos, which become a segment. After a kill at any file operation the file is the old
+    or the new one, and the rerun gives the file of an uninterrupted job (the same videos; the
+    same file but where the kill came after the grown file was in place and before the work
+    directory was gone: the rerun then assembles one plain file), and nothing is left over."""
+    adds = _CRASH_ADDS if job == "replace" else _CRASH_GROWS
     start = tmp_path / "start.h5"
     write_all(start, paths=_CRASH_START)
     expected = tmp_path / "expected" / "feats.h5"
@@ -548,7 +590,8 @@ def test_sigkill_at_every_file_operation_then_resume_gives_the_same_file(tmp_pat
     shutil.copy(start, expected)
     with monkeypatch.context() as m:
         count = _count_file_ops(m.setattr, None, when)
-        _crash_job(expected)
+        _crash_job(expected, adds=adds)
+    assert segments_path(expected).is_dir() == (job == "grow")
     total = count[0]
     assert total >= (30 if when == "before" else 15)
     for kill_at in range(1, total + 1):
@@ -559,14 +602,22 @@ def test_sigkill_at_every_file_operation_then_resume_gives_the_same_file(tmp_pat
         if pid == 0:  # child: never returns into pytest
             try:
                 _count_file_ops(setattr, kill_at, when)  # dies with the child
-                _crash_job(out)
+                _crash_job(out, adds=adds)
             finally:
                 os._exit(3)
         _, status = os.waitpid(pid, 0)
         assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, kill_at
         assert verify(out) == [], kill_at  # the old or the new final file, never a broken one
-        _crash_job(out, resume=True)  # rerun the same command
-        assert_same_content(out, expected)
+        _crash_job(out, resume=True, adds=adds)  # rerun the same command
+        assert verify(out) == [], kill_at
+        with h5py.File(out, "r") as h5:
+            referred = sorted(str(n) for n in store._canon(h5.attrs.get("segments", [])))
+        left = sorted(p.name for p in segments_path(out).iterdir()) if segments_path(out).exists() else []
+        assert left == referred and not parts_path(out).exists(), kill_at
+        if referred or job == "replace":
+            assert_same_content(out, expected)
+        else:
+            assert_same_videos(out, expected)
         assert not parts_path(out).exists()
 
 
@@ -1049,7 +1100,7 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 def test_per_video_means(reference):
     with open_features(reference) as f:
-        assert f.format_version == store.FORMAT_VERSION
+        assert f.format_version == 3  # plain
         emb_mean, scores_mean = f.embedding_mean[()], f.scores_mean[()]
         assert emb_mean.dtype == scores_mean.dtype == np.float32
         assert emb_mean.shape == (len(PATHS), D) and scores_mean.shape == (len(PATHS), C)
@@ -1095,14 +1146,14 @@ def test_warnings_are_stored_and_summarized(tmp_path):
     with open_features(out) as f:
         assert f.videos.warning.tolist() == ["", "", "sampling at 30 fps from a 10 fps video: 66% repeated frames", ""]
     info = summarize(out)
-    assert info["format_version"] == store.FORMAT_VERSION and info["warnings"] == 1
+    assert info["format_version"] == 3 and info["warnings"] == 1
     assert info["warned"] == [{"path": "a/b.mp4", "warning": "sampling at 30 fps from a 10 fps video: 66% repeated frames"}]
     from click.testing import CliRunner
 
     from vidfeat.cli import main
 
     shown = CliRunner().invoke(main, ["info", str(out)]).output.splitlines()
-    assert f"format_version: {store.FORMAT_VERSION}" in shown and "warnings: 1" in shown
+    assert "format_version: 3" in shown and "warnings: 1" in shown
     assert shown[shown.index("warned (1):") + 1] == "  a/b.mp4: sampling at 30 fps from a 10 fps video: 66% repeated frames"
     broken = _with(out, tmp_path, _set("videos/warning", 0, "two\nlines"))
     assert verify(broken) == ["videos/warning with more than one line: a-b.mp4"]

@@ -296,3 +296,25 @@ def verify_cmd(path: Path) -> None:
     if faults:
         raise click.ClickException(f"{path}: {len(faults)} fault(s)")
     click.echo(f"{path}: ok")
+
+
+@main.command(name="compact")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def compact_cmd(path: Path) -> None:
+    """Rewrite a grown features file as one plain file and remove its segments folder.
+
+    A rerun that adds videos to a finished file adds them as a segment file in
+    PATH.segments/ (it writes the new videos, not the whole file again), which PATH reads
+    through HDF5 virtual datasets: the folder must stay beside it. compact writes one file
+    sorted by path, the same as one run over every video, as durably as every final file
+    (it needs the file's size free). `vidfeat info` shows the segment count.
+
+    \b
+    Examples:
+      vidfeat compact feats.h5
+      vidfeat compact feats.h5 && cp feats.h5 /archive/
+    """
+    from ..store.amend import compact
+
+    clips = compact(path)
+    click.echo(f"{path}: one file already" if clips is None else f"{path}: compacted, {clips} clips")

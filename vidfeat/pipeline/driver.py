@@ -30,6 +30,7 @@ from typing import NamedTuple
 from ..errors import VidfeatError
 from ..model.cards import DEFAULT_MODEL, ModelCard
 from ..store import FeatureWriter, VideoResult, stored_settings, summarize
+from ..store.format import SHARD_FILE_RE
 from ..video.inputs import VideoFile, identity_mtime
 from ..video.sampling import ClipSampling
 from .progress import Progress
@@ -221,7 +222,8 @@ def _root_of(videos: list[VideoFile]) -> str | None:
 
 def open_writer(output: Path, card: ModelCard, sampling: ClipSampling, options: ExtractOptions,
                 embedding_dim: int) -> FeatureWriter:  # fmt: skip
-    """The run's writer: resumes ``output`` or refuses it when it was made with other settings."""
+    """The run's writer: resumes ``output`` or refuses it when it was made with other settings.
+    A shard's file (``IIIII-of-NNNNN.h5``) is always one plain file: merge reads it in path order."""
     return FeatureWriter(
         output,
         settings=_settings(card, sampling, options),
@@ -231,6 +233,7 @@ def open_writer(output: Path, card: ModelCard, sampling: ClipSampling, options: 
         overwrite=options.overwrite,
         retry_failed=options.retry_failed,
         flush_seconds=options.commit_seconds,
+        grow=SHARD_FILE_RE.match(output.name) is None,
     )
 
 

@@ -58,7 +58,9 @@ import numpy as np
 
 from ..version import __version__
 from ..errors import VidfeatError
+from ..store.format import SEGMENT_ATTRS
 from ..store.means import softmax
+from ..store.segments import segments_path
 
 __all__ = [
     "export",
@@ -436,11 +438,16 @@ def _write_manifest(f, out: Path, layout: dict[str, Any], now: datetime) -> list
         "source": {"path": str(Path(f.path).resolve()), "size_bytes": size, "sha256": sha,
                    "format_version": attrs.get("format_version")},  # fmt: skip
         "model": {"card": attrs.get("model"), "weights_sha256": attrs.get("weights_sha256")},
-        "settings": {k: v for k, v in attrs.items() if k not in ("format", "format_version")},
+        "settings": {k: v for k, v in attrs.items() if k not in ("format", "format_version", *SEGMENT_ATTRS)},
         "layout": layout,
         "vidfeat_version": __version__,
         "created": now.astimezone(timezone.utc).isoformat(timespec="seconds"),
     }
+    names = [str(name) for name in attrs.get("segments") or []]
+    if names:  # a grown file: its data lies in its segments (vidfeat.store.segments)
+        folder = segments_path(f.path)
+        manifest["source"]["segments"] = [dict(zip(("name", "size_bytes", "sha256"), (name, *source_digest(folder / name))))
+                                          for name in names]  # fmt: skip
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     unit = "captions" if layout["format"] == "captions" else "clips"
     left_out = layout["videos_without_captions" if unit == "captions" else "videos_without_clips"]

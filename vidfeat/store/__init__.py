@@ -28,6 +28,10 @@ Writing (crash safety: docs/format.md). :class:`FeatureWriter` never writes the 
   row range at a time, so memory stays bounded whatever the size of the output. Chunks are
   applied oldest first, so a newer result for a path replaces an older one, and applying a chunk
   twice (a kill after the rename, before the work directory is gone) changes nothing.
+* a run that only adds videos to an existing final file writes them as a new segment beside it
+  (``feats.h5.segments/``) and replaces the file by a small top file whose datasets are HDF5
+  virtual datasets over the segments (``segments``; format version 4): the cost is the new
+  videos, not the file. ``amend.compact`` makes one plain file again;
 * every final file, assembled or merged from shards (``merge``), is written by one writer
   (``final.write_final``): it checks that the file fits in the free space, reserves that space
   (so that a disk another process fills meanwhile cannot fail HDF5's writes), writes under a
@@ -38,7 +42,8 @@ Reading: :func:`open_features` (plain h5py underneath), :func:`summarize` and :f
 Modules: ``format`` (constants, dtypes, the format and settings checks, shared helpers),
 ``writer`` (:class:`FeatureWriter`, :class:`VideoResult`), ``final`` (the durable final-file
 writer), ``assemble`` (building the final file of a run), ``merge`` (building it from shards),
-``means`` (softmax and per-video means), ``reader`` (:class:`FeatureFile` and co), ``check``
+``means`` (softmax and per-video means), ``segments`` (growth by segments), ``amend`` (captions
+and compaction of a finished file), ``lock`` (the output lock), ``captions``, ``reader`` (:class:`FeatureFile` and co), ``check``
 (:func:`summarize`, :func:`verify`).
 """
 

@@ -1,4 +1,5 @@
-"""Changing a finished file without re-extracting it: adding, replacing or removing its captions.
+"""Changing a finished file without re-extracting it: adding, replacing or removing its
+captions, and compacting a grown file (:mod:`vidfeat.store.segments`) into one plain file.
 
 The file is rebuilt by assembly (:func:`vidfeat.store.assemble.assemble` with the file as its
 only source), so it is written as durably as every final file (free-space check, reservation,
@@ -10,17 +11,19 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..errors import StoreError
 from ..version import __version__
-from .assemble import assemble
+from . import segments
+from .assemble import KEEP, assemble
 from .captions import CaptionTable
-from .format import CAPTION_ATTRS, FORMAT_VERSION, _missing_message, _open_h5, check_format, parts_path
+from .format import CAPTION_ATTRS, _missing_message, _open_h5, check_format, parts_path
 from .lock import LOCK_NAME, OutputLock
 
 _TMP_SUFFIX = ".captions.tmp"
@@ -37,33 +40,56 @@ def set_captions(
     """Rewrite ``output`` with ``captions`` (video rows of the file; None removes the captions)
     and, if given, its videos' ``first_frame_sec`` ([V]). ``source`` is recorded in the
     ``captions_source`` attribute (a description, never a credential), ``warnings`` (bad cases
-    of the source by kind) in ``captions_warnings`` as JSON. Returns the clip count."""
+    of the source by kind) in ``captions_warnings`` as JSON. Returns the clip count. A grown
+    file (:mod:`vidfeat.store.segments`) becomes one plain file."""
+
+    def update(attrs: dict, n_videos: int) -> None:
+        if first_frame_sec is not None and np.shape(first_frame_sec) != (n_videos,):
+            raise ValueError(f"first_frame_sec has shape {np.shape(first_frame_sec)}, the file has {n_videos} videos")
+        for key in CAPTION_ATTRS:
+            attrs.pop(key, None)
+        if captions is not None:
+            attrs["captions_source"] = source
+            attrs["captions_warnings"] = json.dumps({k: int(n) for k, n in sorted((warnings or {}).items()) if n})
+
+    return _rewrite(Path(output), update, captions=captions, first_frame_sec=first_frame_sec)
+
+
+def compact(output: str | os.PathLike[str]) -> int | None:
+    """Rewrite a grown file as one plain file, its rows sorted by path, and remove its segments
+    folder; returns the clip count, or None (nothing written) when ``output`` is plain."""
     output = Path(output)
+    if output.exists():
+        with _open_h5(output, "feature file", "give a file written by vidfeat extract") as h5:
+            if not segments.segment_names(h5):
+                return None
+    return _rewrite(output, lambda attrs, n_videos: None, captions=KEEP)
+
+
+def _rewrite(output: Path, update: Callable[[dict, int], None], **how: Any) -> int:
+    """Assemble ``output`` from itself as one plain file, its attrs changed by
+    ``update(attrs, n_videos)``, under the output's lock; ``how``: assemble's captions and
+    first_frame_sec."""
     if not output.exists():
         raise StoreError(_missing_message(output))
     fix = "give a file written by vidfeat extract"
     with _open_h5(output, "feature file", fix) as h5:
         check_format(h5, output, fix)
-        attrs = {key: value for key, value in h5.attrs.items()}
+        segments.check_segments(h5, output)
+        attrs = {key: value for key, value in h5.attrs.items() if key not in segments.ATTRS}
         classes = h5["classes"].asstr()[()].tolist()
         emb = h5["clips/embedding"]
         embedding_dim, embedding_dtype = int(emb.shape[1]), emb.dtype
         n_videos = int(h5["videos/path"].shape[0])
-    if first_frame_sec is not None and np.shape(first_frame_sec) != (n_videos,):
-        raise ValueError(f"first_frame_sec has shape {np.shape(first_frame_sec)}, the file has {n_videos} videos")
-    attrs["format_version"] = FORMAT_VERSION
+    update(attrs, n_videos)
+    attrs["format_version"] = segments.PLAIN_VERSION
     attrs["vidfeat_version"] = __version__
     attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    for key in CAPTION_ATTRS:
-        attrs.pop(key, None)
-    if captions is not None:
-        attrs["captions_source"] = source
-        attrs["captions_warnings"] = json.dumps({k: int(n) for k, n in sorted((warnings or {}).items()) if n})
     parts = parts_path(output)
     parts.mkdir(exist_ok=True)
     try:
         with OutputLock(output, parts):
-            return assemble(
+            clips = assemble(
                 output,
                 output.with_name(output.name + _TMP_SUFFIX),
                 [output],
@@ -73,9 +99,10 @@ def set_captions(
                 embedding_dtype=embedding_dtype,
                 kept=f"{output} is unchanged",
                 rerun="rerun the same command",
-                captions=captions,
-                first_frame_sec=first_frame_sec,
+                **how,
             )
+            segments.drop(output)
+            return clips
     finally:
         # a work directory holding only the lock (ours, or one a kill left) goes; an unfinished
         # extraction's (chunks, settings) stays for its rerun
@@ -85,5 +112,3 @@ def set_captions(
                 parts.rmdir()
         except OSError:
             pass
-
-

@@ -122,6 +122,7 @@ def assemble(
     rerun: str,
     captions: CaptionTable | str | None = KEEP,
     first_frame_sec: np.ndarray | None = None,
+    bases: tuple[int, int] = (0, 0),
 ) -> int:
     """Write ``output`` from ``sources`` (oldest first) through ``tmp``; return its clip count.
     ``kept`` and ``rerun`` finish the one-line StoreError of a failed write (see
@@ -131,7 +132,9 @@ def assemble(
     file) for the videos the new file keeps; a :class:`~vidfeat.store.captions.CaptionTable`
     whose video rows are the first source's replaces them; None writes none. ``first_frame_sec``
     ([rows of the first source]) replaces that column of the first source's videos. /clips/text
-    is recomputed from the captions and the new clip times."""
+    is recomputed from the captions and the new clip times. ``bases`` (videos, clips): a
+    segment of a grown file (:mod:`vidfeat.store.segments`) counts /videos/clip_offset and
+    /clips/video from the rows of the segments before it."""
     tables = []
     for i, source in enumerate(sources):
         with _open_h5(source, "committed results", "delete it to redo the videos it holds") as h5:
@@ -149,6 +152,9 @@ def assemble(
     if first_frame_sec is not None:
         tables[0]["first_frame_sec"] = np.asarray(first_frame_sec, dtype=np.float64)
     merged = _merge(tables)
+    video_base, clip_base = bases
+    if clip_base:
+        merged.table["clip_offset"] = merged.table["clip_offset"] + clip_base
     if captions is not None:
         captions = _renumbered(captions, tables[0]["path"], merged.table["path"])
     needed = _needed_bytes(merged.table, classes, embedding_dim, embedding_dtype)
@@ -158,7 +164,7 @@ def assemble(
 
     def fill(out: h5py.File) -> None:
         _write(out, sources, merged, attrs=attrs, classes=classes, embedding_dim=embedding_dim,
-               embedding_dtype=embedding_dtype)  # fmt: skip
+               embedding_dtype=embedding_dtype, video_base=video_base)  # fmt: skip
         if captions is not None:
             write_captions(out, captions, counts=merged.table["clip_count"],
                            first_frame_sec=merged.table["first_frame_sec"])  # fmt: skip
@@ -197,6 +203,7 @@ def _write(
     classes: Sequence[str],
     embedding_dim: int,
     embedding_dtype: np.dtype,
+    video_base: int = 0,
 ) -> None:
     table, num_classes = merged.table, len(classes)
     n_videos, n_clips = len(table["path"]), int(table["clip_count"].sum())
@@ -225,7 +232,7 @@ def _write(
                         clips[name][d + k : d + k + b] = h5[f"clips/{name}"][s + k : s + k + b]
     for start, values in _video_column_blocks(table["clip_count"], block):
         if len(values):
-            video[start : start + len(values)] = values
+            video[start : start + len(values)] = values + video_base
     means = {
         "embedding_mean": create_dataset(out, "videos/embedding_mean", (n_videos, embedding_dim), np.float32),
         "scores_mean": create_dataset(out, "videos/scores_mean", (n_videos, num_classes), np.float32),

@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 
 from ..errors import StoreError
+from .segments import check_segments
 from .format import (
     SETTING_DEFAULTS,
     _CLIP_ROW_COLUMNS,
@@ -158,6 +159,7 @@ def summarize(path: str | os.PathLike[str], *, failures: bool = False) -> dict[s
             "embedding_dtype": f.embeddings.dtype.name,
             "videos": n_videos,
             "clips": len(f),
+            "segments": len(attrs.get("segments") or []) or 1,  # more than 1: a grown file (vidfeat compact)
             "status": status,
             "warnings": listings["warned"].count,
             "failed": listings["failed"].rows,
@@ -206,6 +208,11 @@ def verify(path: str | os.PathLike[str]) -> list[str]:
         raise StoreError(_missing_message(path))
     faults = _Faults()
     with _open_h5(path, "feature file", "check the path") as h5:
+        try:
+            check_segments(h5, path)
+        except StoreError as exc:  # its virtual datasets would read as fill values
+            faults.add(str(exc))
+            return faults.result()
         _verify(h5, faults)
     return faults.result()
 
@@ -282,9 +289,14 @@ def _verify(h5: h5py.File, faults: _Faults) -> None:
         faults.rows(f"videos/{name} with more than one line", paths[multi], int(multi.sum()))
     if n_videos > 1:
         increasing = (paths[1:] > paths[:-1]).astype(bool)
+        starts = np.asarray(_canon(h5.attrs.get("segment_videos", [0])), dtype=np.int64).reshape(-1)
+        increasing[starts[(starts > 0) & (starts < n_videos)] - 1] = True  # a new segment starts a new run
         if not increasing.all():
             row = int(np.argmin(increasing)) + 1
-            faults.add(f"videos/path not sorted and unique at row {row} ({paths[row]})")
+            faults.add(f"videos/path not sorted{' within its segment' if len(starts) > 1 else ''} at row {row} ({paths[row]})")
+        if len(starts) > 1 and len(set(paths.tolist())) < n_videos:
+            names, counts_of = np.unique(paths.astype(str), return_counts=True)
+            faults.add(f"videos/path not unique: {names[counts_of > 1][0]} is in more than one segment")
     absolute = np.array([p.startswith("/") or not p for p in paths], dtype=bool)
     faults.rows("videos/path not relative", paths[absolute], int(absolute.sum()))
     failed_with_clips = (table["status"] == "failed") & (counts != 0)

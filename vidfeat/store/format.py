@@ -19,9 +19,12 @@ from ..errors import SettingsMismatch, StoreError
 from ..errors import one_line as _one_line
 
 FORMAT = "vidfeat"
-FORMAT_VERSION = 3
-"""2 adds /videos/warning, /videos/embedding_mean and /videos/scores_mean; 3 adds
-/videos/first_frame_sec and the optional captions (/captions/*, /clips/text) (docs/format.md)."""
+FORMAT_VERSION = 4
+"""The newest version this vidfeat reads. 2 adds /videos/warning, /videos/embedding_mean and
+/videos/scores_mean; 3 adds /videos/first_frame_sec and the optional captions (/captions/*,
+/clips/text); 4 is a grown file: virtual datasets over segment files, /videos sorted by path
+within each segment (vidfeat.store.segments). A plain file is still written as version 3
+(docs/format.md)."""
 
 Status = Literal["ok", "partial", "failed"]
 STATUSES: tuple[str, ...] = ("ok", "partial", "failed")
@@ -33,7 +36,8 @@ VOLATILE_ATTRS: tuple[str, ...] = ("created", "vidfeat_version", "torch_version"
 # (files with captions only) say where the captions came from and what was wrong with that source:
 # content, not settings.
 CAPTION_ATTRS: tuple[str, ...] = ("captions_source", "captions_warnings")
-WRITER_ATTRS: tuple[str, ...] = ("format", "format_version", *VOLATILE_ATTRS, *CAPTION_ATTRS)
+SEGMENT_ATTRS: tuple[str, ...] = ("segments", "segment_videos")  # a grown file's (vidfeat.store.segments)
+WRITER_ATTRS: tuple[str, ...] = ("format", "format_version", *VOLATILE_ATTRS, *CAPTION_ATTRS, *SEGMENT_ATTRS)
 # Settings every file carries (docs/format.md, root attributes).
 REQUIRED_SETTINGS: tuple[str, ...] = (
     "model",

@@ -37,6 +37,7 @@ import numpy as np
 
 from ..errors import StoreError
 from .captions import has_captions
+from . import segments
 from .final import create_dataset, estimate_bytes, is_vlen_string, write_final
 from .format import (
     SHARD_FILE_RE,
@@ -159,6 +160,8 @@ def merge_shards(output: str | os.PathLike[str], shards: Sequence[str | os.PathL
             if has_captions(h5):
                 raise StoreError(f"{p} has captions: merge shards without them, then add the captions to the "
                                  "merged file (vidfeat captions)")
+            if segments.segment_names(h5):  # its paths are sorted per segment, not as a whole
+                raise StoreError(f"{p} is a grown file, not a shard's: run `vidfeat compact {p}` first")
         ident = file_identity(files[0])
         layout = (_datasets(files[0]["videos"]), _datasets(files[0]["clips"]))
         for p, h5 in zip(paths[1:], files[1:]):
@@ -273,6 +276,7 @@ def _write(output: Path, paths: Sequence[Path], files: Sequence[h5py.File], layo
 
     write_final(output, output.with_name(output.name + _TMP_SUFFIX), needed, fill, action="merge",
                 kept=f"the {len(paths)} shards are kept", rerun="rerun the same command")  # fmt: skip
+    segments.drop(output)  # it replaced a grown file: the segments are no one's now
     return {"videos": n_videos, "clips": n_clips}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from .format import (
 )
 from .captions import has_captions
 from .means import softmax, video_means
+from .segments import check_segments
 
 
 # reading
@@ -31,7 +32,8 @@ from .means import softmax, video_means
 
 @dataclass(frozen=True)
 class VideoTable:
-    """The /videos table: one entry per video, arrays in file order (sorted by path)."""
+    """The /videos table: one entry per video, arrays in file order (sorted by path; in a grown
+    file, sorted within each segment)."""
 
     path: np.ndarray  # str objects
     status: np.ndarray  # str objects
@@ -47,15 +49,22 @@ class VideoTable:
     first_frame_sec: np.ndarray  # NaN when unknown (files before version 3)
     clip_offset: np.ndarray
     clip_count: np.ndarray
+    _by_path: tuple | None = field(default=None, repr=False, compare=False)  # (order or None, paths in order)
 
     def __len__(self) -> int:
         return len(self.path)
 
     def index(self, path: str) -> int:
-        """Row of ``path`` in /videos; KeyError if absent (binary search: rows are sorted)."""
-        i = int(np.searchsorted(self.path, path))
-        if i < len(self.path) and self.path[i] == path:
-            return i
+        """Row of ``path`` in /videos; KeyError if absent (binary search over the rows in path
+        order: a plain file's rows are sorted, a grown file's within each segment)."""
+        if self._by_path is None:
+            ordered = self.path[1:] > self.path[:-1] if len(self.path) > 1 else np.ones(0, bool)
+            order = None if ordered.all() else np.argsort(self.path, kind="stable")
+            object.__setattr__(self, "_by_path", (order, self.path if order is None else self.path[order]))
+        order, paths = self._by_path
+        i = int(np.searchsorted(paths, path))
+        if i < len(paths) and paths[i] == path:
+            return i if order is None else int(order[i])
         raise KeyError(f"no video {path!r} in this file")
 
     def records(self) -> list[dict[str, Any]]:
@@ -92,6 +101,7 @@ class FeatureFile:
         self.h5 = _open_h5(self.path, "feature file", "check the path")
         try:
             check_format(self.h5, self.path, "check the path")
+            check_segments(self.h5, self.path)
         except BaseException:
             self.h5.close()
             raise

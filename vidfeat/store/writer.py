@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import StoreError
 from ..version import __version__
+from . import segments
 from .assemble import assemble
 from .final import fsync_dir, unlink_quiet
 from .lock import LOCK_NAME, OutputLock
@@ -256,6 +257,9 @@ class FeatureWriter:
         retry_failed: :meth:`is_done` answers False for videos that failed before.
         flush_videos: commit a chunk once this many finished videos are buffered ...
         flush_seconds: ... or when a video finishes this long after the last commit.
+        grow: add the videos of a run to an existing output as a new segment
+            (:mod:`vidfeat.store.segments`) where it can, instead of assembling the whole file
+            again; False always assembles one plain file (shard files, which merge reads).
 
     Raises SettingsMismatch if an existing output or work directory was made with other
     settings, classes or embedding size/dtype (and ``overwrite`` is False), StoreError if the
@@ -283,6 +287,7 @@ class FeatureWriter:
         retry_failed: bool = False,
         flush_videos: int = 32,
         flush_seconds: float = 10.0,
+        grow: bool = True,
     ) -> None:
         if embedding_dtype not in EMBEDDING_DTYPES:
             raise ValueError(f"embedding_dtype must be one of {EMBEDDING_DTYPES}, got {embedding_dtype!r}")
@@ -310,6 +315,9 @@ class FeatureWriter:
         self._done: dict[str, tuple[int, float, str]] = {}  # path -> (size_bytes, mtime, status)
         self._chunks: list[Path] = []  # committed, oldest first
         self._next_seq = 1
+        self.grow = grow
+        self._final_paths: frozenset[str] = frozenset()  # the videos the existing output holds
+        self._replaces = False  # a committed or buffered video replaces one of those
         self._log_torn = False  # the last append to the tables log failed (it may end mid-line)
         self._output_lock: OutputLock | None = None
         self._closed = False
@@ -337,6 +345,7 @@ class FeatureWriter:
                 tmp.unlink()
             if overwrite:
                 self._discard()
+            segments.clean(self.output)
         except OSError as exc:
             raise StoreError(
                 f"cannot write in {parent}: {_reason(exc)}; choose another -o or fix the permissions"
@@ -359,9 +368,12 @@ class FeatureWriter:
             if rows is not None and rows[0] == chunk.stat().st_size:
                 for path, size, mtime, status in rows[1]:
                     self._done[path] = (size, mtime, status)
+                    self._replaces |= path in self._final_paths
                 continue
             with _open_h5(chunk, "committed results", "delete it to redo the videos it holds") as h5:
-                self._remember(_read_table(h5))
+                table = _read_table(h5)
+            self._remember(table)
+            self._replaces |= not self._final_paths.isdisjoint(table["path"].tolist())
         if self._chunks:
             self._next_seq = int(_CHUNK_RE.match(self._chunks[-1].name).group(1)) + 1
 
@@ -377,6 +389,7 @@ class FeatureWriter:
     def _discard(self) -> None:
         """overwrite=True: remove the old output and parts (chunks before the manifest)."""
         unlink_quiet(self.output)
+        segments.drop(self.output)
         for chunk in self._list_chunks():
             chunk.unlink()
         unlink_quiet(self.parts / _TABLES)
@@ -396,8 +409,11 @@ class FeatureWriter:
         fix = "rerun with --overwrite to replace it, or choose another -o"
         with _open_h5(self.output, "output", fix) as h5:
             check_format(h5, self.output, fix)
+            segments.check_segments(h5, self.output)
             self._mismatch(self.output.name, file_identity(h5), fix)
-            self._remember(_read_table(h5))
+            table = _read_table(h5)
+            self._remember(table)
+            self._final_paths = frozenset(table["path"].tolist())
 
     def _check_manifest(self, manifest: Path) -> None:
         try:
@@ -526,6 +542,7 @@ class FeatureWriter:
         self._buffer.pop(record.path, None)  # re-insert: the newest result is the last
         self._buffer[record.path] = record
         self._done[record.path] = (record.size_bytes, record.mtime, record.status)
+        self._replaces |= record.path in self._final_paths
         if len(self._buffer) >= self.flush_videos or time.monotonic() - self._last_commit >= self.flush_seconds:
             self.flush()
 
@@ -564,7 +581,8 @@ class FeatureWriter:
         self._append_tables_log(chunk, records)
 
     def finalize(self) -> Path:
-        """Commit what is buffered, assemble the final file, rename it into place, drop the parts.
+        """Commit what is buffered, assemble the final file (or grow it by a segment: see
+        :mod:`vidfeat.store.segments`), rename it into place, drop the parts.
 
         Safe after a partial run (Ctrl-C): the file then holds the videos finished so far, and a
         rerun of the same command adds the rest. Closes the writer; returns the output path.
@@ -576,23 +594,22 @@ class FeatureWriter:
             sources = ([self.output] if self.output.exists() else []) + self._chunks
             attrs = {
                 "format": FORMAT,
-                "format_version": FORMAT_VERSION,
+                "format_version": segments.PLAIN_VERSION,
                 **self._attrs,
                 "vidfeat_version": __version__,
                 "torch_version": _torch_version(),
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             }
-            assemble(
-                self.output,
-                self.parts / _ASSEMBLING,
-                sources,
-                attrs=attrs,
-                classes=self._classes,
-                embedding_dim=self._embedding_dim,
-                embedding_dtype=self._embedding_dtype,
-                kept=f"the {self._committed_count()} committed videos in {self.parts} are kept",
-                rerun="rerun the same command to finish",
-            )
+            how = dict(attrs=attrs, classes=self._classes, embedding_dim=self._embedding_dim,
+                       embedding_dtype=self._embedding_dtype,
+                       kept=f"the {self._committed_count()} committed videos in {self.parts} are kept",
+                       rerun="rerun the same command to finish")  # fmt: skip
+            grown = None
+            if self.grow and self.output.exists() and segments.growable(self.output, self._replaces) is None:
+                grown = segments.grow(self.output, self.parts / _ASSEMBLING, self._chunks, **how)
+            if grown is None:
+                assemble(self.output, self.parts / _ASSEMBLING, sources, **how)
+                segments.drop(self.output)
         self._remove_parts()
         self._finalized = self.output
         return self.output
