@@ -264,3 +264,20 @@ def test_a_writer_removes_what_a_kill_left_in_the_segments_folder(base, tmp_path
         pass
     assert not segments_path(plain).exists() and plain.exists()
 
+
+
+def test_without_hard_links_the_file_is_assembled(base, tmp_path, monkeypatch):
+    """A filesystem without hard links (some network and FUSE mounts): the plain file cannot
+    get its second name, so the run assembles one file as before, and leaves no folder."""
+    import errno
+    import os
+
+    def no_links(src, dst, *args, **kwargs):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    grown = _copy(base, tmp_path)
+    monkeypatch.setattr(os, "link", no_links)
+    _write(grown, [31])
+    assert not segments_path(grown).exists()
+    with open_features(grown) as f:
+        assert f.attrs["format_version"] == 3 and len(f.videos) == 401 and "v00031.mp4" in set(f.videos.path)

@@ -77,7 +77,7 @@ def segment_names(h5: h5py.File) -> list[str]:
     return [str(name) for name in _canon(h5.attrs.get("segments", []))]
 
 
-def sources(h5: h5py.File) -> list[str]:
+def source_files(h5: h5py.File) -> list[str]:
     """The files a grown file's virtual datasets read, as stored (relative to its folder)."""
     ds = h5.get("videos/path")
     if not isinstance(ds, h5py.Dataset) or not ds.is_virtual:
@@ -88,7 +88,7 @@ def sources(h5: h5py.File) -> list[str]:
 def missing_segments(h5: h5py.File, path: str | os.PathLike[str]) -> list[str]:
     """The segment files a grown file reads that are not where it reads them (beside it)."""
     folder = Path(path).parent
-    return [name for name in sources(h5) if not (folder / name).is_file()]
+    return [name for name in source_files(h5) if not (folder / name).is_file()]
 
 
 def check_segments(h5: h5py.File, path: str | os.PathLike[str]) -> None:
@@ -98,7 +98,7 @@ def check_segments(h5: h5py.File, path: str | os.PathLike[str]) -> None:
     if missing:
         folder = Path(missing[0]).parent
         raise StoreError(
-            f"{path} is grown from {len(sources(h5))} segment files in {folder}/ and {len(missing)} of them "
+            f"{path} is grown from {len(source_files(h5))} segment files in {folder}/ and {len(missing)} of them "
             f"({Path(missing[0]).name}{', ...' if len(missing) > 1 else ''}) are missing: keep {folder}/ beside the "
             f"file under this name (copy or move both, rename neither), or run `vidfeat compact` where both are "
             f"to make one file"
@@ -154,7 +154,7 @@ def grow(
             fsync_dir(folder)
             names = [_FIRST]
     except OSError as exc:
-        if not names and not any(folder.iterdir()):
+        if not names and folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
         if exc.errno in (errno.EPERM, errno.EXDEV, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK):  # no link here
             return None
