@@ -128,8 +128,11 @@ def step_grow(work: Path, args) -> tuple[Path, str]:
             result = _result("grown/" + path, int(counts[v]), int(status[v]), v, rng, args)
             new_bytes += result.embedding.size * 2 + result.logits.nbytes + 28 * len(result.start_sec)
             writer.add(result)
+        start = time.perf_counter()
         writer.finalize()
-    return work / "feats.h5", f"{len(paths)} videos, {int(counts.sum())} clips, new clip data {new_bytes / 1e6:,.1f} MB"
+        took = time.perf_counter() - start
+    return work / "feats.h5", (f"{len(paths)} videos, {int(counts.sum())} clips, new clip data "
+                               f"{new_bytes / 1e6:,.1f} MB, finalize {took:.2f} s")  # fmt: skip
 
 
 def step_merge(work: Path, args) -> tuple[Path, str]:
