@@ -123,6 +123,7 @@ def assemble(
     captions: CaptionTable | str | None = KEEP,
     first_frame_sec: np.ndarray | None = None,
     bases: tuple[int, int] = (0, 0),
+    contiguous: bool = False,
 ) -> int:
     """Write ``output`` from ``sources`` (oldest first) through ``tmp``; return its clip count.
     ``kept`` and ``rerun`` finish the one-line StoreError of a failed write (see
@@ -134,7 +135,9 @@ def assemble(
     ([rows of the first source]) replaces that column of the first source's videos. /clips/text
     is recomputed from the captions and the new clip times. ``bases`` (videos, clips): a
     segment of a grown file (:mod:`vidfeat.store.segments`) counts /videos/clip_offset and
-    /clips/video from the rows of the segments before it."""
+    /clips/video from the rows of the segments before it, and is written ``contiguous`` (no HDF5
+    chunks: the copies, which interleave sources, then write each byte once instead of rewriting
+    the chunks they share; a segment is never appended to)."""
     tables = []
     for i, source in enumerate(sources):
         with _open_h5(source, "committed results", "delete it to redo the videos it holds") as h5:
@@ -164,7 +167,7 @@ def assemble(
 
     def fill(out: h5py.File) -> None:
         _write(out, sources, merged, attrs=attrs, classes=classes, embedding_dim=embedding_dim,
-               embedding_dtype=embedding_dtype, video_base=video_base)  # fmt: skip
+               embedding_dtype=embedding_dtype, video_base=video_base, contiguous=contiguous)  # fmt: skip
         if captions is not None:
             write_captions(out, captions, counts=merged.table["clip_count"],
                            first_frame_sec=merged.table["first_frame_sec"])  # fmt: skip
@@ -194,6 +197,11 @@ def _renumbered(captions: CaptionTable, old_paths: np.ndarray, new_paths: np.nda
                         captions.text[keep])  # fmt: skip
 
 
+def _contiguous_dataset(h5: h5py.Group, name: str, shape: tuple[int, ...], dtype: Any) -> h5py.Dataset:
+    """A dataset stored in one piece (no chunks): written once, never resized."""
+    return h5.create_dataset(name, shape=shape, dtype=dtype)
+
+
 def _write(
     out: h5py.File,
     sources: Sequence[Path],
@@ -204,23 +212,25 @@ def _write(
     embedding_dim: int,
     embedding_dtype: np.dtype,
     video_base: int = 0,
+    contiguous: bool = False,
 ) -> None:
     table, num_classes = merged.table, len(classes)
+    make = _contiguous_dataset if contiguous else create_dataset
     n_videos, n_clips = len(table["path"]), int(table["clip_count"].sum())
     block = _block_rows(embedding_dim, num_classes)
     for key, value in attrs.items():
         out.attrs[key] = value
     out.create_dataset("classes", data=np.array(list(classes), dtype=object), dtype=_STR)
     for name, dtype in VIDEO_COLUMNS.items():
-        ds = create_dataset(out, f"videos/{name}", (n_videos,), dtype)
+        ds = make(out, f"videos/{name}", (n_videos,), dtype)
         if n_videos:
             ds[...] = table[name]
     clips = {
-        "embedding": create_dataset(out, "clips/embedding", (n_clips, embedding_dim), embedding_dtype),
-        "logits": create_dataset(out, "clips/logits", (n_clips, num_classes), np.float32),
-        **{name: create_dataset(out, f"clips/{name}", (n_clips,), dt) for name, dt in _CLIP_ROW_COLUMNS.items()},
+        "embedding": make(out, "clips/embedding", (n_clips, embedding_dim), embedding_dtype),
+        "logits": make(out, "clips/logits", (n_clips, num_classes), np.float32),
+        **{name: make(out, f"clips/{name}", (n_clips,), dt) for name, dt in _CLIP_ROW_COLUMNS.items()},
     }
-    video = create_dataset(out, "clips/video", (n_clips,), np.int64)
+    video = make(out, "clips/video", (n_clips,), np.int64)
     for source, runs in zip(sources, merged.runs):
         if not runs:
             continue
@@ -234,8 +244,8 @@ def _write(
         if len(values):
             video[start : start + len(values)] = values + video_base
     means = {
-        "embedding_mean": create_dataset(out, "videos/embedding_mean", (n_videos, embedding_dim), np.float32),
-        "scores_mean": create_dataset(out, "videos/scores_mean", (n_videos, num_classes), np.float32),
+        "embedding_mean": make(out, "videos/embedding_mean", (n_videos, embedding_dim), np.float32),
+        "scores_mean": make(out, "videos/scores_mean", (n_videos, num_classes), np.float32),
     }
     for v, emb_mean, scores_mean in iter_video_means(clips["embedding"], clips["logits"], table["clip_count"], block):
         means["embedding_mean"][v : v + len(emb_mean)] = emb_mean

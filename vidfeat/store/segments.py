@@ -164,7 +164,7 @@ def grow(
                      "video_base": n_videos, "clip_base": n_clips}  # fmt: skip
     assemble(folder / name, folder / (name + ".tmp"), sources, attrs=segment_attrs, classes=classes,
              embedding_dim=embedding_dim, embedding_dtype=embedding_dtype, kept=kept, rerun=rerun,
-             captions=None, bases=(n_videos, n_clips))  # fmt: skip
+             captions=None, bases=(n_videos, n_clips), contiguous=True)  # fmt: skip
     return write_top(output, tmp, [*names, name], attrs=attrs, classes=classes, kept=kept, rerun=rerun)
 
 
