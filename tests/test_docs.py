@@ -1,4 +1,4 @@
-"""Generated docs stay in sync with the code, and every command has --help with examples."""
+"""Generated docs stay in sync with the code, and the docs with real files and options."""
 
 from __future__ import annotations
 
@@ -19,13 +19,6 @@ from vidfeat.tools.gendocs import main as gendocs_main
 
 def test_generated_docs_are_up_to_date():
     assert gendocs_main(["--check"]) == 0, "run: python -m vidfeat.tools.gendocs"
-
-
-def test_every_command_has_help_with_examples():
-    for name in main.commands:
-        result = CliRunner().invoke(main, [name, "--help"])
-        assert result.exit_code == 0, name
-        assert "Examples:" in result.output and f"vidfeat {name}" in result.output, name
 
 
 def test_the_extract_page_explains_every_extract_option():

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import subprocess
-import sys
 import warnings
 from dataclasses import replace
 
@@ -443,26 +441,3 @@ def test_cli_models_in_a_pipe_keeps_full_names_and_weight_paths(monkeypatch, tmp
     assert rows[DEFAULT_MODEL][5] == "here" and rows[DEFAULT_MODEL][6] == str(find_card(DEFAULT_MODEL).weights_path())
     data = json.loads(CliRunner().invoke(main, ["models", "--json"]).output)
     assert {r["name"]: r["weights_path"] for r in data} == {name: cells[6] for name, cells in rows.items()}
-
-
-def test_cli_prints_vidfeat_warnings_as_one_line_and_only_while_a_command_runs():
-    """Importing vidfeat.cli leaves the process's warning formatter alone; a command prints
-    vidfeat's warnings as one line (others as before) and puts the formatter back when it ends."""
-    code = (
-        "import warnings\n"
-        "before = warnings.formatwarning\n"
-        "from vidfeat.cli import main\n"
-        "from vidfeat.model.weights import SamplingWarning\n"
-        "assert warnings.formatwarning is before, 'import'\n"
-        "@main.command(name='warn-twice')\n"
-        "def warn_twice():\n"
-        "    warnings.warn('heads assumed:\\n  3 = width / 64', SamplingWarning)\n"
-        "    warnings.warn('other', UserWarning)\n"
-        "main(['warn-twice'], standalone_mode=False)\n"
-        "assert warnings.formatwarning is before, 'after the command'\n"
-    )
-    done = subprocess.run([sys.executable, "-W", "always", "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    lines = done.stderr.splitlines()
-    assert lines[0] == "vidfeat: warning: heads assumed: 3 = width / 64"
-    assert lines[1].endswith(": UserWarning: other") and len(lines) == 2, done.stderr  # not ours: as Python prints it
