@@ -281,3 +281,24 @@ def test_without_hard_links_the_file_is_assembled(base, tmp_path, monkeypatch):
     assert not segments_path(grown).exists()
     with open_features(grown) as f:
         assert f.attrs["format_version"] == 3 and len(f.videos) == 401 and "v00031.mp4" in set(f.videos.path)
+
+
+@pytest.mark.parametrize("block", [7, 1 << 16])
+def test_verify_checks_a_grown_file_segment_by_segment(base, tmp_path, monkeypatch, block):
+    """Sorted within each segment (a block boundary or a segment start is no fault), unique
+    across segments (a k-way merge of the segments' sorted runs)."""
+    from vidfeat.store import check
+
+    monkeypatch.setattr(check, "_VIDEO_BLOCK", block)
+    grown = _copy(base, tmp_path)
+    _write(grown, [33, 35, 37])
+    assert verify(grown) == []
+    segment = segments_path(grown) / "000001.h5"
+    with h5py.File(segment, "r+") as h5:
+        h5["videos/path"][0] = "v00002.mp4"  # still sorted within its segment; v00002.mp4 is in segment 0
+    assert verify(grown) == ["videos/path not unique: v00002.mp4 is in more than one segment"]
+    with h5py.File(segment, "r+") as h5:
+        h5["videos/path"][0] = "v00033.mp4"
+        h5["videos/path"][1] = "v00099.mp4"  # after v00037.mp4's place: unsorted within the segment
+    assert verify(grown) == ["videos/path not sorted within its segment at row 402 (v00037.mp4)"]
+

@@ -246,6 +246,37 @@ def test_info_memory_does_not_grow_with_the_videos(tmp_path, monkeypatch):
     assert peaks[4000] < 1.25 * peaks[1000] + (32 << 10), peaks
 
 
+def test_verify_memory_holds_numbers_a_video_not_its_strings(tmp_path, monkeypatch):
+    """verify reads the /videos strings a block at a time: from 2,000 to 8,000 videos (with long
+    error texts) its traced peak grows by about the four numbers it keeps a video, not by the
+    strings' Python objects."""
+    import tracemalloc
+
+    from test_growth import SETTINGS
+    from vidfeat.store import FeatureWriter, VideoResult, check, verify
+
+    monkeypatch.setattr(check, "_VIDEO_BLOCK", 256)
+    monkeypatch.setattr(check, "_block_rows", lambda width, classes: 256)  # clip rows a step
+    peaks = {}
+    for n in (2000, 8000):
+        out = tmp_path / f"{n}.h5"
+        with FeatureWriter(out, settings=SETTINGS, classes=["a", "b", "c", "d"], embedding_dim=8) as w:
+            for i in range(n):
+                w.add(VideoResult(path=f"some/long/folder/name/video-{i:07d}.mp4", status="failed",
+                                  error="cannot decode: " + "x" * 200, size_bytes=1, mtime=1.0, duration_sec=1.0,
+                                  fps=30.0, width=0, height=0, embedding=np.zeros((0, 8), np.float32),
+                                  logits=np.zeros((0, 4), np.float32), start_sec=np.zeros(0), end_sec=np.zeros(0),
+                                  valid_frames=np.zeros(0, np.int32)))  # fmt: skip
+            w.finalize()
+        tracemalloc.start()
+        assert verify(out) == []
+        peaks[n] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    per_video = (peaks[8000] - peaks[2000]) / 6000
+    print(f"verify: {per_video:.0f} bytes a video more")
+    assert per_video < 80, peaks  # 4 numbers (32 bytes) and their temporaries; a string object is 250+
+
+
 # export --format npy: memory flat
 
 

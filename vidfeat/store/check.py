@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
+import heapq
 import json
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,6 @@ from .format import (
     _canon,
     _missing_message,
     _open_h5,
-    _read_table,
     check_format,
 )
 from .captions import CAPTION_COLUMNS, clips_with_text, has_captions, iter_clip_texts, read_captions
@@ -198,10 +198,83 @@ class _Faults:
         return out
 
 
+class _PathReader:
+    """``path_of(row)``: one /videos path, read when a fault names it."""
+
+    def __init__(self, ds: h5py.Dataset) -> None:
+        self.ds = ds
+
+    def __call__(self, row: int) -> str:
+        return str(self.ds.asstr()[int(row)])
+
+
+_VIDEO_BLOCK = 1 << 16  # /videos rows of strings read per step
+
+
+def _verify_video_rows(h5: h5py.File, counts: np.ndarray, starts: np.ndarray, path_of: _PathReader,
+                       faults: _Faults) -> None:  # fmt: skip
+    """The /videos string columns, a block of rows at a time: statuses, one-line errors and
+    warnings, relative paths sorted (within each segment of a grown file: ``starts``, its first
+    rows) and, across segments, unique."""
+    n = len(counts)
+    columns = {name: h5[f"videos/{name}"] for name in ("path", "status", "error", "warning") if f"videos/{name}" in h5}
+    new_run = np.zeros(n + 1, dtype=bool)
+    new_run[starts[(starts >= 0) & (starts <= n)]] = True
+    previous, unsorted = None, None
+    for lo in range(0, n, _VIDEO_BLOCK):
+        hi = min(n, lo + _VIDEO_BLOCK)
+        block = {name: np.asarray(ds.asstr()[lo:hi], dtype=object) for name, ds in columns.items()}
+        paths, status, c = block["path"], block["status"], counts[lo:hi]
+        bad_status = ~np.isin(status.astype(str), STATUSES)
+        faults.rows("videos/status not ok|partial|failed", paths[bad_status], int(bad_status.sum()))
+        for name in ("error", "warning"):
+            if name in block:
+                multi = np.array(["\n" in e or "\r" in e for e in block[name]], dtype=bool)
+                faults.rows(f"videos/{name} with more than one line", paths[multi], int(multi.sum()))
+        if unsorted is None:
+            before = np.r_[[previous if previous is not None else ""], paths[:-1]].astype(object)
+            increasing = (paths > before).astype(bool) | new_run[lo:hi]
+            if lo == 0:
+                increasing[0] = True
+            if not increasing.all():
+                unsorted = lo + int(np.argmin(increasing))
+        previous = paths[-1]
+        absolute = np.array([p.startswith("/") or not p for p in paths], dtype=bool)
+        faults.rows("videos/path not relative", paths[absolute], int(absolute.sum()))
+        failed_with_clips = (status == "failed") & (c != 0)
+        faults.rows("failed videos with clips", paths[failed_with_clips], int(failed_with_clips.sum()))
+        ok_without = (status == "ok") & (c <= 0)
+        faults.rows("ok videos without clips", paths[ok_without], int(ok_without.sum()))
+    if unsorted is not None:
+        where = " within its segment" if len(starts) > 1 else ""
+        faults.add(f"videos/path not sorted{where} at row {unsorted} ({path_of(unsorted)})")
+    elif len(starts) > 1:
+        twice = _in_two_segments(columns["path"], [*starts.tolist(), n])
+        if twice is not None:
+            faults.add(f"videos/path not unique: {twice} is in more than one segment")
+
+
+def _in_two_segments(paths: h5py.Dataset, bounds: list[int]) -> str | None:
+    """A path found in two of the sorted runs ``paths[bounds[k]:bounds[k + 1]]``, or None: a
+    k-way merge of the runs, read a block at a time."""
+
+    def run(lo: int, hi: int) -> Iterator[str]:
+        for a in range(lo, hi, _VIDEO_BLOCK):
+            yield from paths.asstr()[a : min(hi, a + _VIDEO_BLOCK)].tolist()
+
+    previous = None
+    for name in heapq.merge(*(run(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]))):
+        if name == previous:
+            return name
+        previous = name
+    return None
+
+
 def verify(path: str | os.PathLike[str]) -> list[str]:
     """Check a finished file against the format contract; return the faults (empty = valid).
 
-    Raises StoreError only if the file cannot be opened at all. Streams /clips in blocks.
+    Raises StoreError only if the file cannot be opened at all. Streams /clips, and the /videos
+    strings, in blocks: memory holds four numbers a video and one block of rows.
     """
     path = Path(path)
     if not path.exists():
@@ -280,48 +353,34 @@ def _verify(h5: h5py.File, faults: _Faults) -> None:
     if not layout_ok:
         return  # the row checks below assume the layout is right
 
-    table = _read_table(h5)
-    paths, counts, offsets = table["path"], table["clip_count"], table["clip_offset"]
-    bad_status = ~np.isin(table["status"].astype(str), STATUSES)
-    faults.rows("videos/status not ok|partial|failed", paths[bad_status], int(bad_status.sum()))
-    for name in ("error", "warning"):
-        multi = np.array(["\n" in e or "\r" in e for e in table[name]], dtype=bool)
-        faults.rows(f"videos/{name} with more than one line", paths[multi], int(multi.sum()))
-    if n_videos > 1:
-        increasing = (paths[1:] > paths[:-1]).astype(bool)
-        starts = np.asarray(_canon(h5.attrs.get("segment_videos", [0])), dtype=np.int64).reshape(-1)
-        increasing[starts[(starts > 0) & (starts < n_videos)] - 1] = True  # a new segment starts a new run
-        if not increasing.all():
-            row = int(np.argmin(increasing)) + 1
-            faults.add(f"videos/path not sorted{' within its segment' if len(starts) > 1 else ''} at row {row} ({paths[row]})")
-        if len(starts) > 1 and len(set(paths.tolist())) < n_videos:
-            names, counts_of = np.unique(paths.astype(str), return_counts=True)
-            faults.add(f"videos/path not unique: {names[counts_of > 1][0]} is in more than one segment")
-    absolute = np.array([p.startswith("/") or not p for p in paths], dtype=bool)
-    faults.rows("videos/path not relative", paths[absolute], int(absolute.sum()))
-    failed_with_clips = (table["status"] == "failed") & (counts != 0)
-    faults.rows("failed videos with clips", paths[failed_with_clips], int(failed_with_clips.sum()))
-    ok_without = (table["status"] == "ok") & (counts <= 0)
-    faults.rows("ok videos without clips", paths[ok_without], int(ok_without.sum()))
+    # Per video, only four numbers are held (32 bytes a video); the string columns are read a
+    # block of rows at a time, and a path only when a fault names it.
+    counts = h5["videos/clip_count"][()].astype(np.int64)
+    offsets = h5["videos/clip_offset"][()].astype(np.int64)
+    duration = h5["videos/duration_sec"][()].astype(np.float64)
+    path_of = _PathReader(h5["videos/path"])
+    starts = np.asarray(_canon(h5.attrs.get("segment_videos", [0])), dtype=np.int64).reshape(-1)
+    _verify_video_rows(h5, counts, starts, path_of, faults)
     mapping_ok = True
     if (counts < 0).any():
-        faults.rows("videos/clip_count negative", paths[counts < 0], int((counts < 0).sum()))
+        faults.rows("videos/clip_count negative", (path_of(i) for i in np.flatnonzero(counts < 0)),
+                    int((counts < 0).sum()))  # fmt: skip
         mapping_ok = False
     else:
         want = np.cumsum(counts) - counts
         wrong = offsets != want
         if wrong.any():
             faults.rows("videos/clip_offset not contiguous (video: found, expected)",
-                        [f"{paths[i]}: {offsets[i]}, {want[i]}" for i in np.flatnonzero(wrong)[:_FAULT_EXAMPLES]],
+                        [f"{path_of(i)}: {offsets[i]}, {want[i]}" for i in np.flatnonzero(wrong)[:_FAULT_EXAMPLES]],
                         int(wrong.sum()))
             mapping_ok = False
         if int(counts.sum()) != n_clips:
             faults.add(f"videos/clip_count sums to {int(counts.sum())}, but /clips has {n_clips} rows")
             mapping_ok = False
+    del offsets
 
     num_frames = attrs.get("num_frames")
     block = _block_rows(emb.shape[1], n_classes)
-    duration = table["duration_sec"]
     ends = np.cumsum(counts) if mapping_ok else None
     for start in range(0, n_clips, block):
         rows = np.arange(start, min(n_clips, start + block))
@@ -349,15 +408,15 @@ def _verify(h5: h5py.File, faults: _Faults) -> None:
         limit = duration[video] + TIME_TOLERANCE_SEC
         bad = np.isfinite(limit) & (duration[video] > 0) & ((t1 > limit) | (t0 > limit))
         faults.rows("clips: times beyond the video's duration_sec (row: video, end_sec, duration_sec)",
-                    (f"{r}: {paths[v]}, {e:.3f}, {d:.3f}" for r, v, e, d in
+                    (f"{r}: {path_of(v)}, {e:.3f}, {d:.3f}" for r, v, e, d in
                      zip(rows[bad], video[bad], t1[bad], duration[video][bad])), int(bad.sum()))
     if version >= 2 and mapping_ok:
-        _verify_means(h5, counts, paths, block, faults)
+        _verify_means(h5, counts, path_of, block, faults)
     if mapping_ok:
-        _verify_captions(h5, table, n_clips, faults)
+        _verify_captions(h5, counts, n_clips, faults)
 
 
-def _verify_captions(h5: h5py.File, table: dict[str, np.ndarray], n_clips: int, faults: _Faults) -> None:
+def _verify_captions(h5: h5py.File, counts: np.ndarray, n_clips: int, faults: _Faults) -> None:
     """/captions/* (sorted, valid times, existing videos) and /clips/text against the rule."""
     if not has_captions(h5):
         if "clips/text" in h5:
@@ -379,7 +438,7 @@ def _verify_captions(h5: h5py.File, table: dict[str, np.ndarray], n_clips: int, 
         return
     captions = read_captions(h5)
     v, t0, t1 = captions.video, captions.start_sec, captions.end_sec
-    bad = (v < 0) | (v >= len(table["path"]))
+    bad = (v < 0) | (v >= len(counts))
     faults.rows("captions/video outside /videos (row)", np.flatnonzero(bad), int(bad.sum()))
     if bad.any():
         return
@@ -392,19 +451,20 @@ def _verify_captions(h5: h5py.File, table: dict[str, np.ndarray], n_clips: int, 
     if bad.any():
         return
     stored = h5["clips/text"]
-    for row, texts in iter_clip_texts(captions, h5["clips/start_sec"], h5["clips/end_sec"], table["clip_count"],
-                                      table["first_frame_sec"]):  # fmt: skip
+    first_frame = (h5["videos/first_frame_sec"][()] if "videos/first_frame_sec" in h5
+                   else np.full(len(counts), np.nan))  # fmt: skip
+    for row, texts in iter_clip_texts(captions, h5["clips/start_sec"], h5["clips/end_sec"], counts, first_frame):
         got = stored.asstr()[row : row + len(texts)]
         wrong = np.flatnonzero(got.astype(object) != np.array(texts, dtype=object))
         faults.rows("clips/text differs from its captions (row)", wrong + row, len(wrong))
 
 
-def _verify_means(h5: h5py.File, counts: np.ndarray, paths: np.ndarray, block: int, faults: _Faults) -> None:
+def _verify_means(h5: h5py.File, counts: np.ndarray, path_of: _PathReader, block: int, faults: _Faults) -> None:
     """/videos/embedding_mean and /videos/scores_mean against the means of the /clips rows."""
     stored = {name: h5[f"videos/{name}"] for name in _MEAN_COLUMNS}
     for v, emb_mean, scores_mean in iter_video_means(h5["clips/embedding"], h5["clips/logits"], counts, block):
         for name, want in (("embedding_mean", emb_mean), ("scores_mean", scores_mean)):
             got = stored[name][v : v + len(want)]
             bad = ~np.isclose(got, want, rtol=MEAN_TOLERANCE, atol=MEAN_TOLERANCE, equal_nan=True).all(axis=1)
-            faults.rows(f"videos/{name} differs from the mean of the video's clips", paths[v : v + len(want)][bad],
-                        int(bad.sum()))
+            faults.rows(f"videos/{name} differs from the mean of the video's clips",
+                        (path_of(v + i) for i in np.flatnonzero(bad)), int(bad.sum()))  # fmt: skip
