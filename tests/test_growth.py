@@ -300,5 +300,5 @@ def test_verify_checks_a_grown_file_segment_by_segment(base, tmp_path, monkeypat
     with h5py.File(segment, "r+") as h5:
         h5["videos/path"][0] = "v00033.mp4"
         h5["videos/path"][1] = "v00099.mp4"  # after v00037.mp4's place: unsorted within the segment
-    assert verify(grown) == ["videos/path not sorted within its segment at row 402 (v00037.mp4)"]
+    assert verify(grown) == ["videos/path not sorted and unique within its segment at row 402 (v00037.mp4)"]
 

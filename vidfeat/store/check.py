@@ -247,7 +247,7 @@ def _verify_video_rows(h5: h5py.File, counts: np.ndarray, starts: np.ndarray, pa
         faults.rows("ok videos without clips", paths[ok_without], int(ok_without.sum()))
     if unsorted is not None:
         where = " within its segment" if len(starts) > 1 else ""
-        faults.add(f"videos/path not sorted{where} at row {unsorted} ({path_of(unsorted)})")
+        faults.add(f"videos/path not sorted and unique{where} at row {unsorted} ({path_of(unsorted)})")
     elif len(starts) > 1:
         twice = _in_two_segments(columns["path"], [*starts.tolist(), n])
         if twice is not None:
