@@ -9,7 +9,6 @@ shard rule (vidfeat.pipeline.shard.shard_of) and named as `--shard I/3` names th
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import re
@@ -25,7 +24,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from test_store import _count_file_ops, _fill, small_fs  # noqa: F401  (small_fs is a fixture)
+from test_store import _count_file_ops, _fill, _fill_after_the_check, _without_fallocate, small_fs  # noqa: F401  (small_fs is a fixture)
 from vidfeat.cli import main
 from vidfeat.pipeline.shard import shard_of
 from vidfeat.store import FeatureWriter, VideoResult, verify
@@ -186,26 +185,12 @@ def _merge_main() -> None:
 
     out, folder, fault, amount, reserve = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]
     if reserve == "no-fallocate":
-
-        def unsupported(fd, offset, length):
-            raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
-
-        os.posix_fallocate = unsupported
+        _without_fallocate()
     if fault == "fsize":
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (amount, resource.RLIM_INFINITY))
     elif fault == "check":
-        real_usage = shutil.disk_usage
-        calls = []
-
-        def disk_usage(path):
-            usage = real_usage(path)
-            if not calls:
-                _fill(out.parent, amount)
-            calls.append(path)
-            return usage
-
-        shutil.disk_usage = disk_usage
+        _fill_after_the_check(out.parent, amount)
     elif fault == "write":
         real_reserve = final.reserve
 

@@ -981,6 +981,30 @@ def _fill(directory: Path, leave: int = 0) -> None:
     os.truncate(filler, filler.stat().st_size - leave)
 
 
+def _without_fallocate() -> None:
+    """This process's filesystem refuses fallocate (as some NFS mounts do): reservation falls back."""
+
+    def unsupported(fd, offset, length):
+        raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+
+    os.posix_fallocate = unsupported
+
+
+def _fill_after_the_check(directory: Path, leave: int) -> None:
+    """Another "process" fills ``directory``'s filesystem (leaving ``leave`` bytes) right after
+    this process's first free-space check."""
+    real_usage, calls = shutil.disk_usage, []
+
+    def disk_usage(path):
+        usage = real_usage(path)
+        if not calls:
+            _fill(directory, leave)
+        calls.append(path)
+        return usage
+
+    shutil.disk_usage = disk_usage
+
+
 def _full_disk_main() -> None:
     """Run in a subprocess on a small filesystem: commit the big run, then finalize with the disk
     filled by another "process" right after the free-space check (``check``, leaving ``leave``
@@ -991,22 +1015,9 @@ def _full_disk_main() -> None:
     out, when, reserve, leave = Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
     _big_run(out, finalize=False)
     if reserve == "no-fallocate":
-
-        def unsupported(fd, offset, length):
-            raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
-
-        os.posix_fallocate = unsupported
+        _without_fallocate()
     if when == "check":
-        real_usage, calls = shutil.disk_usage, []
-
-        def disk_usage(path):
-            usage = real_usage(path)
-            if not calls:
-                _fill(out.parent, leave)
-            calls.append(path)
-            return usage
-
-        shutil.disk_usage = disk_usage
+        _fill_after_the_check(out.parent, leave)
     elif when == "write":
         real_write = assemble._write
 
