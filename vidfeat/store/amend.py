@@ -23,7 +23,7 @@ from ..version import __version__
 from . import segments
 from .assemble import KEEP, assemble
 from .captions import CaptionTable
-from .format import CAPTION_ATTRS, _missing_message, _open_h5, check_format, parts_path
+from .format import CAPTION_ATTRS, SEGMENT_ATTRS, _missing_message, _open_h5, check_format, parts_path
 from .lock import LOCK_NAME, OutputLock
 
 _TMP_SUFFIX = ".captions.tmp"
@@ -76,7 +76,7 @@ def _rewrite(output: Path, update: Callable[[dict, int], None], **how: Any) -> i
     with _open_h5(output, "feature file", fix) as h5:
         check_format(h5, output, fix)
         segments.check_segments(h5, output)
-        attrs = {key: value for key, value in h5.attrs.items() if key not in segments.ATTRS}
+        attrs = {key: value for key, value in h5.attrs.items() if key not in SEGMENT_ATTRS}
         classes = h5["classes"].asstr()[()].tolist()
         emb = h5["clips/embedding"]
         embedding_dim, embedding_dtype = int(emb.shape[1]), emb.dtype

@@ -47,7 +47,7 @@ from ..errors import StoreError
 from .assemble import assemble
 from .captions import has_captions
 from .final import estimate_bytes, fsync_dir, unlink_quiet, write_final
-from .format import _MEAN_COLUMNS, _STR, SEGMENT_ATTRS, VIDEO_COLUMNS, _canon, _open_h5
+from .format import _CLIP_COPY, _MEAN_COLUMNS, _STR, VIDEO_COLUMNS, _canon, _open_h5
 
 SUFFIX = ".segments"
 GROWN_VERSION = 4
@@ -59,10 +59,9 @@ virtual dataset reads through one mapping per segment)."""
 DATASETS = (
     *(f"videos/{name}" for name in VIDEO_COLUMNS),
     *(f"videos/{name}" for name in _MEAN_COLUMNS),
-    "clips/embedding", "clips/logits", "clips/video", "clips/start_sec", "clips/end_sec", "clips/valid_frames",
-)  # fmt: skip
+    *(f"clips/{name}" for name in (*_CLIP_COPY, "video")),
+)
 """Every dataset of a grown file except /classes: each a virtual dataset over the segments."""
-ATTRS = SEGMENT_ATTRS
 _FIRST = "000000.h5"
 
 
