@@ -32,7 +32,7 @@ from videos import (
 from vidfeat.cli import main
 from vidfeat.errors import VidfeatError
 from vidfeat.video.sampling import ClipSampling
-from vidfeat.store import open_features, verify
+from vidfeat.store import open_features, summarize, verify
 from vidfeat.video.transforms import normalize, spatial_crops
 from vidfeat.video.reader import ClipReader
 from vidfeat.model.weights import load_model
@@ -232,6 +232,29 @@ def test_rerun_skips_done_videos_and_adds_new_ones(tmp_path, good_videos, model_
     assert "1 already done" in proc.stderr and "1 ok" in proc.stderr
     with open_features(out) as f:
         assert list(f.videos.path) == ["one.mp4", "two.mp4"]
+
+
+def test_captions_of_a_rerun_that_grows_a_captioned_file_go_to_the_new_videos_only(tmp_path, model_dir):
+    """`extract --captions` on a rerun that adds videos to a file with captions: the file grows by
+    a segment and only the new videos get captions from the source (their segment is rewritten);
+    the old video keeps the captions it had, though the source now says otherwise."""
+    root = tmp_path / "in"
+    root.mkdir()
+    make_video(root / "one.mp4", seconds=3.0)
+    out = tmp_path / "f.h5"
+    source = tmp_path / "caption.json"
+    source.write_text(json.dumps({"one": {"start": [0.0], "end": [1.0], "text": ["first"]}}))
+    assert run(extract_args([root], out, model_dir, "--captions", source)).exit_code == 0
+    make_video(root / "two.mp4", seconds=3.0)
+    source.write_text(json.dumps({"one": {"start": [0.0], "end": [1.0], "text": ["changed"]},
+                                  "two": {"start": [0.5], "end": [1.5], "text": ["second"]}}))  # fmt: skip
+    result = run(extract_args([root], out, model_dir, "--captions", source))
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"{out}: 1 captions for 1 of 1 videos this run added; 2 of their clips have text\n"
+    assert summarize(out)["segments"] == 2 and verify(out) == []
+    with open_features(out) as f:
+        assert f.captions("one.mp4") == [(0.0, 1.0, "first")] and f.captions("two.mp4") == [(0.5, 1.5, "second")]
+        assert f.clips("two.mp4").text.tolist() == ["second", "second"]  # clips at 0 and 1 s, 2 s long
 
 
 def test_a_rerun_with_nothing_left_to_do_never_builds_the_model(tmp_path, model_dir, monkeypatch):

@@ -1,7 +1,7 @@
 """Growth by segments (vidfeat.store.segments): a run that adds videos to a finished file writes
 the new videos and a small top file, needs free space for those only, and the file stays
-readable by any HDF5 reader; replacing videos, captions, too many segments or `vidfeat compact`
-give one plain file again."""
+readable by any HDF5 reader, with or without captions; replacing videos, `vidfeat captions`, too
+many segments or `vidfeat compact` give one plain file again."""
 
 from __future__ import annotations
 
@@ -190,11 +190,6 @@ def test_captions_and_compact_make_a_grown_file_plain(base, tmp_path):
     assert not segments_path(grown).exists()
     with open_features(grown) as f:
         assert f.attrs["format_version"] == 3 and f.clips("v00021.mp4").text[0] == "hello"
-    # a file with captions is assembled again when it grows (the new clips' text is recomputed)
-    _write(grown, [23])
-    assert not segments_path(grown).exists()
-    with open_features(grown) as f:
-        assert len(f.videos) == 402 and f.clips("v00021.mp4").text[0] == "hello"
 
     (tmp_path / "c").mkdir()
     other = _copy(base, tmp_path / "c")
@@ -302,3 +297,145 @@ def test_verify_checks_a_grown_file_segment_by_segment(base, tmp_path, monkeypat
         h5["videos/path"][1] = "v00099.mp4"  # after v00037.mp4's place: unsorted within the segment
     assert verify(grown) == ["videos/path not sorted and unique within its segment at row 402 (v00037.mp4)"]
 
+
+
+# a file with captions
+
+
+def _captioned(base: Path, tmp_path: Path) -> Path:
+    """A copy of ``base`` whose videos v00000 and v00400 have captions."""
+    out = _copy(base, tmp_path)
+    with open_features(out) as f:
+        rows = [f.videos.index("v00000.mp4"), f.videos.index("v00400.mp4")]
+    set_captions(out, CaptionTable(np.array([rows[0], rows[0], rows[1]]), np.array([0.0, 10.0, 30.0]),
+                                   np.array([5.0, 12.0, 31.0]), np.array(["hello", "there", "later"], dtype=object)),
+                 source="first.json", warnings={"no_captions": 398})  # fmt: skip
+    return out
+
+
+def _clip_texts(path: Path) -> dict[str, list[str]]:
+    with open_features(path) as f:
+        return {name: f.clips(name).text.tolist() for name in f.videos.path.astype(str)}
+
+
+def test_a_file_with_captions_grows_by_a_segment_and_keeps_them(base, tmp_path):
+    """Growth of a captioned file writes the new videos (their empty caption table and "" texts)
+    and a top file that maps /captions and /clips/text too; the old captions stay, plain h5py
+    reads /captions/video as rows of the whole file, and compacting gives the plain file an
+    assembly of every video would."""
+    (tmp_path / "g").mkdir()
+    grown = _captioned(base, tmp_path / "g")
+    texts = _clip_texts(grown)
+    new_data = 4 * 20 * (WIDE * 2 + 4 * 4 + 28 + 16)  # as above, and an empty string a clip
+    size = grown.stat().st_size
+    before = _written_bytes()
+    _write(grown, [1, 201, 401, 799])
+    grew = _written_bytes() - before
+    assert grew < 2 * new_data + 300_000 and grew < size / 5, (grew, size)
+    assert sorted(p.name for p in segments_path(grown).iterdir()) == ["000000.h5", "000001.h5"]
+    assert verify(grown) == []
+    with open_features(grown) as f:
+        assert f.attrs["format_version"] == 4 and f.attrs["captions_source"] == "first.json"
+        assert f.captions("v00400.mp4") == [(30.0, 31.0, "later")] and f.captions("v00401.mp4") == []
+        new_texts = {name: f.clips(name).text.tolist() for name in ("v00001.mp4", "v00799.mp4")}
+    assert new_texts == {"v00001.mp4": [""] * 20, "v00799.mp4": [""] * 20}
+    assert {k: v for k, v in _clip_texts(grown).items() if k in texts} == texts
+    with h5py.File(grown, "r") as h5:  # no vidfeat: the virtual datasets
+        video = h5["captions/video"][()]
+        assert h5["captions/video"].is_virtual and h5["clips/text"].shape == (8080,)
+        assert [h5["videos/path"].asstr()[v] for v in video] == ["v00000.mp4", "v00000.mp4", "v00400.mp4"]
+
+    whole = _captioned(base, tmp_path)
+    _write(whole, [1, 201, 401, 799], grow=False)
+    assert not segments_path(whole).exists()
+    assert compact(grown) is not None and not segments_path(grown).exists()
+    assert_same_content(grown, whole)
+
+
+def _caption_json(path: Path, ids: dict[str, list[tuple[float, float, str]]]) -> Path:
+    path.write_text(json.dumps({vid: {"start": [c[0] for c in caps], "end": [c[1] for c in caps],
+                                      "text": [c[2] for c in caps]} for vid, caps in ids.items()}))  # fmt: skip
+    return path
+
+
+def test_captions_of_a_growth_rewrite_its_segment_only(base, tmp_path):
+    """add_captions(last_growth=True) (what `vidfeat extract --captions` does after a run that
+    grew a captioned file) gives the new videos the source's captions by rewriting their segment
+    alone: it writes about that segment, reads the source for the new videos only (the old ones'
+    entries are neither warned about nor used), and the old captions stay as they were."""
+    from vidfeat.captions.attach import add_captions
+
+    grown = _captioned(base, tmp_path)
+    texts = _clip_texts(grown)
+    _write(grown, [1, 201, 401, 799])
+    segment = segments_path(grown) / "000001.h5"
+    source = _caption_json(tmp_path / "caption.json", {
+        "v00000": [(0.0, 100.0, "changed")],  # an old video: left as it is
+        "v00201": [(4.0, 9.0, "new one")],
+        "v00799": [(0.0, 3.0, "a"), (2.0, 6.0, "b")],
+        "elsewhere": [(0.0, 1.0, "x")],  # in no file
+    })  # fmt: skip
+    size = segment.stat().st_size
+    before = _written_bytes()
+    report = add_captions(grown, source, last_growth=True)
+    written = _written_bytes() - before
+    assert written < 2.5 * size + 300_000 and written < base.stat().st_size / 5, (written, size)
+    assert (report.videos, report.captioned_videos, report.captions, report.new_only) == (4, 2, 3, True)
+    # elsewhere; v00001 and v00401; these results record no first-frame time (taken as 0)
+    assert report.counts == {"unknown_video": 1, "no_captions": 2, "first_frame_unknown": 2}
+    assert report.clips_with_text == 5  # v00201: clips at 0 and 4 s; v00799: 0, 4, 8 (8 s clips every 4 s)
+    assert sorted(p.name for p in segments_path(grown).iterdir()) == ["000000.h5", "000002.h5"]
+    assert verify(grown) == []
+    with open_features(grown) as f:
+        assert f.captions("v00201.mp4") == [(4.0, 9.0, "new one")]
+        assert f.clips("v00799.mp4").text[:4].tolist() == ["a b", "b", "", ""]
+        assert f.attrs["captions_source"] == f"first.json; {source}"
+        assert json.loads(f.attrs["captions_warnings"]) == {"first_frame_unknown": 2, "no_captions": 400,
+                                                            "unknown_video": 1}  # fmt: skip
+    assert {k: v for k, v in _clip_texts(grown).items() if k in texts} == texts
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_kill_while_captioning_a_growth_leaves_the_old_or_the_new_file(base, tmp_path, when):
+    """SIGKILL at every file operation of set_last_captions: the file verifies (the old one or
+    the new one), and running it again gives the uninterrupted result with no file left over."""
+    import os
+    import signal
+
+    from test_store import _count_file_ops
+    from vidfeat.store.amend import set_last_captions
+
+    start = _captioned(base, tmp_path)
+    _write(start, [1, 201])
+    table = CaptionTable(np.array([1]), np.array([4.0]), np.array([9.0]), np.array(["new"], dtype=object))
+    job = dict(first_frame_sec=np.zeros(2), source="second.json")
+    (tmp_path / "expected").mkdir()
+    expected = tmp_path / "expected" / "feats.h5"
+    shutil.copytree(segments_path(start), segments_path(expected))
+    shutil.copy(start, expected)
+    with pytest.MonkeyPatch.context() as m:
+        count = _count_file_ops(m.setattr, None, when)
+        set_last_captions(expected, table, **job)
+    assert count[0] >= 8
+    for kill_at in range(1, count[0] + 1):
+        (tmp_path / f"k{kill_at}").mkdir()
+        out = tmp_path / f"k{kill_at}" / "feats.h5"
+        shutil.copytree(segments_path(start), segments_path(out))
+        shutil.copy(start, out)
+        pid = os.fork()
+        if pid == 0:  # child: never returns into pytest
+            try:
+                _count_file_ops(setattr, kill_at, when)
+                set_last_captions(out, table, **job)
+            finally:
+                os._exit(3)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, kill_at
+        assert verify(out) == [], kill_at
+        set_last_captions(out, table, **job)
+        assert verify(out) == [], kill_at
+        with h5py.File(out, "r") as h5:
+            referred = sorted(str(n) for n in h5.attrs["segments"])
+        assert sorted(p.name for p in segments_path(out).iterdir()) == referred, kill_at
+        assert _clip_texts(out) == _clip_texts(expected), kill_at

@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import VideoError, VidfeatError
-from ..store import open_features
-from ..store.amend import set_captions
+from ..store import open_features, segments
+from ..store.amend import set_captions, set_last_captions
 from ..store.captions import CaptionTable, clips_with_text
 from .sources import Captions, read_sidecars, read_source, video_id
 
@@ -43,7 +43,8 @@ class AttachReport:
 
     output: Path
     source: str
-    videos: int = 0  # videos in the file
+    videos: int = 0  # videos in the file (with new_only: those its last growth added)
+    new_only: bool = False  # only the videos of the file's last growth got captions
     captioned_videos: int = 0  # videos that got at least one caption
     captions: int = 0  # captions written
     clips_with_text: int = 0
@@ -52,27 +53,40 @@ class AttachReport:
     warnings_left_out: int = 0
 
 
-def add_captions(output: str | os.PathLike[str], source: str | os.PathLike[str] | None = None) -> AttachReport:
+def add_captions(
+    output: str | os.PathLike[str], source: str | os.PathLike[str] | None = None, *, last_growth: bool = False
+) -> AttachReport:
     """Write the captions of ``source`` (None: the sidecars beside the videos) into ``output``;
-    see the module docstring."""
+    see the module docstring.
+
+    ``last_growth``: ``output`` is a grown file with captions (:mod:`vidfeat.store.segments`);
+    give the videos its last growth added their captions, rewriting only their segment, and
+    leave every other video's captions as they are (``vidfeat extract --captions`` on a run that
+    grew the file). The source is read for those videos only."""
     output = Path(output)
     with open_features(output) as f:
         paths = f.videos.path.astype(str)
         first_frame = np.array(f.videos.first_frame_sec, dtype=np.float64)
         root = f.attrs.get("root") or ""
-    report = AttachReport(output=output, source=_describe(source, root), videos=len(paths))
-    rows_by_name, caps = _read(paths, source, root, report)
+        rows = segments.last_rows(f.h5) if last_growth else slice(0, len(paths))
+    report = AttachReport(output=output, source=_describe(source, root), videos=rows.stop - rows.start,
+                          new_only=last_growth)  # fmt: skip
+    rows_by_name, caps = _read(paths, source, root, report, rows)
     by_row: dict[int, list[tuple[float, float, str]]] = {}
     for name, row in rows_by_name.items():
         found = caps.get(name)
         if found:
             by_row[row] = [(c.start_sec, c.end_sec, c.text) for c in found]
     _fill_first_frames(first_frame, sorted(by_row), paths, root, report)
-    table = CaptionTable.build(by_row)
     report.counts.update(caps.counts)
-    set_captions(output, table, first_frame_sec=first_frame, source=report.source, warnings=report.counts)
-    with open_features(output) as f:
-        report.clips_with_text = clips_with_text(f.h5)
+    if last_growth:
+        table = CaptionTable.build({row - rows.start: caps for row, caps in by_row.items()})
+        set_last_captions(output, table, first_frame_sec=first_frame[rows], source=report.source,
+                          warnings=report.counts)  # fmt: skip
+    else:
+        table = CaptionTable.build(by_row)
+        set_captions(output, table, first_frame_sec=first_frame, source=report.source, warnings=report.counts)
+    report.clips_with_text = _clips_with_text(output, rows)
     report.captioned_videos, report.captions = len(by_row), len(table)
     report.warnings = caps.warnings + report.warnings
     report.warnings_left_out += caps.warnings_left_out
@@ -80,29 +94,41 @@ def add_captions(output: str | os.PathLike[str], source: str | os.PathLike[str] 
 
 
 def add_whole_video_captions(output: str | os.PathLike[str], texts: dict[str, str],
-                             source: str = "the .txt members of the tar shards") -> AttachReport:  # fmt: skip
+                             source: str = "the .txt members of the tar shards", *,
+                             last_growth: bool = False) -> AttachReport:  # fmt: skip
     """Write ``texts`` (video name -> caption text: a webdataset sample's ``.txt``) into
     ``output`` as one caption per video spanning the whole video, from its first frame to its
     measured end; videos without a known duration (failed ones) and empty texts get none. It
-    replaces any captions the file had. ``source`` is recorded as ``captions_source``."""
+    replaces any captions the file had (with ``last_growth``, as :func:`add_captions`: those of
+    the videos the file's last growth added). ``source`` is recorded as ``captions_source``."""
     output = Path(output)
     with open_features(output) as f:
         paths = f.videos.path.astype(str)
         first_frame = np.array(f.videos.first_frame_sec, dtype=np.float64)
         duration = np.array(f.videos.duration_sec, dtype=np.float64)
-    report = AttachReport(output=output, source=source, videos=len(paths))
+        rows = segments.last_rows(f.h5) if last_growth else slice(0, len(paths))
+    report = AttachReport(output=output, source=source, videos=rows.stop - rows.start, new_only=last_growth)
     by_row: dict[int, list[tuple[float, float, str]]] = {}
-    for row, name in enumerate(paths):
-        text = " ".join((texts.get(name) or "").split())
+    for row in range(rows.start, rows.stop):
+        text = " ".join((texts.get(paths[row]) or "").split())
         if text and math.isfinite(duration[row]):
             start = float(first_frame[row]) if math.isfinite(first_frame[row]) else 0.0
-            by_row[row] = [(start, start + float(duration[row]), text)]
+            by_row[row - rows.start] = [(start, start + float(duration[row]), text)]
     table = CaptionTable.build(by_row)
-    set_captions(output, table, first_frame_sec=first_frame, source=source)
-    with open_features(output) as f:
-        report.clips_with_text = clips_with_text(f.h5)
+    if last_growth:
+        set_last_captions(output, table, first_frame_sec=first_frame[rows], source=source)
+    else:
+        set_captions(output, table, first_frame_sec=first_frame, source=source)
+    report.clips_with_text = _clips_with_text(output, rows)
     report.captioned_videos, report.captions = len(by_row), len(table)
     return report
+
+
+def _clips_with_text(output: Path, rows: slice) -> int:
+    """How many clips of the videos ``rows`` have text (their clips are contiguous)."""
+    with open_features(output) as f:
+        first = int(f.videos.clip_offset[rows.start]) if rows.start < len(f.videos) else f.h5["clips/text"].shape[0]
+        return clips_with_text(f.h5, first)
 
 
 def _describe(source: str | os.PathLike[str] | None, root: str) -> str:
@@ -113,30 +139,35 @@ def _describe(source: str | os.PathLike[str] | None, root: str) -> str:
     return os.path.abspath(source)
 
 
-def _read(paths: np.ndarray, source, root: str, report: AttachReport) -> tuple[dict[str, int], Captions]:
-    """(caption key -> row of the file, the captions read by that key)."""
+def _read(paths: np.ndarray, source, root: str, report: AttachReport,
+          rows: slice) -> tuple[dict[str, int], Captions]:  # fmt: skip
+    """(caption key -> row of the file, the captions read by that key) for the videos of
+    ``rows``; the source's captions of the file's other videos are skipped without a warning."""
     if source is None:
         if not root or not Path(root).is_dir():
             raise VidfeatError(
                 f"{report.output} records no readable videos folder (root {root!r}), so no sidecars can be "
                 "found: give the captions source (caption.json, a folder of <id>.csv, .vtt or .srt files)"
             )
-        rows = {str(p): i for i, p in enumerate(paths)}
-        return rows, read_sidecars({str(p): Path(root) / p for p in paths})
+        wanted = {str(p): rows.start + i for i, p in enumerate(paths[rows])}
+        return wanted, read_sidecars({p: Path(root) / p for p in wanted})
     if not Path(source).exists():
         raise VidfeatError(f"{source} does not exist: give a caption.json, a folder of <id>.csv, .vtt or .srt files")
     ids: dict[str, list[int]] = defaultdict(list)
     for i, p in enumerate(paths):
         ids[video_id(p)].append(i)
-    rows = {}
+    wanted, others = {}, set()
     for vid, found in ids.items():
-        if len(found) > 1:
+        if not any(rows.start <= i < rows.stop for i in found):
+            others.add(vid)
+        elif len(found) > 1:
             report.counts["ambiguous_id"] += 1
             report.warnings.append(f"video id {vid} names {len(found)} videos ({paths[found[0]]}, {paths[found[1]]}"
                                    f"{', ...' if len(found) > 2 else ''}): their captions are left out")  # fmt: skip
-            continue
-        rows[vid] = found[0]
-    return rows, read_source(source, video_ids=list(ids))
+        else:
+            wanted[vid] = found[0]
+    ambiguous = set(ids) - set(wanted) - others
+    return wanted, read_source(source, video_ids=[*wanted, *ambiguous], skip_ids=others)
 
 
 def _fill_first_frames(first_frame: np.ndarray, rows: list[int], paths: np.ndarray, root: str,

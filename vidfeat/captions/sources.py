@@ -171,13 +171,16 @@ def as_arrays(captions: Sequence[Caption]) -> tuple[np.ndarray, np.ndarray, list
 # ---------------------------------------------------------------------------- sources
 
 
-def read_source(source: str | os.PathLike[str], video_ids: Iterable[str] | None = None) -> Captions:
+def read_source(
+    source: str | os.PathLike[str], video_ids: Iterable[str] | None = None, skip_ids: Iterable[str] = ()
+) -> Captions:
     """Read every caption of ``source`` (see the module docstring for the kinds of source).
 
     With ``video_ids`` (the videos the captions are for), captions of other ids are skipped with
     an ``unknown_video`` warning each (a folder's files for them are not even parsed), every
     listed video without captions gets a ``no_captions`` warning, and ambiguous subtitle names
-    resolve by these ids.
+    resolve by these ids. Captions of ``skip_ids`` (known videos that are not being captioned
+    now) are skipped without a warning.
 
     Raises:
         VidfeatError: ``source`` does not exist, or is no kind of caption source.
@@ -202,10 +205,13 @@ def read_source(source: str | os.PathLike[str], video_ids: Iterable[str] | None 
 
     out = Captions()
     seen: set[str] = set()  # ids present in the source (and wanted)
+    skip = set(skip_ids)
     if entries is None:
-        _read_howto_json(path, wanted, out, seen)
+        _read_howto_json(path, wanted, skip, out, seen)
     else:
         for vid in sorted(entries):
+            if vid in skip:
+                continue
             if wanted is not None and vid not in wanted:
                 out.warn("unknown_video", f"{entries[vid][0][1]}: video id {vid} is not among the videos; its captions are skipped")
                 continue
@@ -399,7 +405,7 @@ def _collapse(text: str) -> str:
 # ---------------------------------------------------------------------------- HowTo100M JSON
 
 
-def _read_howto_json(path: Path, wanted: set[str] | None, out: Captions, seen: set[str]) -> None:
+def _read_howto_json(path: Path, wanted: set[str] | None, skip: set[str], out: Captions, seen: set[str]) -> None:
     try:
         with open(path, "rb") as f:
             data = json.load(f)
@@ -410,6 +416,8 @@ def _read_howto_json(path: Path, wanted: set[str] | None, out: Captions, seen: s
         out.warn("unreadable_file", f"{path}: not a {{video_id: {{start, end, text}}}} object; skipped")
         return
     for vid in sorted(data):
+        if vid in skip:
+            continue
         if wanted is not None and vid not in wanted:
             out.warn("unknown_video", f"{path}: video id {vid} is not among the videos; its captions are skipped")
             continue

@@ -22,8 +22,9 @@ def echo_caption_report(report) -> None:
     if report.counts:
         kinds = ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in sorted(report.counts.items()))
         click.echo(f"vidfeat: caption problems: {kinds}", err=True)
+    which = "videos this run added" if report.new_only else "videos"
     click.echo(f"{report.output}: {report.captions} captions for {report.captioned_videos} of {report.videos} "
-               f"videos; {report.clips_with_text} clips have text")  # fmt: skip
+               f"{which}; {report.clips_with_text} {'of their ' if report.new_only else ''}clips have text")  # fmt: skip
 
 
 @main.command(name="captions")

@@ -163,6 +163,9 @@ def extract_cmd(inputs, output, list_file, root, model, fps, num_frames, stride,
     progress = Progress(enabled=not quiet, notes=True)  # run notes (a decoder fallback) even with --quiet
     if not quiet:
         progress.console.print(f"{len(found.videos)} videos under {found.root} -> {output}")
+    from ..store import segments
+
+    before = segments.state(output)
     report = dispatch(found.videos, output, options, progress, shard=shard, ray=ray_address,
                       echo=lambda line: click.echo(line, err=True))  # fmt: skip
     c, f = report.counts, report.in_file
@@ -179,7 +182,9 @@ def extract_cmd(inputs, output, list_file, root, model, fps, num_frames, stride,
         message += " (interrupted: rerun the same command to finish)"
     click.echo(message, err=True)
     if not report.interrupted and report.output == output and output.exists():
-        _add_captions(output, captions_source, found.videos, added=sum(c.values()) > 0)
+        after = segments.state(output)
+        grew = before[1] and after[1] and after[0] > max(before[0], 1)  # a new segment beside captioned ones
+        _add_captions(output, captions_source, found.videos, added=sum(c.values()) > 0, last_growth=grew)
     elif captions_source is not None and report.output != output:  # a shard: merge refuses captioned shards
         click.echo(f"vidfeat: --captions: this run wrote the shard {report.output}; once the shards are merged, "
                    f"add them with: vidfeat captions {output} {captions_source}", err=True)
@@ -195,11 +200,13 @@ def _is_url(item) -> bool:
     return is_url(item)
 
 
-def _add_captions(output: Path, source: Path | None, videos, *, added: bool) -> None:
+def _add_captions(output: Path, source: Path | None, videos, *, added: bool, last_growth: bool = False) -> None:
     """The end of an extraction that wrote ``output``: add the captions of ``source``; else the
     .txt members of tar shard samples when the run added videos (one caption spanning each
     video); else the sidecars beside local ``videos`` when there are any and the run added
-    videos (the captions of the videos it kept are carried through every rerun)."""
+    videos (the captions of the videos it kept are carried through every rerun).
+    ``last_growth``: the run added its videos to a file with captions as a new segment; only
+    they get captions, by rewriting that segment (the file's other captions stay)."""
     from ..captions import has_sidecars
 
     texts = {v.name: v.caption for v in videos if v.caption}
@@ -208,14 +215,14 @@ def _add_captions(output: Path, source: Path | None, videos, *, added: bool) -> 
             from ..captions.attach import add_whole_video_captions
             from .captions import echo_caption_report
 
-            echo_caption_report(add_whole_video_captions(output, texts))
+            echo_caption_report(add_whole_video_captions(output, texts, last_growth=last_growth))
         return
     if source is None and not (added and has_sidecars(v.path for v in videos if v.local)):
         return
     from ..captions.attach import add_captions
     from .captions import echo_caption_report
 
-    echo_caption_report(add_captions(output, source))
+    echo_caption_report(add_captions(output, source, last_growth=last_growth))
 
 
 @main.command(name="info")

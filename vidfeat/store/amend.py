@@ -1,8 +1,9 @@
 """Changing a finished file without re-extracting it: adding, replacing or removing its
-captions, and compacting a grown file (:mod:`vidfeat.store.segments`) into one plain file.
+captions, giving the videos a grown file's last growth added their captions, and compacting a
+grown file (:mod:`vidfeat.store.segments`) into one plain file.
 
 The file is rebuilt by assembly (:func:`vidfeat.store.assemble.assemble` with the file as its
-only source), so it is written as durably as every final file (free-space check, reservation,
+only source; for the last growth's captions, that segment alone), so it is written as durably as every final file (free-space check, reservation,
 temporary name, fsync, rename): a kill at any moment leaves the old file intact. It holds the
 output lock meanwhile, so an extraction cannot write the same output at the same time.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,7 +24,7 @@ from ..errors import StoreError
 from ..version import __version__
 from . import segments
 from .assemble import KEEP, assemble
-from .captions import CaptionTable
+from .captions import CaptionTable, has_captions
 from .format import CAPTION_ATTRS, SEGMENT_ATTRS, _missing_message, _open_h5, check_format, parts_path
 from .lock import LOCK_NAME, OutputLock
 
@@ -53,6 +55,46 @@ def set_captions(
             attrs["captions_warnings"] = json.dumps({k: int(n) for k, n in sorted((warnings or {}).items()) if n})
 
     return _rewrite(Path(output), update, captions=captions, first_frame_sec=first_frame_sec)
+
+
+def set_last_captions(
+    output: str | os.PathLike[str],
+    captions: CaptionTable,
+    *,
+    first_frame_sec: np.ndarray,
+    source: str = "",
+    warnings: Mapping[str, int] | None = None,
+) -> int:
+    """Give the videos of a grown file's last segment (the videos its last growth added) the
+    ``captions`` (video rows counted from the segment's first row, ``segments.last_rows``) and
+    ``first_frame_sec`` ([videos of the segment]), rewriting that segment alone; the other
+    videos keep theirs. ``source`` is added to ``captions_source`` (sources joined by "; ") and
+    ``warnings`` to the counts of ``captions_warnings``. Returns the file's clip count."""
+    output = Path(output)
+    if not output.exists():
+        raise StoreError(_missing_message(output))
+    fix = "give a file written by vidfeat extract"
+    with _open_h5(output, "feature file", fix) as h5:
+        check_format(h5, output, fix)
+        segments.check_segments(h5, output)
+        if not segments.segment_names(h5) or not has_captions(h5):
+            raise ValueError(f"{output} is not a grown file with captions")
+        sources = [s for s in str(h5.attrs.get("captions_source", "")).split("; ") if s]
+        counts = Counter({k: int(n) for k, n in json.loads(h5.attrs.get("captions_warnings") or "{}").items()})
+    if source and source not in sources:
+        sources.append(source)
+    counts.update({k: int(n) for k, n in (warnings or {}).items() if n})
+    attrs = {"captions_source": "; ".join(sources), "captions_warnings": json.dumps(dict(sorted(counts.items())))}
+    parts = parts_path(output)
+    parts.mkdir(exist_ok=True)
+    try:
+        with OutputLock(output, parts):
+            segments.clean(output)  # what a kill of an earlier try left
+            return segments.replace_last(output, parts / (output.name + _TMP_SUFFIX), captions,
+                                         first_frame_sec=first_frame_sec, attrs=attrs, kept=f"{output} is unchanged",
+                                         rerun="rerun the same command")  # fmt: skip
+    finally:
+        _drop_lock_only(parts)
 
 
 def compact(output: str | os.PathLike[str]) -> int | None:
@@ -104,11 +146,15 @@ def _rewrite(output: Path, update: Callable[[dict, int], None], **how: Any) -> i
             segments.drop(output)
             return clips
     finally:
-        # a work directory holding only the lock (ours, or one a kill left) goes; an unfinished
-        # extraction's (chunks, settings) stays for its rerun
-        try:
-            if [p.name for p in parts.iterdir()] == [LOCK_NAME]:
-                (parts / LOCK_NAME).unlink()
-                parts.rmdir()
-        except OSError:
-            pass
+        _drop_lock_only(parts)
+
+
+def _drop_lock_only(parts: Path) -> None:
+    """Remove a work directory that holds only the lock (ours, or one a kill left); an
+    unfinished extraction's (chunks, settings) stays for its rerun."""
+    try:
+        if [p.name for p in parts.iterdir()] == [LOCK_NAME]:
+            (parts / LOCK_NAME).unlink()
+            parts.rmdir()
+    except OSError:
+        pass

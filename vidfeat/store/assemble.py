@@ -26,6 +26,7 @@ from .format import (
     _block_rows,
     _open_h5,
     _read_table,
+    segment_bases,
 )
 from .captions import CaptionTable, caption_bytes, has_captions, read_captions, write_captions
 from .final import create_dataset, estimate_bytes, write_final
@@ -129,6 +130,9 @@ def assemble(
     ``kept`` and ``rerun`` finish the one-line StoreError of a failed write (see
     :func:`~vidfeat.store.final.write_final`).
 
+    A source may be a segment of a grown file (its rows are counted in that file:
+    :func:`~vidfeat.store.format.segment_bases`).
+
     ``captions``: :data:`KEEP` carries the captions of the first source (the previous final
     file) for the videos the new file keeps; a :class:`~vidfeat.store.captions.CaptionTable`
     whose video rows are the first source's replaces them; None writes none. ``first_frame_sec``
@@ -146,10 +150,16 @@ def assemble(
                 raise StoreError(f"{source} holds {h5['clips/embedding'].dtype} embeddings of size {width}, "
                                  f"not {embedding_dtype} of size {embedding_dim}; delete it or rerun with --overwrite")
             tables.append(_read_table(h5))
+            source_videos, source_clips = segment_bases(h5)  # a segment counts rows of its whole file
+            if source_clips:
+                tables[-1]["clip_offset"] = tables[-1]["clip_offset"] - source_clips
             if i == 0 and captions is KEEP:
                 captions = read_captions(h5) if has_captions(h5) else None
                 if captions is not None:
                     attrs = {**attrs, **{key: h5.attrs[key] for key in CAPTION_ATTRS if key in h5.attrs}}
+                    if source_videos:
+                        captions = CaptionTable(captions.video - source_videos, captions.start_sec,
+                                                captions.end_sec, captions.text)  # fmt: skip
     if captions is KEEP:  # no sources
         captions = None
     if first_frame_sec is not None:
@@ -170,7 +180,7 @@ def assemble(
                embedding_dtype=embedding_dtype, video_base=video_base, contiguous=contiguous)  # fmt: skip
         if captions is not None:
             write_captions(out, captions, counts=merged.table["clip_count"],
-                           first_frame_sec=merged.table["first_frame_sec"])  # fmt: skip
+                           first_frame_sec=merged.table["first_frame_sec"], video_base=video_base)  # fmt: skip
 
     write_final(output, tmp, needed, fill, action="assemble", kept=kept, rerun=rerun)
     return int(merged.table["clip_count"].sum())

@@ -148,6 +148,11 @@ class CaptionTable:
         return len(self.video)
 
     @classmethod
+    def empty(cls) -> CaptionTable:
+        """A table without captions (a file whose videos have none yet keeps the layout)."""
+        return cls(np.empty(0, np.int64), np.empty(0, np.float64), np.empty(0, np.float64), np.empty(0, object))
+
+    @classmethod
     def build(cls, rows: Mapping[int, Sequence[tuple[float, float, str]]]) -> CaptionTable:
         """From ``{video row: [(start_sec, end_sec, text), ...]}``, sorted as the file stores it."""
         items = [(v, float(a), float(b), str(t)) for v, caps in rows.items() for a, b, t in caps]
@@ -173,12 +178,13 @@ def has_captions(h5: h5py.Group) -> bool:
     return isinstance(h5.get("captions"), h5py.Group)
 
 
-def clips_with_text(h5: h5py.Group) -> int:
-    """How many clips have text (/clips/text not ""), read a block at a time; 0 without captions."""
+def clips_with_text(h5: h5py.Group, start: int = 0) -> int:
+    """How many clips from row ``start`` on have text (/clips/text not ""), read a block at a
+    time; 0 without captions."""
     if "clips/text" not in h5:
         return 0
     text, step = h5["clips/text"], block_rows(64)
-    return sum(int(np.count_nonzero(text.asstr()[k : k + step] != "")) for k in range(0, text.shape[0], step))
+    return sum(int(np.count_nonzero(text.asstr()[k : k + step] != "")) for k in range(start, text.shape[0], step))
 
 
 def read_captions(h5: h5py.Group) -> CaptionTable | None:
@@ -245,13 +251,16 @@ def write_captions(
     *,
     counts: np.ndarray,
     first_frame_sec: np.ndarray,
+    video_base: int = 0,
 ) -> int:
     """Write /captions/* and /clips/text into ``out``, whose /clips/start_sec and end_sec are
-    already written. Returns the number of clips that got text."""
+    already written. Returns the number of clips that got text. ``video_base``: /captions/video
+    counts the rows of a whole grown file (a segment's videos start at that row), as
+    /clips/video does; ``captions.video`` counts the rows of ``out``."""
     for name, dtype in CAPTION_COLUMNS.items():
         ds = create_dataset(out, f"captions/{name}", (len(captions),), dtype)
         if len(captions):
-            ds[...] = getattr(captions, name)
+            ds[...] = getattr(captions, name) + video_base if name == "video" else getattr(captions, name)
     n_clips = int(np.asarray(counts).sum())
     text = create_dataset(out, "clips/text", (n_clips,), _STR)
     with_text = 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -37,6 +36,10 @@ VOLATILE_ATTRS: tuple[str, ...] = ("created", "vidfeat_version", "torch_version"
 # content, not settings.
 CAPTION_ATTRS: tuple[str, ...] = ("captions_source", "captions_warnings")
 SEGMENT_ATTRS: tuple[str, ...] = ("segments", "segment_videos")  # a grown file's (vidfeat.store.segments)
+# A segment file of a grown file: its "format" attr, and the attrs that count its rows in the whole
+# file (the videos and clips of the segments before it).
+SEGMENT_FORMAT = "vidfeat-segment"
+SEGMENT_BASE_ATTRS: tuple[str, ...] = ("video_base", "clip_base")
 WRITER_ATTRS: tuple[str, ...] = ("format", "format_version", *VOLATILE_ATTRS, *CAPTION_ATTRS, *SEGMENT_ATTRS)
 # Settings every file carries (docs/format.md, root attributes).
 REQUIRED_SETTINGS: tuple[str, ...] = (
@@ -281,3 +284,11 @@ def _missing_message(path: Path) -> str:
         return (f"{path} is not finished yet ({parts} holds {chunks} committed chunks): "
                 "rerun the same extract command to resume and finish it")
     return f"{path} does not exist"
+
+
+def segment_bases(h5: h5py.File) -> tuple[int, int]:
+    """(videos, clips) of the segments before a segment file, by which its /videos/clip_offset,
+    /clips/video and /captions/video count rows of the whole file; (0, 0) for any other file."""
+    if _canon(h5.attrs.get("format", "")) != SEGMENT_FORMAT:
+        return 0, 0
+    return tuple(int(_canon(h5.attrs.get(key, 0))) for key in SEGMENT_BASE_ATTRS)  # type: ignore[return-value]
