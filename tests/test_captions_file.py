@@ -275,3 +275,20 @@ def test_a_busy_output_is_refused_in_one_line(captioned):
 def test_captions_need_a_finished_file(tmp_path):
     with pytest.raises(VidfeatError, match="does not exist"):
         add_captions(tmp_path / "missing.h5", tmp_path)
+
+
+# streamed passes over the caption table
+
+
+def test_caption_blocks_hold_whole_videos(captioned, monkeypatch):
+    from vidfeat.store import captions as store_captions
+    from vidfeat.store.captions import iter_caption_blocks
+
+    out, source = captioned
+    add_captions(out, source)
+    monkeypatch.setattr(store_captions, "caption_block_rows", lambda: 3)
+    monkeypatch.setattr(store_captions, "_PIECE", 1)  # the end of a long video found by bisection
+    with h5py.File(out, "r") as h5:
+        blocks = [(row, block.video.tolist()) for row, block in iter_caption_blocks(h5)]
+    # videos 0, 1 and 2 have 2, 6 and 1 captions: video 1, longer than a block, is one block
+    assert blocks == [(0, [0, 0]), (2, [1] * 6), (8, [2])]
