@@ -21,6 +21,7 @@ from vidfeat.cli import main
 from vidfeat.errors import StoreError, VidfeatError
 from vidfeat.store import FeatureWriter, VideoResult, open_features, summarize, verify
 from vidfeat.store.amend import set_captions
+from vidfeat.store.captions import CaptionTable
 from vidfeat.store.merge import merge_shards
 
 from test_search import CLASSES, SETTINGS
@@ -292,3 +293,67 @@ def test_caption_blocks_hold_whole_videos(captioned, monkeypatch):
         blocks = [(row, block.video.tolist()) for row, block in iter_caption_blocks(h5)]
     # videos 0, 1 and 2 have 2, 6 and 1 captions: video 1, longer than a block, is one block
     assert blocks == [(0, [0, 0]), (2, [1] * 6), (8, [2])]
+
+
+def _many_captions(out: Path, n_videos: int, clips: int, per_clip: int = 2, without: int = 0) -> Path:
+    """``n_videos`` videos of ``clips`` clips each with ``per_clip`` one-second captions starting
+    in every 1.5 s of clip stride; every ``without``-th video (counting from 1) has none."""
+    write(out, {f"v/{i:05d}.mp4": clips for i in range(n_videos)})
+    m = clips * per_clip
+    start = np.arange(m) * (STRIDE / per_clip)
+    videos = np.array([v for v in range(n_videos) if not without or v % without != 1], dtype=np.int64)
+    table = CaptionTable(np.repeat(videos, m), np.tile(start, len(videos)), np.tile(start + 1.0, len(videos)),
+                         np.array([f"line {j} of the video" for j in range(m)] * len(videos), dtype=object))
+    set_captions(out, table)
+    return out
+
+
+def test_verify_memory_is_flat_in_the_captions(tmp_path, monkeypatch):
+    """verify reads /captions and /clips a block at a time: with blocks made small (256 KiB, so
+    both files span many), 4x the captions (and clips, so a clip's text stays as long) over the
+    same 200 videos hold about the same traced peak. Reading the caption table whole held 3.5x."""
+    import tracemalloc
+
+    from vidfeat.store import format as store_format
+
+    files = {m: _many_captions(tmp_path / f"{m}.h5", 200, m // 400) for m in (20_000, 80_000)}
+    monkeypatch.setattr(store_format, "BLOCK_BYTES", 256 << 10)
+    assert verify(files[20_000]) == []  # first use: imports and caches are not counted below
+    peaks = {}
+    for m, out in files.items():
+        tracemalloc.start()
+        assert verify(out) == []
+        peaks[m] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    print(f"verify peaks: {peaks}")
+    # Both hold one block of captions, one of clips and the same per-video numbers; the rest of
+    # 1.5x is the last, partial block of each pass, whose size differs between the files.
+    assert peaks[80_000] < 1.5 * peaks[20_000], peaks
+
+
+def test_verify_finds_unsorted_captions_at_a_block_boundary(captioned, monkeypatch):
+    """The rows are checked 4 at a time: a pair split by a block boundary is compared too."""
+    from vidfeat.store import format as store_format
+    from vidfeat.store.format import block_rows
+
+    out, source = captioned
+    add_captions(out, source)
+    monkeypatch.setattr(store_format, "BLOCK_BYTES", 4 * 24)  # blocks of 4 rows of (video, start, end)
+    assert block_rows(8 + 8 + 8) == 4
+    assert verify(out) == []  # many blocks (and clip-text blocks of one row) find nothing on a valid file
+    with h5py.File(out, "r+") as h5:
+        g = h5["captions"]
+        # rows 3 and 4 are both nVbIUDjzWY4's, (1.5, 3.0) then (3.2, 4.0): swapped across the boundary
+        assert g["video"][3] == g["video"][4]
+        for name in ("start_sec", "end_sec", "text"):
+            g[name][3], g[name][4] = g[name][4], g[name][3]
+    # grouped by video still: the clip texts (the rule orders captions itself) are right
+    assert verify(out) == ["captions not sorted by (video, start_sec, end_sec) at rows: 4"]
+    with h5py.File(out, "r+") as h5:
+        g = h5["captions"]
+        for name in ("start_sec", "end_sec", "text"):
+            g[name][3], g[name][4] = g[name][4], g[name][3]
+        # rows 7 (video 1) and 8 (video 2): a video row out of order across the next boundary
+        assert (g["video"][7], g["video"][8]) == (1, 2)
+        g["video"][7], g["video"][8] = 2, 1
+    assert verify(out) == ["captions not sorted by (video, start_sec, end_sec) at rows: 8"]
