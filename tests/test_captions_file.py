@@ -357,3 +357,23 @@ def test_verify_finds_unsorted_captions_at_a_block_boundary(captioned, monkeypat
         assert (g["video"][7], g["video"][8]) == (1, 2)
         g["video"][7], g["video"][8] = 2, 1
     assert verify(out) == ["captions not sorted by (video, start_sec, end_sec) at rows: 8"]
+
+
+def test_reader_captions_by_binary_search(tmp_path, monkeypatch):
+    from vidfeat.store import captions as store_captions
+
+    out = _many_captions(tmp_path / "f.h5", 30, 4, without=3)  # videos 1, 4, ..., 28 have none
+    monkeypatch.setattr(store_captions, "_PIECE", 2)  # the search reads single values down to 2
+    with h5py.File(out, "r") as h5:  # what the reader returned reading the whole column
+        video = h5["captions/video"][()]
+        g = h5["captions"]
+        paths = h5["videos/path"].asstr()[()].tolist()
+        whole = {p: list(zip(g["start_sec"][video == v].tolist(), g["end_sec"][video == v].tolist(),
+                             g["text"].asstr()[()][video == v].tolist())) for v, p in enumerate(paths)}  # fmt: skip
+    with open_features(out) as f:
+        for v in (0, 15, 29, 1, 28):  # first, middle and last, and two without captions
+            assert f.captions(paths[v]) == whole[paths[v]], v
+            assert bool(whole[paths[v]]) == (v % 3 != 1), v
+        assert [f.captions(p) for p in paths] == [whole[p] for p in paths]
+        with pytest.raises(KeyError):
+            f.captions("v/missing.mp4")
