@@ -308,10 +308,11 @@ def _many_captions(out: Path, n_videos: int, clips: int, per_clip: int = 2, with
     return out
 
 
-def test_verify_memory_is_flat_in_the_captions(tmp_path, monkeypatch):
-    """verify reads /captions and /clips a block at a time: with blocks made small (256 KiB, so
-    both files span many), 4x the captions (and clips, so a clip's text stays as long) over the
-    same 200 videos hold about the same traced peak. Reading the caption table whole held 3.5x."""
+def test_verify_and_info_memory_is_flat_in_the_captions(tmp_path, monkeypatch):
+    """verify (and info) read /captions and /clips a block at a time: with blocks made small
+    (256 KiB, so both files span many), 4x the captions (and clips, so a clip's text stays as
+    long) over the same 200 videos hold about the same traced peak. verify reading the caption
+    table whole held 3.5x."""
     import tracemalloc
 
     from vidfeat.store import format as store_format
@@ -319,16 +320,21 @@ def test_verify_memory_is_flat_in_the_captions(tmp_path, monkeypatch):
     files = {m: _many_captions(tmp_path / f"{m}.h5", 200, m // 400) for m in (20_000, 80_000)}
     monkeypatch.setattr(store_format, "BLOCK_BYTES", 256 << 10)
     assert verify(files[20_000]) == []  # first use: imports and caches are not counted below
-    peaks = {}
+    summarize(files[20_000])
+    peaks, info_peaks = {}, {}
     for m, out in files.items():
         tracemalloc.start()
         assert verify(out) == []
         peaks[m] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        assert summarize(out)["captions"]["captions"] == m  # info: the caption count, videos and clips with text
+        info_peaks[m] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
-    print(f"verify peaks: {peaks}")
+    print(f"verify peaks: {peaks}, info peaks: {info_peaks}")
     # Both hold one block of captions, one of clips and the same per-video numbers; the rest of
     # 1.5x is the last, partial block of each pass, whose size differs between the files.
     assert peaks[80_000] < 1.5 * peaks[20_000], peaks
+    assert info_peaks[80_000] < 1.5 * info_peaks[20_000], info_peaks
 
 
 def test_verify_finds_unsorted_captions_at_a_block_boundary(captioned, monkeypatch):
