@@ -21,6 +21,7 @@ from vidfeat.cli import main
 from vidfeat.errors import StoreError, VidfeatError
 from vidfeat.store import FeatureWriter, VideoResult, open_features, summarize, verify
 from vidfeat.store.amend import set_captions
+from vidfeat.store.captions import CaptionTable
 from vidfeat.store.merge import merge_shards
 
 from test_search import CLASSES, SETTINGS
@@ -275,3 +276,110 @@ def test_a_busy_output_is_refused_in_one_line(captioned):
 def test_captions_need_a_finished_file(tmp_path):
     with pytest.raises(VidfeatError, match="does not exist"):
         add_captions(tmp_path / "missing.h5", tmp_path)
+
+
+# streamed passes over the caption table
+
+
+def test_caption_blocks_hold_whole_videos(captioned, monkeypatch):
+    from vidfeat.store import captions as store_captions
+    from vidfeat.store.captions import iter_caption_blocks
+
+    out, source = captioned
+    add_captions(out, source)
+    monkeypatch.setattr(store_captions, "caption_block_rows", lambda: 3)
+    monkeypatch.setattr(store_captions, "_PIECE", 1)  # the end of a long video found by bisection
+    with h5py.File(out, "r") as h5:
+        blocks = [(row, block.video.tolist()) for row, block in iter_caption_blocks(h5)]
+    # videos 0, 1 and 2 have 2, 6 and 1 captions: video 1, longer than a block, is one block
+    assert blocks == [(0, [0, 0]), (2, [1] * 6), (8, [2])]
+
+
+def _many_captions(out: Path, n_videos: int, clips: int, per_clip: int = 2, without: int = 0) -> Path:
+    """``n_videos`` videos of ``clips`` clips each with ``per_clip`` one-second captions starting
+    in every 1.5 s of clip stride; every ``without``-th video (counting from 1) has none."""
+    write(out, {f"v/{i:05d}.mp4": clips for i in range(n_videos)})
+    m = clips * per_clip
+    start = np.arange(m) * (STRIDE / per_clip)
+    videos = np.array([v for v in range(n_videos) if not without or v % without != 1], dtype=np.int64)
+    table = CaptionTable(np.repeat(videos, m), np.tile(start, len(videos)), np.tile(start + 1.0, len(videos)),
+                         np.array([f"line {j} of the video" for j in range(m)] * len(videos), dtype=object))
+    set_captions(out, table)
+    return out
+
+
+def test_verify_and_info_memory_is_flat_in_the_captions(tmp_path, monkeypatch):
+    """verify (and info) read /captions and /clips a block at a time: with blocks made small
+    (256 KiB, so both files span many), 4x the captions (and clips, so a clip's text stays as
+    long) over the same 200 videos hold about the same traced peak. verify reading the caption
+    table whole held 3.5x."""
+    import tracemalloc
+
+    from vidfeat.store import format as store_format
+
+    files = {m: _many_captions(tmp_path / f"{m}.h5", 200, m // 400) for m in (20_000, 80_000)}
+    monkeypatch.setattr(store_format, "BLOCK_BYTES", 256 << 10)
+    assert verify(files[20_000]) == []  # first use: imports and caches are not counted below
+    summarize(files[20_000])
+    peaks, info_peaks = {}, {}
+    for m, out in files.items():
+        tracemalloc.start()
+        assert verify(out) == []
+        peaks[m] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        assert summarize(out)["captions"]["captions"] == m  # info: the caption count, videos and clips with text
+        info_peaks[m] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    print(f"verify peaks: {peaks}, info peaks: {info_peaks}")
+    # Both hold one block of captions, one of clips and the same per-video numbers; the rest of
+    # 1.5x is the last, partial block of each pass, whose size differs between the files.
+    assert peaks[80_000] < 1.5 * peaks[20_000], peaks
+    assert info_peaks[80_000] < 1.5 * info_peaks[20_000], info_peaks
+
+
+def test_verify_finds_unsorted_captions_at_a_block_boundary(captioned, monkeypatch):
+    """The rows are checked 4 at a time: a pair split by a block boundary is compared too."""
+    from vidfeat.store import format as store_format
+    from vidfeat.store.format import block_rows
+
+    out, source = captioned
+    add_captions(out, source)
+    monkeypatch.setattr(store_format, "BLOCK_BYTES", 4 * 24)  # blocks of 4 rows of (video, start, end)
+    assert block_rows(8 + 8 + 8) == 4
+    assert verify(out) == []  # many blocks (and clip-text blocks of one row) find nothing on a valid file
+    with h5py.File(out, "r+") as h5:
+        g = h5["captions"]
+        # rows 3 and 4 are both nVbIUDjzWY4's, (1.5, 3.0) then (3.2, 4.0): swapped across the boundary
+        assert g["video"][3] == g["video"][4]
+        for name in ("start_sec", "end_sec", "text"):
+            g[name][3], g[name][4] = g[name][4], g[name][3]
+    # grouped by video still: the clip texts (the rule orders captions itself) are right
+    assert verify(out) == ["captions not sorted by (video, start_sec, end_sec) at rows: 4"]
+    with h5py.File(out, "r+") as h5:
+        g = h5["captions"]
+        for name in ("start_sec", "end_sec", "text"):
+            g[name][3], g[name][4] = g[name][4], g[name][3]
+        # rows 7 (video 1) and 8 (video 2): a video row out of order across the next boundary
+        assert (g["video"][7], g["video"][8]) == (1, 2)
+        g["video"][7], g["video"][8] = 2, 1
+    assert verify(out) == ["captions not sorted by (video, start_sec, end_sec) at rows: 8"]
+
+
+def test_reader_captions_by_binary_search(tmp_path, monkeypatch):
+    from vidfeat.store import captions as store_captions
+
+    out = _many_captions(tmp_path / "f.h5", 30, 4, without=3)  # videos 1, 4, ..., 28 have none
+    monkeypatch.setattr(store_captions, "_PIECE", 2)  # the search reads single values down to 2
+    with h5py.File(out, "r") as h5:  # what the reader returned reading the whole column
+        video = h5["captions/video"][()]
+        g = h5["captions"]
+        paths = h5["videos/path"].asstr()[()].tolist()
+        whole = {p: list(zip(g["start_sec"][video == v].tolist(), g["end_sec"][video == v].tolist(),
+                             g["text"].asstr()[()][video == v].tolist())) for v, p in enumerate(paths)}  # fmt: skip
+    with open_features(out) as f:
+        for v in (0, 15, 29, 1, 28):  # first, middle and last, and two without captions
+            assert f.captions(paths[v]) == whole[paths[v]], v
+            assert bool(whole[paths[v]]) == (v % 3 != 1), v
+        assert [f.captions(p) for p in paths] == [whole[p] for p in paths]
+        with pytest.raises(KeyError):
+            f.captions("v/missing.mp4")

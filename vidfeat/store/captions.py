@@ -28,7 +28,7 @@ captions gets ``""``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import h5py
@@ -38,8 +38,9 @@ from ..errors import VidfeatError
 from .final import STRING_OVERHEAD, create_dataset, estimate_bytes
 from .format import _STR, block_rows
 
-__all__ = ["CAPTION_COLUMNS", "CaptionTable", "align", "has_captions", "read_captions", "iter_clip_texts",
-           "write_captions", "caption_bytes", "clips_with_text"]
+__all__ = ["CAPTION_COLUMNS", "CaptionTable", "align", "has_captions", "read_captions", "caption_rows",
+           "read_caption_rows", "iter_caption_blocks", "caption_block_rows", "iter_clip_texts", "write_captions",
+           "caption_bytes", "clips_with_text"]
 
 CAPTION_COLUMNS = {
     "video": np.dtype(np.int64),
@@ -48,6 +49,9 @@ CAPTION_COLUMNS = {
     "text": _STR,
 }
 """/captions/<name> -> dtype, one row per caption."""
+
+_CAPTION_ROW_BYTES = 8 + 8 + 8 + 64  # video, two times and about 64 bytes of text
+_PIECE = 4096  # /captions/video values a binary search reads at once, once it has narrowed to them
 
 
 def align(
@@ -169,6 +173,10 @@ class CaptionTable:
         hi = int(np.searchsorted(self.video, video, side="right"))
         return slice(lo, hi)
 
+    def part(self, rows: slice) -> CaptionTable:
+        """The rows ``rows`` of the table (views, no copy)."""
+        return CaptionTable(self.video[rows], self.start_sec[rows], self.end_sec[rows], self.text[rows])
+
     def videos(self) -> np.ndarray:
         """The video rows that have at least one caption."""
         return np.unique(self.video)
@@ -188,16 +196,71 @@ def clips_with_text(h5: h5py.Group, start: int = 0) -> int:
 
 
 def read_captions(h5: h5py.Group) -> CaptionTable | None:
-    """The file's caption table, or None for a file without captions."""
+    """The file's whole caption table, or None for a file without captions. Its memory grows
+    with the table (every text a Python string): passes over a file's captions read them with
+    :func:`iter_caption_blocks` or :func:`caption_rows` instead."""
     if not has_captions(h5):
         return None
+    return read_caption_rows(h5, slice(0, h5["captions/video"].shape[0]))
+
+
+def read_caption_rows(h5: h5py.Group, rows: slice) -> CaptionTable:
+    """The rows ``rows`` (a slice of row numbers) of the file's caption table."""
     g = h5["captions"]
-    return CaptionTable(g["video"][()].astype(np.int64), g["start_sec"][()].astype(np.float64),
-                        g["end_sec"][()].astype(np.float64), g["text"].asstr()[()].astype(object))  # fmt: skip
+    return CaptionTable(g["video"][rows].astype(np.int64), g["start_sec"][rows].astype(np.float64),
+                        g["end_sec"][rows].astype(np.float64), g["text"].asstr()[rows].astype(object))  # fmt: skip
+
+
+def caption_block_rows() -> int:
+    """Caption rows a streamed pass over the caption table reads a step."""
+    return block_rows(_CAPTION_ROW_BYTES)
+
+
+def _search_sorted(ds: h5py.Dataset, value: int, side: str, lo: int, hi: int) -> int:
+    """``np.searchsorted`` of ``value`` among the sorted rows ``[lo, hi)`` of the 1-D dataset
+    ``ds``: single values are read until the range is one piece of :data:`_PIECE` values, so a
+    search reads O(log n) values and holds one piece, whatever the dataset's length."""
+    while hi - lo > _PIECE:
+        mid = (lo + hi) // 2
+        x = ds[mid]
+        if x < value or (side == "right" and x == value):
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo + int(np.searchsorted(ds[lo:hi], value, side=side))
+
+
+def caption_rows(h5: h5py.Group, v_lo: int, v_hi: int) -> slice:
+    """The /captions rows of the videos ``[v_lo, v_hi)`` (an empty slice when none of them has
+    captions): a binary search on /captions/video, which is sorted; the column is never read whole."""
+    ds = h5["captions/video"]
+    n = int(ds.shape[0])
+    lo = _search_sorted(ds, v_lo, "left", 0, n)
+    return slice(lo, _search_sorted(ds, v_hi, "left", lo, n) if v_hi > v_lo else lo)
+
+
+def iter_caption_blocks(h5: h5py.Group) -> Iterator[tuple[int, CaptionTable]]:
+    """(first row, rows) of the file's caption table in file order, a block of about
+    :func:`caption_block_rows` rows at a time, each block holding whole videos (a video with
+    more captions than a block is a block of its own): memory holds one block whatever the
+    table's size. The rows must be sorted by video (:func:`vidfeat.store.verify` checks); on
+    rows that are not, the blocks still cover every row once."""
+    ds = h5["captions/video"]
+    n, step = int(ds.shape[0]), caption_block_rows()
+    lo = 0
+    while lo < n:
+        hi = min(n, lo + step)
+        if hi < n:
+            # end the block before its last video, whose captions may go on past it
+            video = ds[lo:hi]
+            cut = int(np.searchsorted(video, video[-1], side="left"))
+            hi = lo + cut if cut > 0 else _search_sorted(ds, int(video[-1]), "right", hi, n)
+        yield lo, read_caption_rows(h5, slice(lo, hi))
+        lo = hi
 
 
 def iter_clip_texts(
-    captions: CaptionTable,
+    captions: CaptionTable | Iterable[tuple[int, CaptionTable]],
     clip_start: h5py.Dataset | np.ndarray,
     clip_end: h5py.Dataset | np.ndarray,
     counts: np.ndarray,
@@ -205,27 +268,44 @@ def iter_clip_texts(
 ) -> Iterator[tuple[int, list[str]]]:
     """(first clip row, texts) of every clip, in blocks of whole videos of about one block of
     rows, so that memory stays bounded whatever the file's size. ``counts`` and
-    ``first_frame_sec`` are the /videos columns; clip times are read a block at a time."""
+    ``first_frame_sec`` are the /videos columns; clip times are read a block at a time.
+
+    ``captions`` is the whole caption table, or its blocks of whole videos in video order as
+    (first row, rows) pairs, e.g. :func:`iter_caption_blocks` reading the file a block at a
+    time: memory then holds one block of captions and one of clips."""
+    blocks = iter([(0, captions)]) if isinstance(captions, CaptionTable) else iter(captions)
+    held = CaptionTable.build({})  # the captions read and not yet used: of videos from v on
+    more = True  # whether ``blocks`` may hold more captions
     counts = np.asarray(counts, dtype=np.int64)
     ends = np.cumsum(counts)
     step = block_rows(16 + 64)  # two float64 times and about 64 bytes of text a clip
     v, n = 0, len(counts)
     while v < n:
+        while more and (not len(held) or held.video[-1] < v):
+            block = next(blocks, None)
+            if block is None:
+                more = False
+            else:
+                held = block[1]
         lo = int(ends[v] - counts[v])
         w = max(v + 1, int(np.searchsorted(ends, lo + step, side="right")))
+        if more:
+            # the held rows end with a whole video (>= v); later videos' captions are in blocks not read yet
+            w = min(w, int(held.video[-1]) + 1)
         hi = int(ends[w - 1])
         starts, stops = np.asarray(clip_start[lo:hi]), np.asarray(clip_end[lo:hi])
         texts: list[str] = []
         for video in range(v, w):
             a, b = int(ends[video] - counts[video]) - lo, int(ends[video]) - lo
-            rows = captions.rows_of(video)
+            rows = held.rows_of(video)
             if rows.start == rows.stop or a == b:
                 texts.extend([""] * (b - a))
                 continue
             offset = float(first_frame_sec[video]) if np.isfinite(first_frame_sec[video]) else 0.0
-            texts.extend(align(starts[a:b], stops[a:b], captions.start_sec[rows], captions.end_sec[rows],
-                               captions.text[rows].tolist(), offset_sec=offset))  # fmt: skip
+            texts.extend(align(starts[a:b], stops[a:b], held.start_sec[rows], held.end_sec[rows],
+                               held.text[rows].tolist(), offset_sec=offset))  # fmt: skip
         yield lo, texts
+        held = held.part(slice(int(np.searchsorted(held.video, w, side="left")), None))
         v = w
 
 

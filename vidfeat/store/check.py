@@ -38,7 +38,7 @@ from .format import (
     _open_h5,
     check_format,
 )
-from .captions import CAPTION_COLUMNS, clips_with_text, has_captions, iter_clip_texts, read_captions
+from .captions import CAPTION_COLUMNS, clips_with_text, has_captions, iter_caption_blocks, iter_clip_texts
 from .means import iter_video_means
 from .reader import open_features
 
@@ -273,8 +273,8 @@ def _in_two_segments(paths: h5py.Dataset, bounds: list[int]) -> str | None:
 def verify(path: str | os.PathLike[str]) -> list[str]:
     """Check a finished file against the format contract; return the faults (empty = valid).
 
-    Raises StoreError only if the file cannot be opened at all. Streams /clips, and the /videos
-    strings, in blocks: memory holds four numbers a video and one block of rows.
+    Raises StoreError only if the file cannot be opened at all. Streams /clips, /captions and
+    the /videos strings in blocks: memory holds four numbers a video and one block of rows.
     """
     path = Path(path)
     if not path.exists():
@@ -417,7 +417,8 @@ def _verify(h5: h5py.File, faults: _Faults) -> None:
 
 
 def _verify_captions(h5: h5py.File, counts: np.ndarray, n_clips: int, faults: _Faults) -> None:
-    """/captions/* (sorted, valid times, existing videos) and /clips/text against the rule."""
+    """/captions/* (sorted, valid times, existing videos) and /clips/text against the rule,
+    both read a block of rows at a time: memory does not grow with the caption table."""
     if not has_captions(h5):
         if "clips/text" in h5:
             faults.add("clips/text without /captions")
@@ -436,27 +437,71 @@ def _verify_captions(h5: h5py.File, counts: np.ndarray, n_clips: int, faults: _F
     if h5["clips/text"].shape != (n_clips,) or h5py.check_string_dtype(h5["clips/text"].dtype) is None:
         faults.add(f"clips/text has shape {h5['clips/text'].shape}, expected ({n_clips},) strings")
         return
-    captions = read_captions(h5)
-    v, t0, t1 = captions.video, captions.start_sec, captions.end_sec
-    bad = (v < 0) | (v >= len(counts))
-    faults.rows("captions/video outside /videos (row)", np.flatnonzero(bad), int(bad.sum()))
-    if bad.any():
+    rows = _CaptionRowFaults(len(counts))
+    m, step = int(g["video"].shape[0]), block_rows(8 + 8 + 8)
+    for k in range(0, m, step):
+        rows.check(k, g["video"][k : k + step], g["start_sec"][k : k + step], g["end_sec"][k : k + step])
+    if rows.outside.count:
+        rows.outside.report(faults)
         return
-    bad = ~(np.isfinite(t0) & np.isfinite(t1) & (t0 >= 0) & (t0 <= t1))
-    faults.rows("captions: rows with start_sec < 0, start_sec > end_sec or NaN", np.flatnonzero(bad), int(bad.sum()))
-    if len(v) > 1:
-        key_ok = (v[1:] > v[:-1]) | ((v[1:] == v[:-1]) & ((t0[1:] > t0[:-1]) | ((t0[1:] == t0[:-1]) & (t1[1:] >= t1[:-1]))))
-        faults.rows("captions not sorted by (video, start_sec, end_sec) at rows", np.flatnonzero(~key_ok) + 1,
-                    int((~key_ok).sum()))  # fmt: skip
-    if bad.any():
-        return
+    rows.times.report(faults)
+    rows.unsorted.report(faults)
+    if rows.times.count or not rows.by_video:
+        return  # texts are matched to captions by video: only a table grouped by video has them
     stored = h5["clips/text"]
     first_frame = (h5["videos/first_frame_sec"][()] if "videos/first_frame_sec" in h5
                    else np.full(len(counts), np.nan))  # fmt: skip
-    for row, texts in iter_clip_texts(captions, h5["clips/start_sec"], h5["clips/end_sec"], counts, first_frame):
+    blocks = iter_caption_blocks(h5)
+    for row, texts in iter_clip_texts(blocks, h5["clips/start_sec"], h5["clips/end_sec"], counts, first_frame):
         got = stored.asstr()[row : row + len(texts)]
         wrong = np.flatnonzero(got.astype(object) != np.array(texts, dtype=object))
         faults.rows("clips/text differs from its captions (row)", wrong + row, len(wrong))
+
+
+class _RowFault:
+    """One kind of row fault: its count and first rows, reported once every block is checked."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind, self.count, self.examples = kind, 0, np.zeros(0, dtype=np.int64)
+
+    def add(self, rows: np.ndarray) -> None:
+        self.count += len(rows)
+        if len(self.examples) < _FAULT_EXAMPLES:
+            self.examples = np.concatenate((self.examples, rows[:_FAULT_EXAMPLES]))[:_FAULT_EXAMPLES]
+
+    def report(self, faults: _Faults) -> None:
+        faults.rows(self.kind, self.examples.tolist(), self.count)
+
+
+class _CaptionRowFaults:
+    """The /captions rows, checked a block at a time: video rows inside /videos, valid times,
+    and rows sorted by (video, start_sec, end_sec), each block also against the previous one's
+    last row."""
+
+    def __init__(self, n_videos: int) -> None:
+        self.n_videos = n_videos
+        self.outside = _RowFault("captions/video outside /videos (row)")
+        self.times = _RowFault("captions: rows with start_sec < 0, start_sec > end_sec or NaN")
+        self.unsorted = _RowFault("captions not sorted by (video, start_sec, end_sec) at rows")
+        self.by_video = True  # the video column alone is sorted
+        self._last: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # the previous block's last row
+
+    def check(self, first: int, v: np.ndarray, t0: np.ndarray, t1: np.ndarray) -> None:
+        """Rows ``first, first + 1, ...``: their video rows and times."""
+        self.outside.add(np.flatnonzero((v < 0) | (v >= self.n_videos)) + first)
+        self.times.add(np.flatnonzero(~(np.isfinite(t0) & np.isfinite(t1) & (t0 >= 0) & (t0 <= t1))) + first)
+        if self._last is not None:  # the block's first row against the previous block's last
+            self._order(first, *self._last, v[:1], t0[:1], t1[:1])
+        self._order(first + 1, v[:-1], t0[:-1], t1[:-1], v[1:], t0[1:], t1[1:])
+        self._last = (v[-1:].copy(), t0[-1:].copy(), t1[-1:].copy())  # copies: the block is not kept
+
+    def _order(self, first: int, v: np.ndarray, t0: np.ndarray, t1: np.ndarray,
+               next_v: np.ndarray, next_t0: np.ndarray, next_t1: np.ndarray) -> None:  # fmt: skip
+        """Rows ``first, first + 1, ...`` (``next_*``) against the rows just before them."""
+        later, same = next_v > v, next_v == v
+        ok = later | (same & ((next_t0 > t0) | ((next_t0 == t0) & (next_t1 >= t1))))
+        self.unsorted.add(np.flatnonzero(~ok) + first)
+        self.by_video = self.by_video and bool((later | same).all())
 
 
 def _verify_means(h5: h5py.File, counts: np.ndarray, path_of: _PathReader, block: int, faults: _Faults) -> None:

@@ -22,7 +22,7 @@ from .format import (
     _read_table,
     check_format,
 )
-from .captions import has_captions
+from .captions import caption_rows, has_captions
 from .means import softmax, video_means
 from .segments import check_segments
 
@@ -108,7 +108,6 @@ class FeatureFile:
         self._videos: VideoTable | None = None
         self._classes: list[str] | None = None
         self._means: tuple[np.ndarray, np.ndarray] | None = None
-        self._captions: np.ndarray | None = None  # /captions/video, read on first use
 
     def __enter__(self) -> FeatureFile:
         return self
@@ -191,16 +190,14 @@ class FeatureFile:
     def captions(self, video_path: str) -> list[tuple[float, float, str]]:
         """The captions of one video: (start_sec, end_sec, text) on the player's clock, in time
         order; [] for a video without captions or a file without any; KeyError if the video is
-        not in the file."""
+        not in the file. Its rows are found by a binary search on /captions/video: memory holds
+        the video's captions, whatever the table's size."""
         v = self.videos.index(video_path)
         if not self.has_captions:
             return []
-        if self._captions is None:
-            self._captions = self.h5["captions/video"][()]
-        lo = int(np.searchsorted(self._captions, v, side="left"))
-        hi = int(np.searchsorted(self._captions, v, side="right"))
+        rows = caption_rows(self.h5, v, v + 1)
         g = self.h5["captions"]
-        return list(zip(g["start_sec"][lo:hi].tolist(), g["end_sec"][lo:hi].tolist(), g["text"].asstr()[lo:hi].tolist()))
+        return list(zip(g["start_sec"][rows].tolist(), g["end_sec"][rows].tolist(), g["text"].asstr()[rows].tolist()))
 
     def video_of(self, row: int) -> str:
         """Path of the video that clip ``row`` belongs to."""
