@@ -30,9 +30,9 @@ import numpy as np
 
 from ..errors import VideoError, VidfeatError
 from ..store import open_features, segments
-from ..store.amend import set_captions, set_last_captions
+from ..store.amend import caption_spool, set_captions, set_last_captions
 from ..store.captions import CaptionTable, clips_with_text
-from .sources import Captions, read_sidecars, read_source, video_id
+from .sources import Caption, Captions, as_arrays, read_sidecars, read_source, video_id
 
 __all__ = ["AttachReport", "add_captions", "add_whole_video_captions"]
 
@@ -71,23 +71,29 @@ def add_captions(
         rows = segments.last_rows(f.h5) if last_growth else slice(0, len(paths))
     report = AttachReport(output=output, source=_describe(source, root), videos=rows.stop - rows.start,
                           new_only=last_growth)  # fmt: skip
-    rows_by_name, caps = _read(paths, source, root, report, rows)
-    by_row: dict[int, list[tuple[float, float, str]]] = {}
-    for name, row in rows_by_name.items():
-        found = caps.get(name)
-        if found:
-            by_row[row] = [(c.start_sec, c.end_sec, c.text) for c in found]
-    _fill_first_frames(first_frame, sorted(by_row), paths, root, report)
-    report.counts.update(caps.counts)
-    if last_growth:
-        table = CaptionTable.build({row - rows.start: caps for row, caps in by_row.items()})
-        set_last_captions(output, table, first_frame_sec=first_frame[rows], source=report.source,
-                          warnings=report.counts)  # fmt: skip
-    else:
-        table = CaptionTable.build(by_row)
-        set_captions(output, table, first_frame_sec=first_frame, source=report.source, warnings=report.counts)
+    wanted, others = _wanted(paths, source, rows, report)
+    captioned: list[int] = []
+
+    with caption_spool(output, rows.stop - rows.start) as spool:
+
+        def keep(key: str, found: list[Caption]) -> None:  # a video's captions, as the source gives them
+            row = wanted.get(key)  # None: an id that names two videos
+            if row is None:
+                return
+            spool.add(row - rows.start, *as_arrays(found))
+            captioned.append(row)
+
+        caps = _read(paths, source, root, report, wanted, others, keep)
+        _fill_first_frames(first_frame, sorted(captioned), paths, root, report)
+        report.counts.update(caps.counts)
+        captions = spool.finish()
+        if last_growth:
+            set_last_captions(output, captions, first_frame_sec=first_frame[rows], source=report.source,
+                              warnings=report.counts)  # fmt: skip
+        else:
+            set_captions(output, captions, first_frame_sec=first_frame, source=report.source, warnings=report.counts)
     report.clips_with_text = _clips_with_text(output, rows)
-    report.captioned_videos, report.captions = len(by_row), len(table)
+    report.captioned_videos, report.captions = len(captioned), len(captions)
     report.warnings = caps.warnings + report.warnings
     report.warnings_left_out += caps.warnings_left_out
     return report
@@ -139,20 +145,12 @@ def _describe(source: str | os.PathLike[str] | None, root: str) -> str:
     return os.path.abspath(source)
 
 
-def _read(paths: np.ndarray, source, root: str, report: AttachReport,
-          rows: slice) -> tuple[dict[str, int], Captions]:  # fmt: skip
-    """(caption key -> row of the file, the captions read by that key) for the videos of
-    ``rows``; the source's captions of the file's other videos are skipped without a warning."""
+def _wanted(paths: np.ndarray, source, rows: slice, report: AttachReport) -> tuple[dict[str, int], set[str]]:
+    """(caption key -> row of the file, for the videos of ``rows``; the keys of the file's other
+    videos, whose captions in the source are skipped without a warning). Keys are video ids;
+    for sidecars (no ``source``), the videos' names."""
     if source is None:
-        if not root or not Path(root).is_dir():
-            raise VidfeatError(
-                f"{report.output} records no readable videos folder (root {root!r}), so no sidecars can be "
-                "found: give the captions source (caption.json, a folder of <id>.csv, .vtt or .srt files)"
-            )
-        wanted = {str(p): rows.start + i for i, p in enumerate(paths[rows])}
-        return wanted, read_sidecars({p: Path(root) / p for p in wanted})
-    if not Path(source).exists():
-        raise VidfeatError(f"{source} does not exist: give a caption.json, a folder of <id>.csv, .vtt or .srt files")
+        return {str(p): rows.start + i for i, p in enumerate(paths[rows])}, set()
     ids: dict[str, list[int]] = defaultdict(list)
     for i, p in enumerate(paths):
         ids[video_id(p)].append(i)
@@ -166,8 +164,24 @@ def _read(paths: np.ndarray, source, root: str, report: AttachReport,
                                    f"{', ...' if len(found) > 2 else ''}): their captions are left out")  # fmt: skip
         else:
             wanted[vid] = found[0]
-    ambiguous = set(ids) - set(wanted) - others
-    return wanted, read_source(source, video_ids=[*wanted, *ambiguous], skip_ids=others)
+    return wanted, others
+
+
+def _read(paths: np.ndarray, source, root: str, report: AttachReport, wanted: dict[str, int], others: set[str],
+          sink) -> Captions:  # fmt: skip
+    """Read the captions of the ``wanted`` videos from ``source`` (None: their sidecars under
+    ``root``), handing each video's to ``sink(key, captions)`` as it is read."""
+    if source is None:
+        if not root or not Path(root).is_dir():
+            raise VidfeatError(
+                f"{report.output} records no readable videos folder (root {root!r}), so no sidecars can be "
+                "found: give the captions source (caption.json, a folder of <id>.csv, .vtt or .srt files)"
+            )
+        return read_sidecars({p: Path(root) / p for p in wanted}, sink=sink)
+    if not Path(source).exists():
+        raise VidfeatError(f"{source} does not exist: give a caption.json, a folder of <id>.csv, .vtt or .srt files")
+    ambiguous = {video_id(p) for p in paths} - set(wanted) - others
+    return read_source(source, video_ids=[*wanted, *ambiguous], skip_ids=others, sink=sink)
 
 
 def _fill_first_frames(first_frame: np.ndarray, rows: list[int], paths: np.ndarray, root: str,

@@ -54,7 +54,7 @@ import math
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -116,6 +116,22 @@ class Captions:
     warnings: list[str] = field(default_factory=list)
     counts: Counter = field(default_factory=Counter)
     warnings_left_out: int = 0
+    sink: Callable[[str, list[Caption]], None] | None = None
+    """Where each video's captions go as they are read, instead of ``by_video`` (streaming:
+    memory then holds one video's captions, not the source's)."""
+    stored: set[str] = field(default_factory=set)  # ids that got captions
+    stored_captions: int = 0
+
+    def store(self, video_id: str, captions: list[Caption] | None) -> None:
+        """Keep (or hand to ``sink``) the captions of one video; nothing for an empty list."""
+        if not captions:
+            return
+        self.stored.add(video_id)
+        self.stored_captions += len(captions)
+        if self.sink is not None:
+            self.sink(video_id, captions)
+        else:
+            self.by_video[video_id] = captions
 
     def __getitem__(self, video_id: str) -> list[Caption]:
         return self.by_video[video_id]
@@ -131,11 +147,11 @@ class Captions:
         return iter(self.by_video)
 
     def __len__(self) -> int:
-        return len(self.by_video)
+        return len(self.stored)
 
     @property
     def num_captions(self) -> int:
-        return sum(len(caps) for caps in self.by_video.values())
+        return self.stored_captions
 
     def warn(self, kind: str, message: str) -> None:
         """Record one bad case of ``kind`` (a key of :data:`WARNING_KINDS`) with its one-line message."""
@@ -172,7 +188,10 @@ def as_arrays(captions: Sequence[Caption]) -> tuple[np.ndarray, np.ndarray, list
 
 
 def read_source(
-    source: str | os.PathLike[str], video_ids: Iterable[str] | None = None, skip_ids: Iterable[str] = ()
+    source: str | os.PathLike[str],
+    video_ids: Iterable[str] | None = None,
+    skip_ids: Iterable[str] = (),
+    sink: Callable[[str, list[Caption]], None] | None = None,
 ) -> Captions:
     """Read every caption of ``source`` (see the module docstring for the kinds of source).
 
@@ -180,7 +199,8 @@ def read_source(
     an ``unknown_video`` warning each (a folder's files for them are not even parsed), every
     listed video without captions gets a ``no_captions`` warning, and ambiguous subtitle names
     resolve by these ids. Captions of ``skip_ids`` (known videos that are not being captioned
-    now) are skipped without a warning.
+    now) are skipped without a warning. With ``sink``, each video's captions go to
+    ``sink(video_id, captions)`` as they are read instead of into the result's ``by_video``.
 
     Raises:
         VidfeatError: ``source`` does not exist, or is no kind of caption source.
@@ -203,7 +223,7 @@ def read_source(
         else:
             raise VidfeatError(f"caption source {source} is not a known kind ({ext or 'no extension'}); pass {_SOURCE_KINDS}")
 
-    out = Captions()
+    out = Captions(sink=sink)
     seen: set[str] = set()  # ids present in the source (and wanted)
     skip = set(skip_ids)
     if entries is None:
@@ -216,8 +236,8 @@ def read_source(
                 out.warn("unknown_video", f"{entries[vid][0][1]}: video id {vid} is not among the videos; its captions are skipped")
                 continue
             seen.add(vid)
-            _store(out, vid, _first_readable(entries[vid], out))
-    for vid in sorted(seen - out.by_video.keys()):
+            out.store(vid, _first_readable(entries[vid], out))
+    for vid in sorted(seen - out.stored):
         out.warn("no_captions", f"{source}: video {vid} has no usable captions")
     if wanted is not None:
         for vid in sorted(wanted - seen):
@@ -261,13 +281,15 @@ def has_sidecars(video_paths: Iterable[str | os.PathLike[str]]) -> bool:
     return False
 
 
-def read_sidecars(videos: Mapping[str, str | os.PathLike[str]] | Iterable[str | os.PathLike[str]]) -> Captions:
+def read_sidecars(videos: Mapping[str, str | os.PathLike[str]] | Iterable[str | os.PathLike[str]],
+                  sink: Callable[[str, list[Caption]], None] | None = None) -> Captions:  # fmt: skip
     """The captions of each video from its preferred readable sidecar (:func:`sidecars`).
 
     ``videos`` maps the key to store the captions under (e.g. the video's name in the output) to
     its path, or is a list of paths keyed by :func:`video_id` (two videos with one id: the first
     is used, the other warned as ``duplicate``). A video without a readable sidecar gets a
     ``no_captions`` warning. Each folder is listed once, however many videos it holds.
+    ``sink``: as :func:`read_source`'s.
     """
     if isinstance(videos, (str, os.PathLike)):
         videos = [videos]
@@ -275,7 +297,7 @@ def read_sidecars(videos: Mapping[str, str | os.PathLike[str]] | Iterable[str | 
         items = [(str(key), Path(p)) for key, p in videos.items()]
     else:
         items = [(video_id(p), Path(p)) for p in videos]
-    out = Captions()
+    out = Captions(sink=sink)
     listings: dict[Path, dict[str, list[tuple[tuple, Path]]]] = {}
     seen: dict[str, Path] = {}
     for key, path in items:
@@ -288,7 +310,7 @@ def read_sidecars(videos: Mapping[str, str | os.PathLike[str]] | Iterable[str | 
         files = sorted(listings[path.parent].get(path.stem, []))
         caps = _first_readable(files, out)
         if caps:
-            _store(out, key, caps)
+            out.store(key, caps)
         else:
             tried = f" (tried {', '.join(f.name for _, f in files)})" if files else ""
             out.warn("no_captions", f"{path}: no sidecar with captions beside it{tried}")
@@ -362,11 +384,6 @@ def _first_readable(files: list[tuple[tuple, Path]], out: Captions) -> list[Capt
     return None
 
 
-def _store(out: Captions, vid: str, caps: list[Caption] | None) -> None:
-    if caps:
-        out.by_video[vid] = caps
-
-
 # ---------------------------------------------------------------------------- checks
 
 
@@ -406,23 +423,40 @@ def _collapse(text: str) -> str:
 
 
 def _read_howto_json(path: Path, wanted: set[str] | None, skip: set[str], out: Captions, seen: set[str]) -> None:
+    """The videos of a ``{video_id: {start, end, text}}`` file, in file order. With ijson (the
+    ``captions`` extra) the file is read a video at a time (HowTo100M's is GBs); else whole."""
+    done = 0
     try:
         with open(path, "rb") as f:
-            data = json.load(f)
-    except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError, UnicodeDecodeError
-        out.warn("unreadable_file", f"{path}: cannot read it as JSON ({exc}); skipped")
+            if f.read(64).lstrip()[:1] != b"{":
+                out.warn("unreadable_file", f"{path}: not a {{video_id: {{start, end, text}}}} object; skipped")
+                return
+            f.seek(0)
+            for vid, entry in _json_items(f):
+                done += 1
+                if vid in skip:
+                    continue
+                if wanted is not None and vid not in wanted:
+                    out.warn("unknown_video", f"{path}: video id {vid} is not among the videos; its captions are skipped")
+                    continue
+                seen.add(vid)
+                out.store(vid, _json_video(entry, f"{path}: video {vid}", out))
+    except (OSError, ValueError) as exc:  # ValueError: JSON errors (ijson's too), UnicodeDecodeError
+        after = f" after {done} videos (the rest skipped)" if done else ""
+        out.warn("unreadable_file", f"{path}: cannot read it as JSON{after} ({exc}); skipped")
+
+
+def _json_items(f) -> Iterator[tuple[str, object]]:
+    """(key, value) of the top-level object of the open binary file ``f``, in file order."""
+    try:
+        import ijson
+    except ImportError:
+        yield from json.load(f).items()
         return
-    if not isinstance(data, dict):
-        out.warn("unreadable_file", f"{path}: not a {{video_id: {{start, end, text}}}} object; skipped")
-        return
-    for vid in sorted(data):
-        if vid in skip:
-            continue
-        if wanted is not None and vid not in wanted:
-            out.warn("unknown_video", f"{path}: video id {vid} is not among the videos; its captions are skipped")
-            continue
-        seen.add(vid)
-        _store(out, vid, _json_video(data[vid], f"{path}: video {vid}", out))
+    try:
+        yield from ijson.kvitems(f, "", use_float=True)
+    except ijson.JSONError as exc:  # its message spans lines: the first says what
+        raise ValueError(str(exc).strip().splitlines()[0]) from exc
 
 
 def _json_video(entry: object, where: str, out: Captions) -> list[Caption] | None:

@@ -10,10 +10,11 @@ output lock meanwhile, so an extraction cannot write the same output at the same
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -24,22 +25,44 @@ from ..errors import StoreError
 from ..version import __version__
 from . import segments
 from .assemble import KEEP, assemble
+from .caption_source import CaptionSource, CaptionSpool
 from .captions import CaptionTable, has_captions
+from .final import unlink_quiet
 from .format import CAPTION_ATTRS, SEGMENT_ATTRS, _missing_message, _open_h5, check_format, parts_path
 from .lock import LOCK_NAME, OutputLock
 
 _TMP_SUFFIX = ".captions.tmp"
 
 
+@contextlib.contextmanager
+def caption_spool(output: str | os.PathLike[str], n_videos: int) -> Iterator[CaptionSpool]:
+    """A scratch file in ``output``'s work directory to write captions into a video at a time
+    (for :func:`set_captions` or :func:`set_last_captions`, as ``spool.finish()``); removed on
+    leaving, as is the work directory when nothing else is in it. A kill leaves a ``.tmp``
+    file, which the next extraction removes."""
+    output = Path(output)
+    parts = parts_path(output)
+    parts.mkdir(exist_ok=True)
+    path = parts / f"captions-{os.getpid()}.spool.tmp"
+    spool = CaptionSpool(path, n_videos)
+    try:
+        yield spool
+    finally:
+        spool.close()
+        unlink_quiet(path)
+        _drop_lock_only(parts)
+
+
 def set_captions(
     output: str | os.PathLike[str],
-    captions: CaptionTable | None,
+    captions: CaptionTable | CaptionSource | None,
     *,
     first_frame_sec: np.ndarray | None = None,
     source: str = "",
     warnings: Mapping[str, int] | None = None,
 ) -> int:
-    """Rewrite ``output`` with ``captions`` (video rows of the file; None removes the captions)
+    """Rewrite ``output`` with ``captions`` (by video row of the file, in memory or streamed
+    from disk: :class:`~vidfeat.store.caption_source.CaptionSource`; None removes the captions)
     and, if given, its videos' ``first_frame_sec`` ([V]). ``source`` is recorded in the
     ``captions_source`` attribute (a description, never a credential), ``warnings`` (bad cases
     of the source by kind) in ``captions_warnings`` as JSON. Returns the clip count. A grown
@@ -59,7 +82,7 @@ def set_captions(
 
 def set_last_captions(
     output: str | os.PathLike[str],
-    captions: CaptionTable,
+    captions: CaptionTable | CaptionSource,
     *,
     first_frame_sec: np.ndarray,
     source: str = "",
@@ -150,11 +173,11 @@ def _rewrite(output: Path, update: Callable[[dict, int], None], **how: Any) -> i
 
 
 def _drop_lock_only(parts: Path) -> None:
-    """Remove a work directory that holds only the lock (ours, or one a kill left); an
-    unfinished extraction's (chunks, settings) stays for its rerun."""
+    """Remove a work directory that holds nothing or only the lock (ours, or one a kill left);
+    an unfinished extraction's (chunks, settings) stays for its rerun."""
     try:
-        if [p.name for p in parts.iterdir()] == [LOCK_NAME]:
-            (parts / LOCK_NAME).unlink()
+        if [p.name for p in parts.iterdir()] in ([], [LOCK_NAME]):
+            unlink_quiet(parts / LOCK_NAME)
             parts.rmdir()
     except OSError:
         pass

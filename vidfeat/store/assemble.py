@@ -28,7 +28,8 @@ from .format import (
     _read_table,
     segment_bases,
 )
-from .captions import CaptionTable, caption_bytes, has_captions, read_captions, write_captions
+from .caption_source import CaptionSource, caption_bytes, write_captions
+from .captions import CaptionTable, has_captions
 from .final import create_dataset, estimate_bytes, write_final
 from .means import iter_video_means
 
@@ -121,7 +122,7 @@ def assemble(
     embedding_dtype: np.dtype,
     kept: str,
     rerun: str,
-    captions: CaptionTable | str | None = KEEP,
+    captions: CaptionSource | CaptionTable | str | None = KEEP,
     first_frame_sec: np.ndarray | None = None,
     bases: tuple[int, int] = (0, 0),
     contiguous: bool = False,
@@ -134,8 +135,10 @@ def assemble(
     :func:`~vidfeat.store.format.segment_bases`).
 
     ``captions``: :data:`KEEP` carries the captions of the first source (the previous final
-    file) for the videos the new file keeps; a :class:`~vidfeat.store.captions.CaptionTable`
-    whose video rows are the first source's replaces them; None writes none. ``first_frame_sec``
+    file) for the videos the new file keeps, read a block at a time; a
+    :class:`~vidfeat.store.caption_source.CaptionSource` or
+    :class:`~vidfeat.store.captions.CaptionTable` whose video rows are the first source's
+    replaces them; None writes none. ``first_frame_sec``
     ([rows of the first source]) replaces that column of the first source's videos. /clips/text
     is recomputed from the captions and the new clip times. ``bases`` (videos, clips): a
     segment of a grown file (:mod:`vidfeat.store.segments`) counts /videos/clip_offset and
@@ -143,6 +146,9 @@ def assemble(
     chunks: the copies, which interleave sources, then write each byte once instead of rewriting
     the chunks they share; a segment is never appended to)."""
     tables = []
+    keep, keep_from = captions is KEEP, None
+    if keep:
+        captions = None
     for i, source in enumerate(sources):
         with _open_h5(source, "committed results", "delete it to redo the videos it holds") as h5:
             width = h5["clips/embedding"].shape[1]
@@ -153,15 +159,13 @@ def assemble(
             source_videos, source_clips = segment_bases(h5)  # a segment counts rows of its whole file
             if source_clips:
                 tables[-1]["clip_offset"] = tables[-1]["clip_offset"] - source_clips
-            if i == 0 and captions is KEEP:
-                captions = read_captions(h5) if has_captions(h5) else None
-                if captions is not None:
-                    attrs = {**attrs, **{key: h5.attrs[key] for key in CAPTION_ATTRS if key in h5.attrs}}
-                    if source_videos:
-                        captions = CaptionTable(captions.video - source_videos, captions.start_sec,
-                                                captions.end_sec, captions.text)  # fmt: skip
-    if captions is KEEP:  # no sources
-        captions = None
+            if i == 0 and keep and has_captions(h5):
+                keep_from = (source, source_videos)
+                attrs = {**attrs, **{key: h5.attrs[key] for key in CAPTION_ATTRS if key in h5.attrs}}
+    if keep_from is not None:  # the first source's own, scanned a block at a time
+        captions = CaptionSource.of_file(keep_from[0], len(tables[0]["path"]), video_base=keep_from[1])
+    elif isinstance(captions, CaptionTable):
+        captions = CaptionSource.of_table(captions, len(tables[0]["path"]) if tables else 0)
     if first_frame_sec is not None:
         tables[0]["first_frame_sec"] = np.asarray(first_frame_sec, dtype=np.float64)
     merged = _merge(tables)
@@ -169,17 +173,17 @@ def assemble(
     if clip_base:
         merged.table["clip_offset"] = merged.table["clip_offset"] + clip_base
     if captions is not None:
-        captions = _renumbered(captions, tables[0]["path"], merged.table["path"])
+        first_rows = _rows_in(tables[0]["path"], merged.table["path"])
     needed = _needed_bytes(merged.table, classes, embedding_dim, embedding_dtype)
     if captions is not None:
-        needed += caption_bytes(captions, merged.table["clip_count"], clip_sec=_clip_sec(attrs),
+        needed += caption_bytes(captions, first_rows, merged.table["clip_count"], clip_sec=_clip_sec(attrs),
                                 stride_sec=float(attrs.get("stride_sec", 0) or 0))  # fmt: skip
 
     def fill(out: h5py.File) -> None:
         _write(out, sources, merged, attrs=attrs, classes=classes, embedding_dim=embedding_dim,
                embedding_dtype=embedding_dtype, video_base=video_base, contiguous=contiguous)  # fmt: skip
         if captions is not None:
-            write_captions(out, captions, counts=merged.table["clip_count"],
+            write_captions(out, captions, first_rows, counts=merged.table["clip_count"],
                            first_frame_sec=merged.table["first_frame_sec"], video_base=video_base)  # fmt: skip
 
     write_final(output, tmp, needed, fill, action="assemble", kept=kept, rerun=rerun)
@@ -194,17 +198,14 @@ def _clip_sec(attrs: Mapping[str, Any]) -> float:
         return 0.0
 
 
-def _renumbered(captions: CaptionTable, old_paths: np.ndarray, new_paths: np.ndarray) -> CaptionTable:
-    """``captions`` (video rows of ``old_paths``) on the rows of ``new_paths`` (sorted), without
-    the videos the new file does not hold."""
-    if not len(captions):
-        return captions
-    names = old_paths[captions.video].astype(str)
-    rows = np.searchsorted(new_paths.astype(str), names)
-    rows = np.minimum(rows, max(0, len(new_paths) - 1))
-    keep = (len(new_paths) > 0) & (new_paths[rows].astype(str) == names) if len(new_paths) else np.zeros(len(names), bool)
-    return CaptionTable(rows[keep].astype(np.int64), captions.start_sec[keep], captions.end_sec[keep],
-                        captions.text[keep])  # fmt: skip
+def _rows_in(old_paths: np.ndarray, new_paths: np.ndarray) -> np.ndarray:
+    """For each of ``new_paths``, its row in ``old_paths`` (in any order), or -1."""
+    if not len(old_paths) or not len(new_paths):
+        return np.full(len(new_paths), -1, dtype=np.int64)
+    order = np.argsort(old_paths, kind="stable")
+    ordered = old_paths[order]
+    at = np.minimum(np.searchsorted(ordered, new_paths), len(ordered) - 1)
+    return np.where(ordered[at] == new_paths, order[at], -1).astype(np.int64)
 
 
 def _contiguous_dataset(h5: h5py.Group, name: str, shape: tuple[int, ...], dtype: Any) -> h5py.Dataset:

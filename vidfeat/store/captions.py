@@ -35,12 +35,10 @@ import h5py
 import numpy as np
 
 from ..errors import VidfeatError
-from .final import STRING_OVERHEAD, create_dataset, estimate_bytes
 from .format import _STR, block_rows
 
 __all__ = ["CAPTION_COLUMNS", "CaptionTable", "align", "has_captions", "read_captions", "caption_rows",
-           "read_caption_rows", "iter_caption_blocks", "caption_block_rows", "iter_clip_texts", "write_captions",
-           "caption_bytes", "clips_with_text"]
+           "read_caption_rows", "iter_caption_blocks", "caption_block_rows", "iter_clip_texts", "clips_with_text"]
 
 CAPTION_COLUMNS = {
     "video": np.dtype(np.int64),
@@ -307,46 +305,3 @@ def iter_clip_texts(
         yield lo, texts
         held = held.part(slice(int(np.searchsorted(held.video, w, side="left")), None))
         v = w
-
-
-def caption_bytes(captions: CaptionTable, counts: np.ndarray, *, clip_sec: float, stride_sec: float) -> int:
-    """An upper estimate of the bytes :func:`write_captions` adds to a file whose videos have
-    ``counts`` clips of ``clip_sec`` seconds every ``stride_sec``: the caption table, and the clip
-    texts, where a caption of length d can be in at most (d + clip_sec) / stride_sec + 2 clips
-    (any number when the sampling is unknown: then as many as its video has)."""
-    n_clips = int(np.asarray(counts).sum())
-    shapes = [((len(captions),), dtype) for dtype in CAPTION_COLUMNS.values()] + [((n_clips,), _STR)]
-    sizes = np.fromiter((len(t.encode("utf-8")) + 1 for t in captions.text.tolist()), dtype=np.int64,
-                        count=len(captions))  # fmt: skip
-    reach = np.asarray(counts, dtype=np.float64)[captions.video]  # clips of the caption's video
-    if stride_sec > 0 and clip_sec > 0:
-        reach = np.minimum(reach, np.floor((captions.end_sec - captions.start_sec + clip_sec) / stride_sec) + 2)
-    clip_text = int(reach.astype(np.int64) @ sizes)
-    return estimate_bytes(shapes, captions.text.tolist()) + clip_text + n_clips * STRING_OVERHEAD
-
-
-def write_captions(
-    out: h5py.File,
-    captions: CaptionTable,
-    *,
-    counts: np.ndarray,
-    first_frame_sec: np.ndarray,
-    video_base: int = 0,
-) -> int:
-    """Write /captions/* and /clips/text into ``out``, whose /clips/start_sec and end_sec are
-    already written. Returns the number of clips that got text. ``video_base``: /captions/video
-    counts the rows of a whole grown file (a segment's videos start at that row), as
-    /clips/video does; ``captions.video`` counts the rows of ``out``."""
-    for name, dtype in CAPTION_COLUMNS.items():
-        ds = create_dataset(out, f"captions/{name}", (len(captions),), dtype)
-        if len(captions):
-            ds[...] = getattr(captions, name) + video_base if name == "video" else getattr(captions, name)
-    n_clips = int(np.asarray(counts).sum())
-    text = create_dataset(out, "clips/text", (n_clips,), _STR)
-    with_text = 0
-    for row, texts in iter_clip_texts(captions, out["clips/start_sec"], out["clips/end_sec"], counts,
-                                      first_frame_sec):  # fmt: skip
-        if texts:
-            text[row : row + len(texts)] = np.array(texts, dtype=object)
-            with_text += sum(1 for t in texts if t)
-    return with_text

@@ -50,6 +50,7 @@ import numpy as np
 
 from ..errors import StoreError
 from .assemble import assemble
+from .caption_source import CaptionSource
 from .captions import CAPTION_COLUMNS, CaptionTable, has_captions
 from .final import estimate_bytes, fsync_dir, unlink_quiet, write_final
 from .format import (
@@ -218,7 +219,7 @@ def last_rows(h5: h5py.File) -> slice:
 def replace_last(
     output: Path,
     tmp: Path,
-    captions: CaptionTable,
+    captions: CaptionTable | CaptionSource,
     *,
     first_frame_sec: np.ndarray,
     attrs: Mapping[str, Any],
