@@ -6,7 +6,10 @@ writes it through the real FeatureWriter as ``--shards`` shard files (as ``extra
 would), merges them, grows the merged file by 1% new videos (a rerun over a grown collection),
 then runs info, verify, an exact clip search, export --format npy, index
 (with a search through the index and its recall@10 against exact search) and the viewer's
-endpoints. Every step runs in a fresh process, so its peak RSS is its own; bytes written are the
+endpoints; then adds captions to every video from a HowTo100M-shaped caption.json (about two
+captions a clip, as HowTo100M's 136 M captions for 72 M clips), grows the captioned file by 1%
+more videos and gives them their captions (``extract --captions`` on that rerun), and verifies
+the captioned file. Every step runs in a fresh process, so its peak RSS is its own; bytes written are the
 process's write() bytes (/proc/self/io wchar). Prints one table per size and, with two sizes,
 the ratio of each figure between them (a step that is linear in the size has a time ratio close
 to the size ratio; a flat memory has an RSS ratio close to 1).
@@ -31,7 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-STEPS = ("write", "merge", "grow", "info", "verify", "search", "export", "index", "view")
+STEPS = ("write", "merge", "grow", "info", "verify", "search", "export", "index", "view", "captions", "capgrow",
+         "capverify")
 _ID_CHARS = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"))
 _ERRORS = ("cannot decode {p}: no video stream", "{p}: moov atom not found", "download of {p} is empty (0 bytes)")
 SETTINGS = {"model": "bench-model", "weights_sha256": "ab12" * 16, "num_frames": 8, "fps": 0.9375,
@@ -45,7 +49,7 @@ def collection(n_videos: int, seed: int = 0) -> tuple[list[str], np.ndarray, np.
     videos 20x longer, 1% failed, 0.3% partial."""
     rng = np.random.default_rng(seed)
     ids = {"".join(rng.choice(_ID_CHARS, 11)) for _ in range(int(n_videos * 1.01) + 10)}
-    paths = sorted(f"{i}.mp4" for i in list(ids)[:n_videos])
+    paths = [f"{i}.mp4" for i in sorted(ids)[:n_videos]]  # sorted before the cut: not by hash order
     counts = np.clip(rng.lognormal(np.log(45), 0.75, n_videos), 1, 2000).astype(np.int64)
     long = rng.random(n_videos) < 0.001
     counts[long] *= 20
@@ -133,6 +137,74 @@ def step_grow(work: Path, args) -> tuple[Path, str]:
         took = time.perf_counter() - start
     return work / "feats.h5", (f"{len(paths)} videos, {int(counts.sum())} clips, new clip data "
                                f"{new_bytes / 1e6:,.1f} MB, finalize {took:.2f} s")  # fmt: skip
+
+
+_CAPTION_TEXT = "and then you take the rope and pull it {}"  # about 40 bytes, as HowTo100M's lines
+
+
+def _more(args) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The 1% of videos ``capgrow`` adds (paths under more/)."""
+    paths, counts, status = collection(max(1, args.n // 100), args.seed + 11)
+    return ["more/" + p for p in paths], counts, status
+
+
+def _write_caption_json(path: Path, args) -> int:
+    """A caption.json for every video of the collection, of the grown 1% and of ``_more``: two
+    captions of 2.5 s a clip stride. Written a video at a time; returns the caption count."""
+    from vidfeat.captions import video_id
+
+    total = 0
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("{")
+        first = True
+        for paths, counts, _ in (collection(args.n, args.seed), collection(max(1, args.n // 100), args.seed + 7),
+                                 _more(args)):  # fmt: skip
+            for p, n in zip(paths, counts.tolist()):
+                m = 2 * max(int(n), 1)
+                start = np.round(np.arange(m) * SETTINGS["stride_sec"] / 2, 2)
+                entry = {"start": start.tolist(), "end": (start + 2.5).tolist(),
+                         "text": [_CAPTION_TEXT.format(j) for j in range(m)]}  # fmt: skip
+                f.write(("" if first else ",") + json.dumps(video_id(p)) + ":" + json.dumps(entry))
+                first, total = False, total + m
+        f.write("}")
+    return total
+
+
+def step_captions(work: Path, args) -> tuple[Path, str]:
+    """Add captions to every video of the file (vidfeat captions feats.h5 caption.json)."""
+    from vidfeat.captions.attach import add_captions
+
+    source = work / "caption.json"
+    written = _write_caption_json(source, args)
+    start = time.perf_counter()
+    report = add_captions(work / "feats.h5", source)
+    took = time.perf_counter() - start
+    return work / "feats.h5", (f"{report.captions} captions for {report.captioned_videos} videos "
+                               f"({written} in the {source.stat().st_size / 1e6:,.0f} MB source), {took:.2f} s")  # fmt: skip
+
+
+def step_capgrow(work: Path, args) -> tuple[Path, str]:
+    """Add 1% more videos to the captioned file and give them their captions, as a rerun of
+    `vidfeat extract --captions caption.json` over a grown collection does."""
+    from vidfeat.captions.attach import add_captions
+
+    paths, counts, status = _more(args)
+    rng = np.random.default_rng(args.seed + 12)
+    with _writer(work / "feats.h5", args) as writer:
+        for v, path in enumerate(paths):
+            writer.add(_result(path, int(counts[v]), int(status[v]), v, rng, args))
+        start = time.perf_counter()
+        writer.finalize()
+        grew = time.perf_counter() - start
+    start = time.perf_counter()
+    report = add_captions(work / "feats.h5", work / "caption.json", last_growth=True)
+    took = time.perf_counter() - start
+    return work / "feats.h5", (f"{len(paths)} videos: finalize {grew:.2f} s, their {report.captions} captions "
+                               f"{took:.2f} s")  # fmt: skip
+
+
+def step_capverify(work: Path, args) -> tuple[Path, str]:
+    return step_verify(work, args)
 
 
 def step_merge(work: Path, args) -> tuple[Path, str]:

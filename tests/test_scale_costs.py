@@ -465,15 +465,33 @@ def test_store_scale_bench_runs(tmp_path):
                           capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     figures = json.loads((tmp_path / "out.json").read_text())
-    steps = ["write", "merge", "grow", "info", "verify", "search", "export", "index", "view"]
+    steps = ["write", "merge", "grow", "info", "verify", "search", "export", "index", "view", "captions", "capgrow",
+             "capverify"]
     for n in ("150", "300"):
         assert [row["step"] for row in figures[n]] == steps
         assert all(row["seconds"] > 0 and row["peak_rss"] > 0 for row in figures[n])
         merge, grow = figures[n][1], figures[n][2]
         assert merge["note"].startswith(f"{n} videos, ") and merge["size"] > 0 and merge["written"] >= merge["size"] // 2
         assert grow["note"].startswith(f"{int(n) // 100} videos, ")
+        captions, capgrow = figures[n][9], figures[n][10]
+        assert captions["note"].startswith(f"{_caption_count(figures[n])} captions for {int(n) + int(n) // 100} videos")
+        assert capgrow["note"].startswith(f"{int(n) // 100} videos: finalize ") and capgrow["note"].endswith(" s")
     assert "ratio 300 / 150 videos (2.0x)" in proc.stdout
     assert figures["300"][7]["note"].startswith("Flat, recall@10 1.00")
+
+
+def _caption_count(rows: list[dict]) -> int:
+    """The captions the bench's caption.json has for the videos in the file when `captions`
+    runs (the collection and the grown 1%): two a clip, at least two a video."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("store_scale", Path(__file__).resolve().parents[1] / "bench" / "store_scale.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    n = int(rows[1]["note"].split(" ")[0])  # merge: "N videos, ..."
+    counts = [bench.collection(n, 0)[1], bench.collection(max(1, n // 100), 7)[1]]
+    return int(sum((2 * np.maximum(c, 1)).sum() for c in counts))
 
 
 def test_merge_refuses_a_shard_out_of_order_before_writing(tmp_path):

@@ -1249,7 +1249,7 @@ def _reopened_done(out: Path, monkeypatch) -> tuple[dict, list[str]]:
 
     monkeypatch.setattr(writer_module, "_open_h5", counting)
     with open_writer(out) as writer:
-        done = dict(writer._done)
+        done = dict(writer._done.items())
     monkeypatch.setattr(writer_module, "_open_h5", real)
     return done, [name for name in opened if name.startswith("chunk-")]
 

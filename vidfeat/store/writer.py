@@ -24,6 +24,7 @@ from . import segments
 from .assemble import assemble
 from .final import fsync_dir, unlink_quiet
 from .lock import LOCK_NAME, OutputLock
+from .resume import ResumeKeys
 from .format import (
     _CHUNK_RE,
     _CLIP_COPY,
@@ -312,11 +313,10 @@ class FeatureWriter:
         self._embedding_dtype = np.dtype(embedding_dtype)
         self._identity = settings_identity(self._attrs, self._classes, self._embedding_dim, embedding_dtype)
         self._buffer: dict[str, VideoResult] = {}
-        self._done: dict[str, tuple[int, float, str]] = {}  # path -> (size_bytes, mtime, status)
+        self._done = ResumeKeys()  # path -> (size_bytes, mtime, status), compact (1.2M videos: ~70 MB)
         self._chunks: list[Path] = []  # committed, oldest first
         self._next_seq = 1
         self.grow = grow
-        self._final_paths: frozenset[str] = frozenset()  # the videos the existing output holds
         self._replaces = False  # a committed or buffered video replaces one of those
         self._log_torn = False  # the last append to the tables log failed (it may end mid-line)
         self._output_lock: OutputLock | None = None
@@ -366,14 +366,12 @@ class FeatureWriter:
         for chunk in self._chunks:
             rows = listed.get(chunk.name)
             if rows is not None and rows[0] == chunk.stat().st_size:
-                for path, size, mtime, status in rows[1]:
-                    self._done[path] = (size, mtime, status)
-                    self._replaces |= path in self._final_paths
+                paths, sizes, mtimes, statuses = zip(*rows[1]) if rows[1] else ((), (), (), ())
+                self._replaces |= self._done.add_many(paths, sizes, mtimes, statuses)
                 continue
             with _open_h5(chunk, "committed results", "delete it to redo the videos it holds") as h5:
                 table = _read_table(h5)
-            self._remember(table)
-            self._replaces |= not self._final_paths.isdisjoint(table["path"].tolist())
+            self._replaces |= self._remember(table)
         if self._chunks:
             self._next_seq = int(_CHUNK_RE.match(self._chunks[-1].name).group(1)) + 1
 
@@ -411,9 +409,7 @@ class FeatureWriter:
             check_format(h5, self.output, fix)
             segments.check_segments(h5, self.output)
             self._mismatch(self.output.name, file_identity(h5), fix)
-            table = _read_table(h5)
-            self._remember(table)
-            self._final_paths = frozenset(table["path"].tolist())
+            self._remember(_read_table(h5), final=True)
 
     def _check_manifest(self, manifest: Path) -> None:
         try:
@@ -484,11 +480,11 @@ class FeatureWriter:
         except OSError:
             self._log_torn = True
 
-    def _remember(self, table: Mapping[str, np.ndarray]) -> None:
-        for path, size, mtime, status in zip(
-            table["path"].tolist(), table["size_bytes"].tolist(), table["mtime"].tolist(), table["status"].tolist()
-        ):
-            self._done[path] = (size, mtime, status)
+    def _remember(self, table: Mapping[str, np.ndarray], final: bool = False) -> bool:
+        """Note the videos of a table as done (``final``: the existing output's); whether any of
+        them replaces a video of the output."""
+        return self._done.add_many(table["path"].tolist(), table["size_bytes"], table["mtime"], table["status"].tolist(),
+                                   final=final)  # fmt: skip
 
     # the public API
 
@@ -541,8 +537,8 @@ class FeatureWriter:
         )
         self._buffer.pop(record.path, None)  # re-insert: the newest result is the last
         self._buffer[record.path] = record
-        self._done[record.path] = (record.size_bytes, record.mtime, record.status)
-        self._replaces |= record.path in self._final_paths
+        self._done.set(record.path, record.size_bytes, record.mtime, record.status)
+        self._replaces |= self._done.in_final(record.path)
         if len(self._buffer) >= self.flush_videos or time.monotonic() - self._last_commit >= self.flush_seconds:
             self.flush()
 
@@ -633,7 +629,7 @@ class FeatureWriter:
             )
 
     def _committed_count(self) -> int:
-        return len(set(self._done) - set(self._buffer))
+        return len(self._done) - len(self._buffer)  # every buffered path is among the done ones
 
     def _remove_parts(self) -> None:
         """Best effort: the final file holds everything, so leftovers only cost disk space."""
