@@ -277,6 +277,48 @@ def test_verify_memory_holds_numbers_a_video_not_its_strings(tmp_path, monkeypat
     assert per_video < 80, peaks  # 4 numbers (32 bytes) and their temporaries; a string object is 250+
 
 
+def test_a_writer_over_a_finished_file_holds_its_resume_keys_not_its_table(tmp_path, monkeypatch):
+    """Reopening a finished file (a rerun) reads the videos' resume keys a block at a time into
+    packed arrays: from 2,000 to 8,000 videos (39-byte paths, 214-byte error texts) the memory
+    the writer keeps grows by the path's bytes and about 40 more a video, and its peak by about
+    twice that (the arrays are copied when a block is folded in); the dict of strings and tuples
+    it kept before, beside the whole table, took over 500 bytes a video."""
+    import tracemalloc
+
+    from test_growth import SETTINGS
+    from vidfeat.store import FeatureWriter, VideoResult
+    from vidfeat.store import format as store_format
+
+    def failed(i: int) -> VideoResult:
+        return VideoResult(path=f"some/long/folder/name/video-{i:07d}.mp4", status="failed",
+                           error="cannot decode: " + "x" * 200, size_bytes=1, mtime=1.0, duration_sec=1.0,
+                           fps=30.0, width=0, height=0, embedding=np.zeros((0, 8), np.float32),
+                           logits=np.zeros((0, 4), np.float32), start_sec=np.zeros(0), end_sec=np.zeros(0),
+                           valid_frames=np.zeros(0, np.int32))  # fmt: skip
+
+    opened = {}
+    for n in (2000, 8000):
+        out = tmp_path / f"{n}.h5"
+        with FeatureWriter(out, settings=SETTINGS, classes=["a", "b", "c", "d"], embedding_dim=8) as w:
+            for i in range(n):
+                w.add(failed(i))
+            w.finalize()
+        monkeypatch.setattr(store_format, "BLOCK_BYTES", 64 << 10)  # 256 videos a block
+        tracemalloc.start()
+        writer = FeatureWriter(out, settings=SETTINGS, classes=["a", "b", "c", "d"], embedding_dim=8)
+        kept, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert writer.is_done(failed(n - 1).path, 1, 1.0) and not writer.is_done("other.mp4", 1, 1.0)
+        writer.close()
+        monkeypatch.undo()
+        opened[n] = (kept, peak)
+    kept = (opened[8000][0] - opened[2000][0]) / 6000
+    peak = (opened[8000][1] - opened[2000][1]) / 6000
+    print(f"writer over a finished file: keeps {kept:.0f} bytes a video more, peak {peak:.0f}")
+    assert kept < 39 + 60, opened
+    assert peak < 2 * (39 + 60), opened
+
+
 # export --format npy: memory flat
 
 

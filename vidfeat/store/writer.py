@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from .format import (
     _one_line,
     _open_h5,
     _read_table,
+    block_rows,
     _reason,
     check_format,
     check_same_settings,
@@ -197,6 +199,24 @@ def _table_from_results(results: Sequence[VideoResult]) -> dict[str, np.ndarray]
     table["clip_count"] = counts
     table["clip_offset"] = np.cumsum(counts) - counts
     return table
+
+
+_CHUNK_HEAD = re.compile(rb'^\{"chunk": "(chunk-\d+\.h5)", "bytes": (\d+), ')
+"""The start of a tables-log line as :meth:`FeatureWriter._append_tables_log` writes it."""
+
+
+def _listed_rows(log, entry: tuple[int, int, int] | None, size: int) -> list | None:
+    """The rows the tables log lists for a chunk of ``size`` bytes (``entry``: from
+    :meth:`FeatureWriter._read_tables_log`), or None when it lists none that can be used (not
+    listed, listed with another size, or not a valid line): then the chunk is read itself."""
+    if log is None or entry is None or entry[0] != size:
+        return None
+    log.seek(entry[1])
+    try:
+        rows = json.loads(log.read(entry[2]))["rows"]
+        return [(str(p), int(b), float(m), str(st)) for p, b, m, st in rows]
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _chunk_image(records: Sequence[VideoResult]) -> bytes:
@@ -363,15 +383,23 @@ class FeatureWriter:
         else:
             self._write_manifest(manifest)
         listed = self._read_tables_log()
-        for chunk in self._chunks:
-            rows = listed.get(chunk.name)
-            if rows is not None and rows[0] == chunk.stat().st_size:
-                paths, sizes, mtimes, statuses = zip(*rows[1]) if rows[1] else ((), (), (), ())
-                self._replaces |= self._done.add_many(paths, sizes, mtimes, statuses)
-                continue
-            with _open_h5(chunk, "committed results", "delete it to redo the videos it holds") as h5:
-                table = _read_table(h5)
-            self._replaces |= self._remember(table)
+        log = open(self.parts / _TABLES, "rb") if listed else None
+        try:
+            for chunk in self._chunks:
+                rows = _listed_rows(log, listed.get(chunk.name), chunk.stat().st_size)
+                if rows is not None:
+                    paths, sizes, mtimes, statuses = zip(*rows) if rows else ((), (), (), ())
+                    self._replaces |= self._done.add_many(paths, sizes, mtimes, statuses)
+                    continue
+                with _open_h5(chunk, "committed results", "delete it to redo the videos it holds") as h5:
+                    table = _read_table(h5)
+                self._replaces |= self._remember(table)
+        except OSError as exc:
+            raise StoreError(f"cannot read {self.parts / _TABLES}: {_reason(exc)}; delete it (the chunks are read "
+                             "instead)") from exc  # fmt: skip
+        finally:
+            if log is not None:
+                log.close()
         if self._chunks:
             self._next_seq = int(_CHUNK_RE.match(self._chunks[-1].name).group(1)) + 1
 
@@ -409,7 +437,13 @@ class FeatureWriter:
             check_format(h5, self.output, fix)
             segments.check_segments(h5, self.output)
             self._mismatch(self.output.name, file_identity(h5), fix)
-            self._remember(_read_table(h5), final=True)
+            # the keys only, a block at a time: memory holds the keys, not the table's strings
+            n, step = int(h5["videos/path"].shape[0]), block_rows(256)
+            for k in range(0, n, step):
+                block = {name: h5[f"videos/{name}"][k : k + step] for name in ("size_bytes", "mtime")}
+                block["path"] = h5["videos/path"].asstr()[k : k + step]
+                block["status"] = h5["videos/status"].asstr()[k : k + step]
+                self._remember(block, final=True)
 
     def _check_manifest(self, manifest: Path) -> None:
         try:
@@ -439,30 +473,30 @@ class FeatureWriter:
             unlink_quiet(tmp)
             raise StoreError(f"cannot write {manifest}: {_reason(exc)}; free space or choose another -o") from exc
 
-    def _read_tables_log(self) -> dict[str, tuple[int, list]]:
-        """{chunk name: (its size, its rows)} from the tables log; a torn last line (a kill while
-        appending) is cut off so that the next append starts a line of its own."""
+    def _read_tables_log(self) -> dict[str, tuple[int, int, int]]:
+        """{chunk name: (its size, where its line starts in the log, the line's length)}, read a
+        line at a time (the rows are parsed later, a chunk at a time: :func:`_listed_rows`); a
+        torn last line (a kill while appending) is cut off so that the next append starts a line
+        of its own."""
         log = self.parts / _TABLES
+        listed: dict[str, tuple[int, int, int]] = {}
         try:
-            data = log.read_bytes()
+            with open(log, "rb") as f:
+                at = 0
+                for line in f:
+                    if not line.endswith(b"\n"):  # torn: cut it off
+                        f.close()
+                        with open(log, "r+b") as g:
+                            g.truncate(at)
+                        break
+                    head = _CHUNK_HEAD.match(line)
+                    if head:
+                        listed[head.group(1).decode()] = (int(head.group(2)), at, len(line))
+                    at += len(line)
         except FileNotFoundError:
             return {}
         except OSError as exc:
             raise StoreError(f"cannot read {log}: {_reason(exc)}; delete it (the chunks are read instead)") from exc
-        complete = data[: data.rfind(b"\n") + 1]
-        if len(complete) < len(data):
-            try:
-                with open(log, "r+b") as f:
-                    f.truncate(len(complete))
-            except OSError as exc:
-                raise StoreError(f"cannot repair {log}: {_reason(exc)}; delete it (the chunks are read instead)") from exc
-        listed = {}
-        for line in complete.splitlines():
-            try:
-                entry = json.loads(line)
-                listed[entry["chunk"]] = (int(entry["bytes"]), [tuple(row) for row in entry["rows"]])
-            except (ValueError, KeyError, TypeError):
-                continue  # not an index line: that chunk is read itself
         return listed
 
     def _append_tables_log(self, chunk: Path, records: Sequence[VideoResult]) -> None:
@@ -483,7 +517,7 @@ class FeatureWriter:
     def _remember(self, table: Mapping[str, np.ndarray], final: bool = False) -> bool:
         """Note the videos of a table as done (``final``: the existing output's); whether any of
         them replaces a video of the output."""
-        return self._done.add_many(table["path"].tolist(), table["size_bytes"], table["mtime"], table["status"].tolist(),
+        return self._done.add_many(list(table["path"]), table["size_bytes"], table["mtime"], list(table["status"]),
                                    final=final)  # fmt: skip
 
     # the public API
