@@ -191,6 +191,32 @@ def test_bad_caption_input_is_warned_and_counted_never_fatal(tmp_path):
     assert "nope.json does not exist" in missing.stderr
 
 
+def test_a_cut_or_odd_caption_json_keeps_what_it_can_read(tmp_path):
+    """caption.json is read a video at a time (ijson): a file cut short keeps the videos before
+    the cut with one warning; an id given twice keeps its first captions with a warning; a file
+    that is not a JSON object is one warning."""
+    out = write(tmp_path / "feats.h5", {"a/v1.mp4": 3, "a/v2.mp4": 3, "a/v3.mp4": 3})
+    source = tmp_path / "caption.json"
+    whole = ('{"v1": {"start": [0.0], "end": [1.0], "text": ["one"]}, '
+             '"v2": {"start": [0.0], "end": [1.0], "text": ["two"]}, '
+             '"v1": {"start": [2.0], "end": [3.0], "text": ["again"]}, '
+             '"v3": {"start": [0.0], "end": [1.0], "text": ["three"]}}')  # fmt: skip
+    source.write_text(whole, encoding="utf-8")
+    report = add_captions(out, source)
+    assert report.counts == {"duplicate": 1} and report.captioned_videos == 3
+    with open_features(out) as f:
+        assert f.captions("a/v1.mp4") == [(0.0, 1.0, "one")]
+    source.write_text(whole[: whole.index('"v3"') + 20], encoding="utf-8")  # cut inside v3
+    report = add_captions(out, source)
+    assert report.counts["unreadable_file"] == 1 and report.captioned_videos == 2
+    assert any("after 3 videos" in w for w in report.warnings)
+    with open_features(out) as f:
+        assert f.captions("a/v2.mp4") == [(0.0, 1.0, "two")] and f.captions("a/v3.mp4") == []
+    source.write_text("[1, 2]", encoding="utf-8")
+    report = add_captions(out, source)
+    assert report.counts["unreadable_file"] == 1 and report.captions == 0
+
+
 def test_two_videos_with_one_id_get_no_captions_and_one_warning(tmp_path):
     out = write(tmp_path / "feats.h5", {"a/same.mp4": 2, "b/same.mp4": 2})
     source = tmp_path / "caption.json"

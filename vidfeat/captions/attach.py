@@ -30,7 +30,7 @@ import numpy as np
 
 from ..errors import VideoError, VidfeatError
 from ..store import open_features, segments
-from ..store.amend import caption_spool, set_captions, set_last_captions
+from ..store.amend import amending
 from ..store.captions import CaptionTable, clips_with_text
 from .sources import Caption, Captions, as_arrays, read_sidecars, read_source, video_id
 
@@ -64,17 +64,17 @@ def add_captions(
     leave every other video's captions as they are (``vidfeat extract --captions`` on a run that
     grew the file). The source is read for those videos only."""
     output = Path(output)
-    with open_features(output) as f:
-        paths = f.videos.path.astype(str)
-        first_frame = np.array(f.videos.first_frame_sec, dtype=np.float64)
-        root = f.attrs.get("root") or ""
-        rows = segments.last_rows(f.h5) if last_growth else slice(0, len(paths))
-    report = AttachReport(output=output, source=_describe(source, root), videos=rows.stop - rows.start,
-                          new_only=last_growth)  # fmt: skip
-    wanted, others = _wanted(paths, source, rows, report)
-    captioned: list[int] = []
-
-    with caption_spool(output, rows.stop - rows.start) as spool:
+    with amending(output) as work:  # the output's lock, from reading the file to its rewrite
+        with open_features(output) as f:
+            paths = f.videos.path.astype(str)
+            first_frame = np.array(f.videos.first_frame_sec, dtype=np.float64)
+            root = f.attrs.get("root") or ""
+            rows = segments.last_rows(f.h5) if last_growth else slice(0, len(paths))
+        report = AttachReport(output=output, source=_describe(source, root), videos=rows.stop - rows.start,
+                              new_only=last_growth)  # fmt: skip
+        wanted, others = _wanted(paths, source, rows, report)
+        captioned: list[int] = []
+        spool = work.spool(rows.stop - rows.start)
 
         def keep(key: str, found: list[Caption]) -> None:  # a video's captions, as the source gives them
             row = wanted.get(key)  # None: an id that names two videos
@@ -88,10 +88,10 @@ def add_captions(
         report.counts.update(caps.counts)
         captions = spool.finish()
         if last_growth:
-            set_last_captions(output, captions, first_frame_sec=first_frame[rows], source=report.source,
-                              warnings=report.counts)  # fmt: skip
+            work.set_last_captions(captions, first_frame_sec=first_frame[rows], source=report.source,
+                                   warnings=report.counts)  # fmt: skip
         else:
-            set_captions(output, captions, first_frame_sec=first_frame, source=report.source, warnings=report.counts)
+            work.set_captions(captions, first_frame_sec=first_frame, source=report.source, warnings=report.counts)
     report.clips_with_text = _clips_with_text(output, rows)
     report.captioned_videos, report.captions = len(captioned), len(captions)
     report.warnings = caps.warnings + report.warnings
@@ -108,23 +108,24 @@ def add_whole_video_captions(output: str | os.PathLike[str], texts: dict[str, st
     replaces any captions the file had (with ``last_growth``, as :func:`add_captions`: those of
     the videos the file's last growth added). ``source`` is recorded as ``captions_source``."""
     output = Path(output)
-    with open_features(output) as f:
-        paths = f.videos.path.astype(str)
-        first_frame = np.array(f.videos.first_frame_sec, dtype=np.float64)
-        duration = np.array(f.videos.duration_sec, dtype=np.float64)
-        rows = segments.last_rows(f.h5) if last_growth else slice(0, len(paths))
-    report = AttachReport(output=output, source=source, videos=rows.stop - rows.start, new_only=last_growth)
-    by_row: dict[int, list[tuple[float, float, str]]] = {}
-    for row in range(rows.start, rows.stop):
-        text = " ".join((texts.get(paths[row]) or "").split())
-        if text and math.isfinite(duration[row]):
-            start = float(first_frame[row]) if math.isfinite(first_frame[row]) else 0.0
-            by_row[row - rows.start] = [(start, start + float(duration[row]), text)]
-    table = CaptionTable.build(by_row)
-    if last_growth:
-        set_last_captions(output, table, first_frame_sec=first_frame[rows], source=source)
-    else:
-        set_captions(output, table, first_frame_sec=first_frame, source=source)
+    with amending(output) as work:  # the output's lock, from reading the file to its rewrite
+        with open_features(output) as f:
+            paths = f.videos.path.astype(str)
+            first_frame = np.array(f.videos.first_frame_sec, dtype=np.float64)
+            duration = np.array(f.videos.duration_sec, dtype=np.float64)
+            rows = segments.last_rows(f.h5) if last_growth else slice(0, len(paths))
+        report = AttachReport(output=output, source=source, videos=rows.stop - rows.start, new_only=last_growth)
+        by_row: dict[int, list[tuple[float, float, str]]] = {}
+        for row in range(rows.start, rows.stop):
+            text = " ".join((texts.get(paths[row]) or "").split())
+            if text and math.isfinite(duration[row]):
+                start = float(first_frame[row]) if math.isfinite(first_frame[row]) else 0.0
+                by_row[row - rows.start] = [(start, start + float(duration[row]), text)]
+        table = CaptionTable.build(by_row)
+        if last_growth:
+            work.set_last_captions(table, first_frame_sec=first_frame[rows], source=source)
+        else:
+            work.set_captions(table, first_frame_sec=first_frame, source=source)
     report.clips_with_text = _clips_with_text(output, rows)
     report.captioned_videos, report.captions = len(by_row), len(table)
     return report

@@ -84,7 +84,7 @@ WARNING_KINDS = {
     "empty_text": "a caption's text is empty (or not text)",
     "unknown_video": "captions for a video id that is not among the videos",
     "no_captions": "a video that ends up without captions (none usable in its entry or files, or none in the source)",
-    "duplicate": "two caption files of the same kind for one video id (the first by path is used)",
+    "duplicate": "two caption files of the same kind for one video id (the first by path is used), or one id twice in a caption.json (the first is used)",
 }
 MAX_WARNINGS = 10_000  # warning lines kept; the counts always cover every case
 
@@ -125,6 +125,9 @@ class Captions:
     def store(self, video_id: str, captions: list[Caption] | None) -> None:
         """Keep (or hand to ``sink``) the captions of one video; nothing for an empty list."""
         if not captions:
+            return
+        if video_id in self.stored:  # a JSON object with one key twice, read a video at a time
+            self.warn("duplicate", f"video id {video_id} has captions twice in the source; the first are used")
             return
         self.stored.add(video_id)
         self.stored_captions += len(captions)
