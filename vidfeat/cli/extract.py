@@ -52,8 +52,10 @@ from .scale import scale_options
 @click.option("--compile", "compile_model", is_flag=True, help="torch.compile the model (a slower start for faster steps).")
 @click.option("--captions", "captions_source", type=click.Path(exists=True, path_type=Path),
               help="Speech captions to add when the run ends (as `vidfeat captions` does): caption.json, a folder of "
-                   "<id>.csv or .vtt/.srt files. Without it, subtitle sidecars beside the videos (name.vtt, "
-                   "name.en.vtt, name.srt) are added when there are any and the run added videos.")  # fmt: skip
+                   "<id>.csv or .vtt/.srt files. On a rerun that adds videos to a file with captions, only the "
+                   "added videos get theirs (the others keep what they have). Without it, subtitle sidecars beside "
+                   "the videos (name.vtt, name.en.vtt, name.srt) are added when there are any and the run added "
+                   "videos.")  # fmt: skip
 @scale_options
 def extract_cmd(inputs, output, list_file, root, model, fps, num_frames, stride, batch_size, device, dtype, workers, crops,
                 embedding_dtype, commit_every, overwrite, retry_failed, quiet, shard, gpus, ray_address, decoder="pyav",
