@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,7 +72,7 @@ def add_captions(
             rows = segments.last_rows(f.h5) if last_growth else slice(0, len(paths))
         report = AttachReport(output=output, source=_describe(source, root), videos=rows.stop - rows.start,
                               new_only=last_growth)  # fmt: skip
-        wanted, others = _wanted(paths, source, rows, report)
+        wanted, known = _wanted(paths, source, rows, report)
         captioned: list[int] = []
         spool = work.spool(rows.stop - rows.start)
 
@@ -83,7 +83,7 @@ def add_captions(
             spool.add(row - rows.start, *as_arrays(found))
             captioned.append(row)
 
-        caps = _read(paths, source, root, report, wanted, others, keep)
+        caps = _read(source, root, report, wanted, known, keep)
         _fill_first_frames(first_frame, sorted(captioned), paths, root, report)
         report.counts.update(caps.counts)
         captions = spool.finish()
@@ -146,32 +146,50 @@ def _describe(source: str | os.PathLike[str] | None, root: str) -> str:
     return os.path.abspath(source)
 
 
-def _wanted(paths: np.ndarray, source, rows: slice, report: AttachReport) -> tuple[dict[str, int], set[str]]:
-    """(caption key -> row of the file, for the videos of ``rows``; the keys of the file's other
-    videos, whose captions in the source are skipped without a warning). Keys are video ids;
-    for sidecars (no ``source``), the videos' names."""
+def _wanted(paths: np.ndarray, source, rows: slice, report: AttachReport) -> tuple[dict[str, int], _Ids]:
+    """(caption key -> row of the file, for the videos of ``rows``; the keys of every video of
+    the file, so that the source's captions of the others are skipped without a warning). Keys
+    are video ids; for sidecars (no ``source``), the videos' names. An id that names two videos
+    of the file is left out with one warning."""
     if source is None:
-        return {str(p): rows.start + i for i, p in enumerate(paths[rows])}, set()
-    ids: dict[str, list[int]] = defaultdict(list)
-    for i, p in enumerate(paths):
-        ids[video_id(p)].append(i)
-    wanted, others = {}, set()
-    for vid, found in ids.items():
-        if not any(rows.start <= i < rows.stop for i in found):
-            others.add(vid)
-        elif len(found) > 1:
+        return {str(p): rows.start + i for i, p in enumerate(paths[rows])}, _Ids(np.empty(0, dtype=object))
+    ids = _Ids(np.array([video_id(p) for p in paths], dtype=object))
+    wanted: dict[str, int] = {}
+    for row in range(rows.start, rows.stop):
+        vid = ids.of[row]
+        found = ids.rows(vid)
+        if len(found) == 1:
+            wanted[vid] = row
+        elif row == next(r for r in found if r >= rows.start):  # one warning an id
             report.counts["ambiguous_id"] += 1
             report.warnings.append(f"video id {vid} names {len(found)} videos ({paths[found[0]]}, {paths[found[1]]}"
                                    f"{', ...' if len(found) > 2 else ''}): their captions are left out")  # fmt: skip
-        else:
-            wanted[vid] = found[0]
-    return wanted, others
+    return wanted, ids
 
 
-def _read(paths: np.ndarray, source, root: str, report: AttachReport, wanted: dict[str, int], others: set[str],
-          sink) -> Captions:  # fmt: skip
+class _Ids:
+    """The video ids of a file's rows (``of[row]``), sorted once: ``id in ids`` and the rows of
+    an id by binary search, in about 80 bytes a video (a dict of lists took three times that)."""
+
+    def __init__(self, of: np.ndarray) -> None:
+        self.of = of
+        self._order = np.argsort(of, kind="stable")
+        self._sorted = of[self._order]
+
+    def rows(self, vid: str) -> list[int]:
+        lo = int(np.searchsorted(self._sorted, vid, side="left"))
+        hi = int(np.searchsorted(self._sorted, vid, side="right"))
+        return sorted(self._order[lo:hi].tolist())
+
+    def __contains__(self, vid: object) -> bool:
+        i = int(np.searchsorted(self._sorted, vid))
+        return i < len(self._sorted) and self._sorted[i] == vid
+
+
+def _read(source, root: str, report: AttachReport, wanted: dict[str, int], known: _Ids, sink) -> Captions:
     """Read the captions of the ``wanted`` videos from ``source`` (None: their sidecars under
-    ``root``), handing each video's to ``sink(key, captions)`` as it is read."""
+    ``root``), handing each video's to ``sink(key, captions)`` as it is read; ids ``known`` to
+    the file and not wanted are skipped without a warning."""
     if source is None:
         if not root or not Path(root).is_dir():
             raise VidfeatError(
@@ -181,8 +199,7 @@ def _read(paths: np.ndarray, source, root: str, report: AttachReport, wanted: di
         return read_sidecars({p: Path(root) / p for p in wanted}, sink=sink)
     if not Path(source).exists():
         raise VidfeatError(f"{source} does not exist: give a caption.json, a folder of <id>.csv, .vtt or .srt files")
-    ambiguous = {video_id(p) for p in paths} - set(wanted) - others
-    return read_source(source, video_ids=[*wanted, *ambiguous], skip_ids=others, sink=sink)
+    return read_source(source, video_ids=wanted, skip_ids=known, sink=sink)
 
 
 def _fill_first_frames(first_frame: np.ndarray, rows: list[int], paths: np.ndarray, root: str,

@@ -54,7 +54,7 @@ import math
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -193,7 +193,7 @@ def as_arrays(captions: Sequence[Caption]) -> tuple[np.ndarray, np.ndarray, list
 def read_source(
     source: str | os.PathLike[str],
     video_ids: Iterable[str] | None = None,
-    skip_ids: Iterable[str] = (),
+    skip_ids: Container[str] | Iterable[str] = (),
     sink: Callable[[str, list[Caption]], None] | None = None,
 ) -> Captions:
     """Read every caption of ``source`` (see the module docstring for the kinds of source).
@@ -228,15 +228,21 @@ def read_source(
 
     out = Captions(sink=sink)
     seen: set[str] = set()  # ids present in the source (and wanted)
-    skip = set(skip_ids)
+    skip = skip_ids if isinstance(skip_ids, Container) else set(skip_ids)
+
+    def unread(vid: str, where: object) -> bool:
+        """Whether the captions of ``vid`` are left unread (an unknown id is warned about)."""
+        if wanted is None or vid in wanted:
+            return wanted is None and vid in skip
+        if vid not in skip:
+            out.warn("unknown_video", f"{where}: video id {vid} is not among the videos; its captions are skipped")
+        return True
+
     if entries is None:
-        _read_howto_json(path, wanted, skip, out, seen)
+        _read_howto_json(path, unread, out, seen)
     else:
         for vid in sorted(entries):
-            if vid in skip:
-                continue
-            if wanted is not None and vid not in wanted:
-                out.warn("unknown_video", f"{entries[vid][0][1]}: video id {vid} is not among the videos; its captions are skipped")
+            if unread(vid, entries[vid][0][1]):
                 continue
             seen.add(vid)
             out.store(vid, _first_readable(entries[vid], out))
@@ -425,7 +431,7 @@ def _collapse(text: str) -> str:
 # ---------------------------------------------------------------------------- HowTo100M JSON
 
 
-def _read_howto_json(path: Path, wanted: set[str] | None, skip: set[str], out: Captions, seen: set[str]) -> None:
+def _read_howto_json(path: Path, unread: Callable[[str, object], bool], out: Captions, seen: set[str]) -> None:
     """The videos of a ``{video_id: {start, end, text}}`` file, in file order. With ijson (the
     ``captions`` extra) the file is read a video at a time (HowTo100M's is GBs); else whole."""
     done = 0
@@ -437,10 +443,7 @@ def _read_howto_json(path: Path, wanted: set[str] | None, skip: set[str], out: C
             f.seek(0)
             for vid, entry in _json_items(f):
                 done += 1
-                if vid in skip:
-                    continue
-                if wanted is not None and vid not in wanted:
-                    out.warn("unknown_video", f"{path}: video id {vid} is not among the videos; its captions are skipped")
+                if unread(vid, path):
                     continue
                 seen.add(vid)
                 out.store(vid, _json_video(entry, f"{path}: video {vid}", out))
