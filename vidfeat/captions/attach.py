@@ -32,6 +32,7 @@ from ..errors import VideoError, VidfeatError
 from ..store import open_features, segments
 from ..store.amend import amending
 from ..store.captions import CaptionTable, clips_with_text
+from ..store.format import read_video_column
 from .sources import Caption, Captions, as_arrays, read_sidecars, read_source, video_id
 
 __all__ = ["AttachReport", "add_captions", "add_whole_video_captions"]
@@ -65,9 +66,9 @@ def add_captions(
     grew the file). The source is read for those videos only."""
     output = Path(output)
     with amending(output) as work:  # the output's lock, from reading the file to its rewrite
-        with open_features(output) as f:
-            paths = f.videos.path.astype(str)
-            first_frame = np.array(f.videos.first_frame_sec, dtype=np.float64)
+        with open_features(output) as f:  # the columns it needs, not the whole /videos table
+            paths = read_video_column(f.h5, "path")
+            first_frame = read_video_column(f.h5, "first_frame_sec").astype(np.float64)
             root = f.attrs.get("root") or ""
             rows = segments.last_rows(f.h5) if last_growth else slice(0, len(paths))
         report = AttachReport(output=output, source=_describe(source, root), videos=rows.stop - rows.start,
@@ -110,9 +111,9 @@ def add_whole_video_captions(output: str | os.PathLike[str], texts: dict[str, st
     output = Path(output)
     with amending(output) as work:  # the output's lock, from reading the file to its rewrite
         with open_features(output) as f:
-            paths = f.videos.path.astype(str)
-            first_frame = np.array(f.videos.first_frame_sec, dtype=np.float64)
-            duration = np.array(f.videos.duration_sec, dtype=np.float64)
+            paths = read_video_column(f.h5, "path")
+            first_frame = read_video_column(f.h5, "first_frame_sec").astype(np.float64)
+            duration = read_video_column(f.h5, "duration_sec").astype(np.float64)
             rows = segments.last_rows(f.h5) if last_growth else slice(0, len(paths))
         report = AttachReport(output=output, source=source, videos=rows.stop - rows.start, new_only=last_growth)
         by_row: dict[int, list[tuple[float, float, str]]] = {}
@@ -134,7 +135,8 @@ def add_whole_video_captions(output: str | os.PathLike[str], texts: dict[str, st
 def _clips_with_text(output: Path, rows: slice) -> int:
     """How many clips of the videos ``rows`` have text (their clips are contiguous)."""
     with open_features(output) as f:
-        first = int(f.videos.clip_offset[rows.start]) if rows.start < len(f.videos) else f.h5["clips/text"].shape[0]
+        offsets = f.h5["videos/clip_offset"]
+        first = int(offsets[rows.start]) if rows.start < offsets.shape[0] else f.h5["clips/text"].shape[0]
         return clips_with_text(f.h5, first)
 
 

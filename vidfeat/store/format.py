@@ -257,15 +257,17 @@ def check_same_settings(old: Mapping[str, Any], new: Mapping[str, Any], *, where
 
 def _read_table(h5: h5py.Group) -> dict[str, np.ndarray]:
     """All /videos columns (strings as object arrays of str). Small: one row per video."""
-    table = {}
-    for name, dtype in VIDEO_COLUMNS.items():
-        if name in _ADDED_COLUMNS and f"videos/{name}" not in h5:
-            default = _ADDED_COLUMNS[name][1]
-            table[name] = np.full(h5["videos/path"].shape[0], default, dtype=object if name in _STRING_COLUMNS else dtype)
-            continue
-        ds = h5[f"videos/{name}"]
-        table[name] = ds.asstr()[()] if name in _STRING_COLUMNS else ds[()]
-    return table
+    return {name: read_video_column(h5, name) for name in VIDEO_COLUMNS}
+
+
+def read_video_column(h5: h5py.Group, name: str) -> np.ndarray:
+    """One /videos column (strings as an object array of str; a column the file's version
+    lacks as its default), without the others."""
+    if name in _ADDED_COLUMNS and f"videos/{name}" not in h5:
+        dtype = object if name in _STRING_COLUMNS else VIDEO_COLUMNS[name]
+        return np.full(h5["videos/path"].shape[0], _ADDED_COLUMNS[name][1], dtype=dtype)
+    ds = h5[f"videos/{name}"]
+    return ds.asstr()[()] if name in _STRING_COLUMNS else ds[()]
 
 
 def _open_h5(path: Path, what: str, fix: str, **options: Any) -> h5py.File:

@@ -211,11 +211,11 @@ def _listed_rows(log, entry: tuple[int, int, int] | None, size: int) -> list | N
     listed, listed with another size, or not a valid line): then the chunk is read itself."""
     if log is None or entry is None or entry[0] != size:
         return None
-    log.seek(entry[1])
     try:
+        log.seek(entry[1])
         rows = json.loads(log.read(entry[2]))["rows"]
         return [(str(p), int(b), float(m), str(st)) for p, b, m, st in rows]
-    except (ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError):  # unreadable here: the chunk is read instead
         return None
 
 
@@ -394,9 +394,6 @@ class FeatureWriter:
                 with _open_h5(chunk, "committed results", "delete it to redo the videos it holds") as h5:
                     table = _read_table(h5)
                 self._replaces |= self._remember(table)
-        except OSError as exc:
-            raise StoreError(f"cannot read {self.parts / _TABLES}: {_reason(exc)}; delete it (the chunks are read "
-                             "instead)") from exc  # fmt: skip
         finally:
             if log is not None:
                 log.close()
