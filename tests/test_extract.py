@@ -387,6 +387,74 @@ def test_ctrl_c_leaves_a_valid_file_of_what_finished(tmp_path, many_videos, mode
     assert 1 <= done <= 13
 
 
+class _InterruptAfterOne:
+    """An executor that finishes the first video left to do (a made-up result) and is then
+    interrupted, as a Ctrl-C during the second would."""
+
+    def setup(self, options, progress):
+        return options
+
+    def workers(self, todo):
+        return 0
+
+    def run(self, job):
+        from vidfeat.store import VideoResult
+
+        video, st = job.todo[0]
+        self.made_up = video.name
+        dim, classes = job.writer._embedding_dim, len(job.writer._classes)
+        job.record(0, VideoResult(path=video.name, status="ok", error="", size_bytes=st.st_size, mtime=st.st_mtime,
+                                  duration_sec=2.0, fps=25.0, width=64, height=64,
+                                  embedding=np.zeros((1, dim), np.float32), logits=np.zeros((1, classes), np.float32),
+                                  start_sec=np.zeros(1), end_sec=np.full(1, 2.0), valid_frames=np.full(1, 8, np.int32)),
+                   0.0, 0.0)  # fmt: skip
+        raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("change", ["replace", "add"])
+def test_ctrl_c_finishes_the_file_only_when_that_does_not_rewrite_it(tmp_path, model_dir, change):
+    """Interrupted (Ctrl-C) after one video: a run that only adds videos grows the file by them
+    at once (cheap); a run whose videos replace some the file holds would rewrite the whole file,
+    so it commits what finished and leaves the file as it was, for the rerun (exit 130 either
+    way); the rerun finishes the rest, keeping the committed video (its made-up result)."""
+    from vidfeat.pipeline.driver import ExtractOptions, extract
+    from vidfeat.video.inputs import discover
+
+    root = tmp_path / "in"
+    root.mkdir()
+    for name in ("a.mp4", "b.mp4"):
+        make_video(root / name, seconds=2.0)
+    out = tmp_path / "f.h5"
+    assert run(extract_args([root], out, model_dir)).exit_code == 0
+    before = out.read_bytes()
+    if change == "replace":
+        os.utime(root / "a.mp4", (1.7e9, 1.7e9))  # a changed file: its result is replaced
+    make_video(root / "c.mp4", seconds=2.0)
+    found = discover([root], root=root)
+    options = ExtractOptions(model=str(model_dir), root=str(found.root), workers=0)
+    executor = _InterruptAfterOne()
+    report = extract(found.videos, out, options, executor=executor)
+    assert report.interrupted and report.exit_code == 130
+    parts = Path(str(out) + ".parts")
+    if change == "replace":
+        assert report.deferred and out.read_bytes() == before
+        assert len(list(parts.glob("chunk-*.h5"))) == 1
+    else:
+        assert not report.deferred and not parts.exists()
+        with open_features(out) as f:
+            assert sorted(f.videos.path) == ["a.mp4", "b.mp4", "c.mp4"]
+    assert run(extract_args([root], out, model_dir)).exit_code == 0
+    reference = tmp_path / "reference.h5"
+    assert run(extract_args([root], reference, model_dir)).exit_code == 0
+    assert verify(out) == [] and not parts.exists()
+    with open_features(out) as f, open_features(reference) as g:
+        assert sorted(f.videos.path) == sorted(g.videos.path) == ["a.mp4", "b.mp4", "c.mp4"]
+        assert executor.made_up == ("a.mp4" if change == "replace" else "c.mp4")
+        assert not f.clips(executor.made_up).embedding.any()  # committed before the interrupt: kept
+        for name in {"a.mp4", "b.mp4", "c.mp4"} - {executor.made_up}:
+            np.testing.assert_allclose(f.clips(name).embedding, g.clips(name).embedding, atol=1e-3)
+
+
 @pytest.mark.slow
 def test_sigterm_commits_what_finished_within_seconds_without_assembling(tmp_path, many_videos, model_dir):
     """A scheduler's SIGTERM (SLURM's time limit): the run stops at the next clip, commits every

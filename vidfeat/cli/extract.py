@@ -180,6 +180,9 @@ def extract_cmd(inputs, output, list_file, root, model, fps, num_frames, stride,
     if report.terminated:
         message += (f" (stopped by SIGTERM: what finished is committed in {parts_path(report.output)}, the file is "
                     "not assembled; rerun the same command to finish)")  # fmt: skip
+    elif report.deferred:
+        message += (f" (interrupted: what finished is committed in {parts_path(report.output)}; the file, some of "
+                    "whose videos this run replaces, is left as it was; rerun the same command to finish)")  # fmt: skip
     elif report.interrupted:
         message += " (interrupted: rerun the same command to finish)"
     click.echo(message, err=True)

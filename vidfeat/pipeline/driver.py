@@ -76,6 +76,9 @@ class ExtractReport:
     # Stopped by SIGTERM: what finished is committed in the work directory, the final file is not
     # assembled (its time grows with the file; a scheduler's grace period does not).
     terminated: bool = False
+    # Interrupted (Ctrl-C) where finishing would rewrite the whole existing file (the run replaces
+    # videos it holds): committed as after SIGTERM, the file left as it was for the rerun.
+    deferred: bool = False
     # The status when the output holds failed or partial videos. A torchrun rank says 0: torchrun
     # takes any other status of one rank as that rank's failure and stops the others (rank 0 may
     # be merging); `--gpus` reads the 3 off the final file instead.
@@ -163,7 +166,10 @@ def extract(videos: list[VideoFile], output: Path, options: ExtractOptions, prog
             report.terminated = job.stop is not None and job.stop.terminated
         finally:
             progress.close()
-        if not report.terminated:  # leaving the block commits what finished; assembly can wait for the rerun
+        # Leaving the block commits what finished. After SIGTERM, or a Ctrl-C whose finish would
+        # rewrite the whole file, the assembly waits for the rerun: the run exits within seconds.
+        report.deferred = report.interrupted and not report.terminated and writer.finalize_rewrites()
+        if not (report.terminated or report.deferred):
             writer.finalize()
     report.in_file = summarize(output)["status"] if output.exists() else {}
     return report

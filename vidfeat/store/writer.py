@@ -641,6 +641,14 @@ class FeatureWriter:
         self._finalized = self.output
         return self.output
 
+    def finalize_rewrites(self) -> bool:
+        """Whether :meth:`finalize` would write an existing output again whole (the run
+        replaces videos it holds, or the file cannot grow by a segment): a cost that grows with
+        the file, not with the run, which an interrupted run leaves to its rerun."""
+        if not self.output.exists() or not (self._chunks or self._buffer):
+            return False
+        return not self.grow or segments.growable(self.output, self._replaces) is not None
+
     def close(self) -> None:
         """Commit the buffered videos and release the output (does not finalize)."""
         if self._closed:
