@@ -273,7 +273,12 @@ def test_folder_of_csv_files_one_per_video(tmp_path):
 # ---------------------------------------------------------------------------- HowTo100M JSON
 
 
-def test_howto100m_caption_json_with_ids_starting_with_dash_and_underscore(tmp_path):
+@pytest.mark.parametrize("reader", ["ijson", "json"])
+def test_howto100m_caption_json_with_ids_starting_with_dash_and_underscore(tmp_path, monkeypatch, reader):
+    """Read a video at a time with ijson (the captions extra), or whole with json without it:
+    the same captions."""
+    if reader == "json":
+        monkeypatch.setitem(sys.modules, "ijson", None)  # `import ijson` raises ImportError
     data = {
         "-0aBcDeFgHi": {"start": [5.0, 0.5], "end": [9.2, 4.8], "text": ["cut onion small", "today make soup"]},
         "_xY12345678": {"start": [1.0], "end": [3.0], "text": ["add  salt\n taste"]},
@@ -313,6 +318,13 @@ def test_video_ids_skip_unknown_ids_and_warn_videos_without_captions(tmp_path):
     assert _kinds(caps) == {"unknown_video": 1, "no_captions": 1}
     assert any("_notlisted_" in w and "not among the videos" in w for w in caps.warnings)
     assert any("missingvid1" in w and "no captions" in w for w in caps.warnings)
+    # ids known to the caller but not wanted now (a file's older videos): skipped without a warning;
+    # with a sink, each video's captions go there as they are read
+    got = []
+    caps = read_source(tmp_path / "caption.json", video_ids=["-0aBcDeFgHi"], skip_ids={"_notlisted_"},
+                       sink=lambda vid, found: got.append((vid, found)))  # fmt: skip
+    assert got == [("-0aBcDeFgHi", [Caption(0.0, 1.0, "kept")])] and not caps.by_video
+    assert not caps.counts and len(caps) == 1 and caps.num_captions == 1
 
 
 # ---------------------------------------------------------------------------- bad input
