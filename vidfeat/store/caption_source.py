@@ -253,7 +253,8 @@ def write_captions(
     file (a segment's videos start at that row), as /clips/video does."""
     rows = np.asarray(rows, dtype=np.int64)
     counts = np.asarray(counts, dtype=np.int64)
-    per_video = np.where(rows >= 0, source.count[np.maximum(rows, 0)], 0)
+    per_video = np.zeros(len(rows), np.int64)
+    per_video[rows >= 0] = source.count[rows[rows >= 0]]
     caption_ends, clip_ends = np.cumsum(per_video), np.cumsum(counts)
     n_captions, n_clips = int(caption_ends[-1]) if len(rows) else 0, int(counts.sum())
     columns = {name: create_dataset(out, f"captions/{name}", (n_captions,), dtype)
