@@ -72,6 +72,25 @@ def test_names_are_relative_to_a_given_root_and_inputs_outside_it_are_refused(tm
 def test_listed_paths_that_do_not_exist_are_kept_unless_none_exists(tmp_path):
     touch(tmp_path / "a.mp4")
     found = discover([], listed=[tmp_path / "a.mp4", tmp_path / "gone.mp4"])
-    assert [(v.name, v.path.exists()) for v in found.videos] == [("a.mp4", True), ("gone.mp4", False)]
+    assert [(v.name, os.path.exists(v.path)) for v in found.videos] == [("a.mp4", True), ("gone.mp4", False)]
     with pytest.raises(VidfeatError, match="none of the 2 listed videos exists"):
         discover([], listed=[tmp_path / "gone.mp4", tmp_path / "x.mp4"])
+
+
+def test_a_long_list_costs_its_names_and_little_more(tmp_path):
+    """The listing of a run is held for the whole run (HowTo100M: 1.2M videos): each video is a
+    VideoFile with slots, its path and its name as str. With the 80-character paths here that
+    is about 300 bytes a video; a Path object and a __dict__ a video made it 750."""
+    import tracemalloc
+
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "AAAAAAAAAAA.mp4").write_bytes(b"")
+    listed = [str(tmp_path / "x" / f"{i:011d}.mp4") for i in range(20_000)] + [str(tmp_path / "x" / "AAAAAAAAAAA.mp4")]
+    tracemalloc.start()
+    found = discover([], listed, root=tmp_path)
+    kept = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert len(found.videos) == len(listed) and found.videos[0].name == "x/00000000000.mp4"
+    path_bytes = sum(len(p) for p in listed) / len(listed)
+    print(f"{kept / len(listed):.0f} bytes a video, of which the path's characters {path_bytes:.0f}")
+    assert kept / len(listed) < 250 + path_bytes, kept

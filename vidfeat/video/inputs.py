@@ -52,7 +52,7 @@ LIST_SHARDS_AT_ONCE = 8
 """Shards whose member headers are read at the same time while listing (threads: I/O bound)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a run holds one per input video (HowTo100M: 1.2M)
 class VideoFile:
     path: Path | str  # as given or found (absolute or relative to the working directory); a URL or shard: printable
     name: str  # relative to the input root, '/' separated: the video's key in the output
@@ -108,13 +108,13 @@ def read_list(list_file: str) -> list[Path | str]:
     return out
 
 
-def _walk(folder: Path) -> list[Path]:
+def _walk(folder: Path) -> list[str]:
     found = []
     for dirpath, dirnames, filenames in os.walk(folder, onerror=None):
         dirnames.sort()
         for name in filenames:
             if os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS:
-                found.append(Path(dirpath) / name)
+                found.append(os.path.join(dirpath, name))
     return found
 
 
@@ -224,7 +224,7 @@ def discover(inputs: list[Path | str], listed: list[Path | str] = (), root: str 
     shard_specs = [os.fspath(i) for i in [*inputs, *listed] if is_shard_spec(i)]
     urls = [os.fspath(i) for i in [*inputs, *listed] if _is_url(i) and not is_shard_spec(i)]
     inputs = [Path(i) for i in inputs if not _is_url(i) and not is_shard_spec(i)]
-    listed = [Path(i) for i in listed if not _is_url(i) and not is_shard_spec(i)]
+    listed = [os.fspath(i) for i in listed if not _is_url(i) and not is_shard_spec(i)]  # str: one per video
     if urls and (inputs or listed):
         raise VidfeatError("local videos and URLs cannot share an output (one root names them all): extract them into separate outputs")
     extra = _shard_videos(shard_specs)
@@ -252,23 +252,23 @@ def _unique(videos: list[VideoFile]) -> list[VideoFile]:
     return sorted(out.values(), key=lambda v: v.name)
 
 
-def _discover_local(inputs: list[Path], listed: list[Path], root: str | os.PathLike[str] | None) -> Inputs:
-    files: list[Path] = []
-    anchors: list[str] = []
+def _discover_local(inputs: list[Path], listed: list[str], root: str | os.PathLike[str] | None) -> Inputs:
+    files: list[str | Path] = []
+    anchors: set[str] = set()  # the folders the videos lie in (few, however many videos)
     for item in inputs:
         if item.is_dir():
             files.extend(_walk(item))
-            anchors.append(os.path.abspath(item))
+            anchors.add(os.path.abspath(item))
         elif item.exists() or item.is_symlink():
             files.append(item)
-            anchors.append(os.path.dirname(os.path.abspath(item)))
+            anchors.add(os.path.dirname(os.path.abspath(item)))
         else:
             raise VidfeatError(f"input not found: {item}")
-    if listed and not any(p.exists() or p.is_symlink() for p in listed):
+    if listed and not any(os.path.lexists(p) for p in listed):
         raise VidfeatError(f"none of the {len(listed)} listed videos exists (the first: {listed[0]})")
     for item in listed:
         files.append(item)
-        anchors.append(os.path.dirname(os.path.abspath(item)))
+        anchors.add(os.path.dirname(os.path.abspath(item)))
     if not files:
         raise VidfeatError("no videos found in " + ", ".join(str(i) for i in inputs))
     if root is None:
@@ -286,5 +286,6 @@ def _discover_local(inputs: list[Path], listed: list[Path], root: str | os.PathL
         name = Path(os.path.relpath(os.path.abspath(f), base)).as_posix()
         # Undecodable bytes in a file name (surrogate escapes) become \xNN so the name is UTF-8.
         name = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-        videos.setdefault(name, VideoFile(path=f, name=name))  # the same file given twice counts once
+        # the path as a str: a Path object costs about 300 bytes more a video
+        videos.setdefault(name, VideoFile(path=os.fspath(f), name=name))  # the same file given twice counts once
     return Inputs(videos=sorted(videos.values(), key=lambda v: v.name), root=Path(base))
