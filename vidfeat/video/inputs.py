@@ -138,10 +138,9 @@ def is_shard_spec(item: str | os.PathLike[str]) -> bool:
         return "{" in text or safe_url(text).lower().endswith(".tar")
     if "{" in text and not os.path.exists(text):
         return True
-    path = Path(text)
-    if path.is_dir():
+    if os.path.isdir(text):  # os.path: a --list of a million entries makes no Path objects
         try:
-            return any(p.suffix.lower() == ".tar" and p.is_file() for p in path.iterdir())
+            return any(p.suffix.lower() == ".tar" and p.is_file() for p in Path(text).iterdir())
         except OSError:
             return False
     return text.lower().endswith(".tar")
@@ -283,7 +282,8 @@ def _discover_local(inputs: list[Path], listed: list[str], root: str | os.PathLi
             )
     videos: dict[str, VideoFile] = {}
     for f in files:
-        name = Path(os.path.relpath(os.path.abspath(f), base)).as_posix()
+        # os.path, not pathlib: a Path interns every part of the name in a table that only grows
+        name = os.path.relpath(os.path.abspath(f), base).replace(os.sep, "/")
         # Undecodable bytes in a file name (surrogate escapes) become \xNN so the name is UTF-8.
         name = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
         # the path as a str: a Path object costs about 300 bytes more a video
