@@ -190,6 +190,17 @@ class _Faults:
             shown = shown + [str(e) for e in islice(examples, max(0, _FAULT_EXAMPLES - len(shown)))]
             self._rows[kind] = (total + count, shown)
 
+    def count(self, kind: str) -> int:
+        """How many rows of ``kind`` were found."""
+        return self._rows.get(kind, (0, []))[0]
+
+    def take(self, other: _Faults, kind: str) -> None:
+        """Add the rows of ``kind`` that ``other`` found (a pass whose faults are reported only
+        once it is over)."""
+        if kind in other._rows:
+            count, shown = other._rows[kind]
+            self.rows(kind, shown, count)
+
     def result(self) -> list[str]:
         out = list(self.lines)
         for kind, (count, shown) in self._rows.items():
@@ -441,12 +452,12 @@ def _verify_captions(h5: h5py.File, counts: np.ndarray, n_clips: int, faults: _F
     m, step = int(g["video"].shape[0]), block_rows(8 + 8 + 8)
     for k in range(0, m, step):
         rows.check(k, g["video"][k : k + step], g["start_sec"][k : k + step], g["end_sec"][k : k + step])
-    if rows.outside.count:
-        rows.outside.report(faults)
+    if rows.found.count(rows.OUTSIDE):
+        faults.take(rows.found, rows.OUTSIDE)
         return
-    rows.times.report(faults)
-    rows.unsorted.report(faults)
-    if rows.times.count or not rows.by_video:
+    faults.take(rows.found, rows.TIMES)
+    faults.take(rows.found, rows.UNSORTED)
+    if rows.found.count(rows.TIMES) or not rows.by_video:
         return  # texts are matched to captions by video: only a table grouped by video has them
     stored = h5["clips/text"]
     first_frame = (h5["videos/first_frame_sec"][()] if "videos/first_frame_sec" in h5
@@ -458,38 +469,28 @@ def _verify_captions(h5: h5py.File, counts: np.ndarray, n_clips: int, faults: _F
         faults.rows("clips/text differs from its captions (row)", wrong + row, len(wrong))
 
 
-class _RowFault:
-    """One kind of row fault: its count and first rows, reported once every block is checked."""
-
-    def __init__(self, kind: str) -> None:
-        self.kind, self.count, self.examples = kind, 0, np.zeros(0, dtype=np.int64)
-
-    def add(self, rows: np.ndarray) -> None:
-        self.count += len(rows)
-        if len(self.examples) < _FAULT_EXAMPLES:
-            self.examples = np.concatenate((self.examples, rows[:_FAULT_EXAMPLES]))[:_FAULT_EXAMPLES]
-
-    def report(self, faults: _Faults) -> None:
-        faults.rows(self.kind, self.examples.tolist(), self.count)
-
-
 class _CaptionRowFaults:
     """The /captions rows, checked a block at a time: video rows inside /videos, valid times,
     and rows sorted by (video, start_sec, end_sec), each block also against the previous one's
-    last row."""
+    last row. What is found is reported once every block is checked (``found``): which kinds
+    are reported depends on the counts of the others."""
+
+    OUTSIDE = "captions/video outside /videos (row)"
+    TIMES = "captions: rows with start_sec < 0, start_sec > end_sec or NaN"
+    UNSORTED = "captions not sorted by (video, start_sec, end_sec) at rows"
 
     def __init__(self, n_videos: int) -> None:
         self.n_videos = n_videos
-        self.outside = _RowFault("captions/video outside /videos (row)")
-        self.times = _RowFault("captions: rows with start_sec < 0, start_sec > end_sec or NaN")
-        self.unsorted = _RowFault("captions not sorted by (video, start_sec, end_sec) at rows")
+        self.found = _Faults()
         self.by_video = True  # the video column alone is sorted
         self._last: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # the previous block's last row
 
     def check(self, first: int, v: np.ndarray, t0: np.ndarray, t1: np.ndarray) -> None:
         """Rows ``first, first + 1, ...``: their video rows and times."""
-        self.outside.add(np.flatnonzero((v < 0) | (v >= self.n_videos)) + first)
-        self.times.add(np.flatnonzero(~(np.isfinite(t0) & np.isfinite(t1) & (t0 >= 0) & (t0 <= t1))) + first)
+        outside = np.flatnonzero((v < 0) | (v >= self.n_videos)) + first
+        self.found.rows(self.OUTSIDE, outside[:_FAULT_EXAMPLES].tolist(), len(outside))
+        times = np.flatnonzero(~(np.isfinite(t0) & np.isfinite(t1) & (t0 >= 0) & (t0 <= t1))) + first
+        self.found.rows(self.TIMES, times[:_FAULT_EXAMPLES].tolist(), len(times))
         if self._last is not None:  # the block's first row against the previous block's last
             self._order(first, *self._last, v[:1], t0[:1], t1[:1])
         self._order(first + 1, v[:-1], t0[:-1], t1[:-1], v[1:], t0[1:], t1[1:])
@@ -500,7 +501,8 @@ class _CaptionRowFaults:
         """Rows ``first, first + 1, ...`` (``next_*``) against the rows just before them."""
         later, same = next_v > v, next_v == v
         ok = later | (same & ((next_t0 > t0) | ((next_t0 == t0) & (next_t1 >= t1))))
-        self.unsorted.add(np.flatnonzero(~ok) + first)
+        unsorted = np.flatnonzero(~ok) + first
+        self.found.rows(self.UNSORTED, unsorted[:_FAULT_EXAMPLES].tolist(), len(unsorted))
         self.by_video = self.by_video and bool((later | same).all())
 
 
