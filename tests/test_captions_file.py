@@ -5,9 +5,7 @@ independently; carried by later extractions; crash-safe; verified; refused by me
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import textwrap
 from pathlib import Path
 
@@ -26,7 +24,7 @@ from vidfeat.store.merge import merge_shards
 
 from test_search import CLASSES, SETTINGS
 from test_captions import ROLLING_LINES, ROLLING_VTT
-from test_store import _count_file_ops
+from test_store import _count_file_ops, killed_at
 
 STRIDE = 1.5
 
@@ -274,15 +272,7 @@ def test_sigkill_at_every_file_operation_of_adding_captions_leaves_the_old_file_
         work = tmp_path / f"kill{kill_at}" / "feats.h5"
         work.parent.mkdir()
         shutil.copy(out, work)
-        pid = os.fork()
-        if pid == 0:  # child: never returns into pytest
-            try:
-                _count_file_ops(setattr, kill_at, "before")
-                add_captions(work, source)
-            finally:
-                os._exit(3)
-        _, status = os.waitpid(pid, 0)
-        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, kill_at
+        killed_at(kill_at, "before", lambda: add_captions(work, source))
         assert verify(work) == [], kill_at
         with h5py.File(work, "r") as h5:  # the old file, untouched, or the new one, whole
             assert work.read_bytes() == before or "captions" in h5, kill_at

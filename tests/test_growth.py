@@ -400,10 +400,7 @@ def test_captions_of_a_growth_rewrite_its_segment_only(base, tmp_path):
 def test_a_kill_while_captioning_a_growth_leaves_the_old_or_the_new_file(base, tmp_path, when):
     """SIGKILL at every file operation of set_last_captions: the file verifies (the old one or
     the new one), and running it again gives the uninterrupted result with no file left over."""
-    import os
-    import signal
-
-    from test_store import _count_file_ops
+    from test_store import _count_file_ops, killed_at
     from vidfeat.store.amend import set_last_captions
 
     start = _captioned(base, tmp_path)
@@ -423,15 +420,7 @@ def test_a_kill_while_captioning_a_growth_leaves_the_old_or_the_new_file(base, t
         out = tmp_path / f"k{kill_at}" / "feats.h5"
         shutil.copytree(segments_path(start), segments_path(out))
         shutil.copy(start, out)
-        pid = os.fork()
-        if pid == 0:  # child: never returns into pytest
-            try:
-                _count_file_ops(setattr, kill_at, when)
-                set_last_captions(out, table, **job)
-            finally:
-                os._exit(3)
-        _, status = os.waitpid(pid, 0)
-        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, kill_at
+        killed_at(kill_at, when, lambda: set_last_captions(out, table, **job))
         assert verify(out) == [], kill_at
         set_last_captions(out, table, **job)
         assert verify(out) == [], kill_at

@@ -10,7 +10,6 @@ shard rule (vidfeat.pipeline.shard.shard_of) and named as `--shard I/3` names th
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import resource
 import shutil
@@ -24,7 +23,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from test_store import _count_file_ops, _fill, _fill_after_the_check, _without_fallocate, small_fs  # noqa: F401  (small_fs is a fixture)
+from test_store import _count_file_ops, _fill, _fill_after_the_check, _without_fallocate, killed_at, small_fs  # noqa: F401  (small_fs is a fixture)
 from vidfeat.cli import main
 from vidfeat.pipeline.shard import shard_of
 from vidfeat.store import FeatureWriter, VideoResult, verify
@@ -269,15 +268,7 @@ def test_sigkill_at_every_file_operation_then_rerun_completes(tmp_path, shards, 
         out = tmp_path / f"kill{kill_at}" / "merged.h5"
         out.parent.mkdir()
         shutil.copy(start, out)
-        pid = os.fork()
-        if pid == 0:  # child: never returns into pytest
-            try:
-                _count_file_ops(setattr, kill_at, when)  # dies with the child
-                merge_shards(out, shard_files(shards))
-            finally:
-                os._exit(3)
-        _, status = os.waitpid(pid, 0)
-        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, kill_at
+        killed_at(kill_at, when, lambda: merge_shards(out, shard_files(shards)))
         assert verify(out) == [], kill_at  # the old or the new output, never a broken one
         assert _digest(shards) == before, kill_at
         result = run("merge", out, "--from", shards)  # rerun the same command

@@ -554,6 +554,20 @@ def _count_file_ops(patch, kill_at: int | None, when: str) -> list[int]:
     return count
 
 
+def killed_at(kill_at: int, when: str, job) -> None:
+    """Run ``job()`` in a forked child that SIGKILLs itself at file operation ``kill_at``
+    (:func:`_count_file_ops`), and check that it died so."""
+    pid = os.fork()
+    if pid == 0:  # child: never returns into pytest
+        try:
+            _count_file_ops(setattr, kill_at, when)  # dies with the child
+            job()
+        finally:
+            os._exit(3)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, kill_at
+
+
 _CRASH_START = PATHS[:4]  # in the final file before the job
 _CRASH_ADDS = PATHS[7:11] + ["a/b.mp4"]  # four new videos and a newer result for a/b.mp4
 _CRASH_GROWS = PATHS[7:11]  # new videos only: added as a segment (vidfeat.store.segments)
@@ -598,15 +612,7 @@ def test_sigkill_at_every_file_operation_then_resume_gives_the_same_file(tmp_pat
         out = tmp_path / f"kill{kill_at}" / "feats.h5"
         out.parent.mkdir()
         shutil.copy(start, out)
-        pid = os.fork()
-        if pid == 0:  # child: never returns into pytest
-            try:
-                _count_file_ops(setattr, kill_at, when)  # dies with the child
-                _crash_job(out, adds=adds)
-            finally:
-                os._exit(3)
-        _, status = os.waitpid(pid, 0)
-        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, kill_at
+        killed_at(kill_at, when, lambda: _crash_job(out, adds=adds))
         assert verify(out) == [], kill_at  # the old or the new final file, never a broken one
         _crash_job(out, resume=True, adds=adds)  # rerun the same command
         assert verify(out) == [], kill_at
