@@ -64,12 +64,8 @@ class CaptionSource:
         order = np.lexsort((np.arange(len(video)), table.end_sec, table.start_sec, video))
         table = CaptionTable(video[order], np.asarray(table.start_sec, np.float64)[order],
                              np.asarray(table.end_sec, np.float64)[order], np.asarray(table.text, object)[order])
-        video = table.video
-        sizes = _sizes(table.text.tolist())
-        spans = np.maximum(np.asarray(table.end_sec) - np.asarray(table.start_sec), 0.0)
-        count = np.bincount(video, minlength=n_videos).astype(np.int64)
-        return cls(np.cumsum(count) - count, count, np.bincount(video, sizes, n_videos),
-                   np.bincount(video, sizes * spans, n_videos), table=table)  # fmt: skip
+        count, text_bytes, timed_bytes = _tally(table.video, table.text, table.start_sec, table.end_sec, n_videos)
+        return cls(np.cumsum(count) - count, count, text_bytes, timed_bytes, table=table)
 
     @classmethod
     def of_file(cls, path: Path, n_videos: int, video_base: int = 0) -> CaptionSource:
@@ -89,11 +85,11 @@ class CaptionSource:
                     raise StoreError(f"{path}: /captions/video is not sorted rows of /videos; run `vidfeat verify "
                                      f"{path}`, then add the captions again with `vidfeat captions`")  # fmt: skip
                 last = int(video[-1]) if len(video) else last
-                sizes = _sizes(g["text"][k : k + step])
-                spans = np.maximum(g["end_sec"][k : k + step] - g["start_sec"][k : k + step], 0.0)
-                count += np.bincount(video, minlength=n_videos)
-                text_bytes += np.bincount(video, sizes, n_videos)
-                timed_bytes += np.bincount(video, sizes * spans, n_videos)
+                block = _tally(video, g["text"][k : k + step], g["start_sec"][k : k + step], g["end_sec"][k : k + step],
+                               n_videos)  # fmt: skip
+                count += block[0]
+                text_bytes += block[1]
+                timed_bytes += block[2]
         return cls(np.cumsum(count) - count, count, text_bytes, timed_bytes, path=Path(path))
 
     @contextlib.contextmanager
@@ -207,6 +203,16 @@ class CaptionSpool:
         """Close without finishing (after an error)."""
         with contextlib.suppress(Exception):
             self._h5.close()
+
+
+def _tally(video: np.ndarray, texts, start_sec: np.ndarray, end_sec: np.ndarray,
+           n_videos: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """Per video of ``n_videos``: its captions among these rows, their text bytes, and their
+    text bytes x duration (:class:`CaptionSource`'s count, text_bytes and timed_bytes)."""
+    sizes = _sizes(texts)
+    spans = np.maximum(np.asarray(end_sec, np.float64) - np.asarray(start_sec, np.float64), 0.0)
+    return (np.bincount(video, minlength=n_videos).astype(np.int64), np.bincount(video, sizes, n_videos),
+            np.bincount(video, sizes * spans, n_videos))  # fmt: skip
 
 
 def _sizes(texts) -> np.ndarray:
